@@ -1,0 +1,35 @@
+# make run   — set up, publish the bundled airports example and show readers using it
+# make test  — set up, lint (ruff), type-check (mypy) and run the tests
+# make bench — the benchmark table (bench/core.py)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test,bench,example]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m examples.airports.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check client hollowd tests bench examples
+	$(PY) -m ruff format --check client hollowd tests bench examples
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,279 @@
+"""The on-disk contract shared by the reader (`hollow`) and the writer (`hollowd`).
+
+Everything both sides must agree on lives here and nowhere else: the names of
+files under the root, the fixed header of a state file, the announcement file,
+and the canonical encoding and hashing of index keys. Changing any of it is a
+format change (bump :data:`FORMAT_VERSION`; the golden files in
+``tests/golden`` fail otherwise).
+
+Layout of a namespace directory (``<root>/<namespace>/``)::
+
+    <version>         one immutable state file per live version (decimal name)
+    .<version>.<pid>.tmp   a state file being written; never opened by readers
+    announced         JSON: the version readers should be on, and the pin
+
+A state file is a 128-byte header (:class:`Header`), an unpacked Cap'n Proto
+envelope (``hollow.capnp`` ``State``) and the sections the envelope points at,
+each 8-byte aligned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from hollow.errors import CorruptStateError, InvalidNameError
+
+FORMAT_VERSION = 1
+MAGIC = b"\x89HOLLOW\n"
+HEADER_SIZE = 128
+DEFAULT_ROOT = "/dev/shm/hollow"  # noqa: S108 - the shared-memory root is the point
+ANNOUNCED = "announced"
+NAMESPACE_MAX_BYTES = 40
+
+M64 = (1 << 64) - 1
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# magic, format, header size, flags, version, parent, schema fingerprint,
+# envelope offset, envelope length, file length, content hash, namespace,
+# published-at ns; then the header checksum over everything before it.
+_HEADER = struct.Struct("<8sHHIQQQQQQQ40sq")
+_CHECKSUM = struct.Struct("<Q")
+assert _HEADER.size + _CHECKSUM.size == HEADER_SIZE
+
+
+def root_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """The root directory: *root*, else ``$HOLLOW_ROOT``, else ``/dev/shm/hollow``."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("HOLLOW_ROOT") or DEFAULT_ROOT)
+
+
+def check_namespace(name: str) -> str:
+    """Return *name* if it is a valid namespace name, else raise :class:`InvalidNameError`."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name.encode()) > NAMESPACE_MAX_BYTES:
+        raise InvalidNameError(
+            f"invalid namespace name {name!r}: use 1-{NAMESPACE_MAX_BYTES} characters "
+            "from A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return name
+
+
+def namespace_dir(namespace: str, root: str | os.PathLike[str] | None = None) -> Path:
+    return root_dir(root) / check_namespace(namespace)
+
+
+def state_name(version: int) -> str:
+    return str(version)
+
+
+def parse_state_name(name: str) -> int | None:
+    """The version a directory entry names, or None if it is not a state file."""
+    if name.isdigit() and not name.startswith("0"):
+        return int(name)
+    return None
+
+
+def list_versions(ns_dir: Path) -> list[int]:
+    """Versions with a state file in *ns_dir*, ascending."""
+    try:
+        names = os.listdir(ns_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(v for v in map(parse_state_name, names) if v is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The fixed header at the start of every state file."""
+
+    version: int
+    parent_version: int
+    schema_fingerprint: int
+    envelope_offset: int
+    envelope_length: int
+    file_length: int
+    content_hash: int
+    namespace: str
+    published_at_ns: int
+    format_version: int = FORMAT_VERSION
+
+    def pack(self) -> bytes:
+        head = _HEADER.pack(
+            MAGIC,
+            self.format_version,
+            HEADER_SIZE,
+            0,
+            self.version,
+            self.parent_version,
+            self.schema_fingerprint,
+            self.envelope_offset,
+            self.envelope_length,
+            self.file_length,
+            self.content_hash,
+            self.namespace.encode(),
+            self.published_at_ns,
+        )
+        return head + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(head))
+
+    @classmethod
+    def unpack(cls, buf: Any, *, what: str, size: int) -> Header:
+        """Parse and check the header at the start of *buf* in O(1).
+
+        *what* names the file in errors; *size* is the file's actual size.
+        Raises :class:`CorruptStateError` naming the first problem found.
+        """
+        if size < HEADER_SIZE:
+            raise CorruptStateError(f"{what}: {size} bytes is too short for a hollow state file")
+        raw = bytes(buf[:HEADER_SIZE])
+        fields = _HEADER.unpack_from(raw)
+        if fields[0] != MAGIC:
+            raise CorruptStateError(f"{what}: not a hollow state file (bad magic {fields[0]!r})")
+        if fields[1] != FORMAT_VERSION:
+            raise CorruptStateError(
+                f"{what}: state file format {fields[1]}, this reader knows format {FORMAT_VERSION}; "
+                "upgrade the hollowd package on this host"
+            )
+        (checksum,) = _CHECKSUM.unpack_from(raw, _HEADER.size)
+        if checksum != xxhash.xxh3_64_intdigest(raw[: _HEADER.size]):
+            raise CorruptStateError(f"{what}: header checksum mismatch")
+        header = cls(
+            version=fields[4],
+            parent_version=fields[5],
+            schema_fingerprint=fields[6],
+            envelope_offset=fields[7],
+            envelope_length=fields[8],
+            file_length=fields[9],
+            content_hash=fields[10],
+            namespace=fields[11].rstrip(b"\0").decode(errors="replace"),
+            published_at_ns=fields[12],
+            format_version=fields[1],
+        )
+        if header.file_length != size:
+            raise CorruptStateError(
+                f"{what}: truncated or extended: header says {header.file_length} bytes, file has {size}"
+            )
+        end = header.envelope_offset + header.envelope_length
+        if header.envelope_offset < HEADER_SIZE or header.envelope_offset % 8 or end > size:
+            raise CorruptStateError(f"{what}: envelope out of bounds")
+        return header
+
+
+def check_section(offset: int, length: int, file_length: int, *, what: str) -> None:
+    """Raise :class:`CorruptStateError` unless [offset, offset+length) is an aligned range of the file."""
+    if length == 0:
+        return
+    if offset % 8 or offset < HEADER_SIZE or offset + length > file_length:
+        raise CorruptStateError(f"{what}: section [{offset}, +{length}) out of bounds")
+
+
+# --- the announcement file -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What ``<ns>/announced`` says: the version readers should be on now."""
+
+    version: int
+    pinned: bool = False
+    latest: int = 0
+    announced_at_ns: int = 0
+
+    def dumps(self) -> bytes:
+        return json.dumps(
+            {
+                "version": self.version,
+                "pinned": self.pinned,
+                "latest": self.latest or self.version,
+                "announced_at_ns": self.announced_at_ns,
+            }
+        ).encode()
+
+    @classmethod
+    def loads(cls, data: bytes, *, what: str) -> Announcement:
+        try:
+            doc = json.loads(data)
+            version = doc["version"]
+            if not isinstance(version, int) or version <= 0:
+                raise ValueError("version must be a positive integer")
+            return cls(
+                version=version,
+                pinned=bool(doc.get("pinned", False)),
+                latest=int(doc.get("latest", version)),
+                announced_at_ns=int(doc.get("announced_at_ns", 0)),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptStateError(f"{what}: unreadable announcement ({e})") from e
+
+
+def read_announcement(ns_dir: Path) -> Announcement | None:
+    """The namespace's announcement, or None when nothing was announced yet."""
+    path = ns_dir / ANNOUNCED
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return Announcement.loads(data, what=str(path))
+
+
+# --- index keys --------------------------------------------------------------
+#
+# A key is hashed from canonical bytes so that the producer (which sees the
+# Python values it was given) and every reader (which sees what callers pass to
+# get() and find()) agree without sharing any state.
+
+KEY_INT, KEY_TEXT, KEY_DATA, KEY_BOOL = 0, 1, 2, 3
+KIND_EXACT_INT, KIND_HASHED = 0, 1
+
+
+def canonical_part(key_type: int, value: Any) -> bytes:
+    """The canonical bytes of one key field; TypeError when *value* does not fit *key_type*."""
+    t = type(value)
+    if key_type == KEY_INT and t is int:
+        return int(value & M64).to_bytes(8, "little")
+    if key_type == KEY_TEXT and t is str:
+        return str(value).encode()
+    if key_type == KEY_DATA and t in (bytes, bytearray, memoryview):
+        return bytes(value)
+    if key_type == KEY_BOOL and t is bool:
+        return b"\1" if value else b"\0"
+    raise TypeError(f"expected {KEY_TYPE_NAMES[key_type]}, got {t.__name__}")
+
+
+KEY_TYPE_NAMES = {KEY_INT: "int", KEY_TEXT: "str", KEY_DATA: "bytes", KEY_BOOL: "bool"}
+
+
+def key_fingerprint(kind: int, key_types: tuple[int, ...], key: Any) -> int:
+    """The 64-bit value an index stores for *key* (a value, or a tuple for several fields)."""
+    if kind == KIND_EXACT_INT:
+        if type(key) is not int:
+            raise TypeError(f"expected int, got {type(key).__name__}")
+        return key & M64
+    if len(key_types) == 1:
+        return xxhash.xxh3_64_intdigest(canonical_part(key_types[0], key))
+    if type(key) is not tuple or len(key) != len(key_types):
+        raise TypeError(f"expected a tuple of {len(key_types)} values")
+    parts = [canonical_part(t, v) for t, v in zip(key_types, key, strict=True)]
+    return xxhash.xxh3_64_intdigest(b"".join(len(p).to_bytes(4, "little") + p for p in parts))
+
+
+def slot_of(kind: int, fingerprint: int, capacity: int) -> int:
+    """The first slot probed for *fingerprint* in a table of *capacity* slots.
+
+    Integer keys are their own hash (as in CPython's dict): dense ids fill a
+    table without a single collision. Capacities are prime, so only keys that
+    differ by a multiple of the capacity share a home slot.
+    """
+    del kind
+    return fingerprint % capacity

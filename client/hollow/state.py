@@ -1,0 +1,108 @@
+"""Attaching one version: open, check the header, map, ready to look up.
+
+Attach is O(1) in the dataset's size: one open, one fstat, one mmap, a 128-byte
+header check, and the envelope (a few hundred bytes per type). Nothing is
+copied or deserialized; record lists and index tables are views of the mapping.
+
+The mapping is never closed explicitly. It lives as long as anything that reads
+from it (the capnp messages export its buffer; index tables are memoryviews of
+it), so an escaped record reader keeps its version's pages mapped rather than
+crashing the process (mmap(2): a mapping outlives the unlinked file; nothing
+ever truncates a published file, so no SIGBUS).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import capnp
+
+from hollow import layout, schema
+from hollow.errors import CorruptStateError, UnknownTypeError, VersionNotFoundError
+from hollow.view import IndexTable, TypeView, section
+
+
+class StateFile:
+    """One attached version of a namespace: its header, envelope and type views."""
+
+    __slots__ = ("_mm", "header", "path", "published_at_ns", "schema_file", "schema_source", "types", "version")
+
+    def __init__(self, path: Path, *, namespace: str, reader_schema: Any = None) -> None:
+        self.path = path
+        what = str(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise VersionNotFoundError(f"{what}: no such version (never published, or reclaimed)") from e
+        except OSError as e:
+            raise CorruptStateError(f"{what}: cannot open ({e.strerror}); is it a symlink?") from e
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptStateError(f"{what}: not a regular file")
+            if st.st_size < layout.HEADER_SIZE:
+                raise CorruptStateError(f"{what}: {st.st_size} bytes is too short for a hollow state file")
+            mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self._mm = mm
+        view = memoryview(mm)
+        header = layout.Header.unpack(view, what=what, size=st.st_size)
+        if header.namespace != namespace:
+            raise CorruptStateError(f"{what}: belongs to namespace {header.namespace!r}, not {namespace!r}")
+        self.header = header
+        self.version = header.version
+        self.published_at_ns = header.published_at_ns
+        start = header.envelope_offset
+        try:
+            env = schema.read_message(view[start : start + header.envelope_length])
+            root = env.get_root(schema.envelope().State)
+            self.types = self._attach_types(root, view, header, what, reader_schema)
+            self.schema_file = root.userSchema.fileName
+            self.schema_source = root.userSchema.source
+        except capnp.KjException as e:
+            raise CorruptStateError(f"{what}: damaged envelope ({e.description})") from e
+        if root.version != header.version:
+            raise CorruptStateError(f"{what}: envelope says version {root.version}, header {header.version}")
+
+    @staticmethod
+    def _attach_types(
+        root: Any, view: memoryview, header: layout.Header, what: str, reader_schema: Any
+    ) -> dict[str, TypeView]:
+        if reader_schema is None:
+            structs = schema.embedded_types(header.schema_fingerprint, root.userSchema.nodes, what=what)
+        types: dict[str, TypeView] = {}
+        size = header.file_length
+        for ts in root.types:
+            name = ts.name
+            if reader_schema is None:
+                struct = structs.get(ts.typeId)
+                if struct is None:
+                    raise CorruptStateError(f"{what}: type {name} ({ts.typeId:#x}) missing from the embedded schema")
+            else:
+                struct = schema.user_struct(reader_schema, name, ts.typeId, what=what)
+            rec = ts.records
+            layout.check_section(rec.offset, rec.length, size, what=f"{what}: {name} records")
+            msg = schema.read_message(view[rec.offset : rec.offset + rec.length])
+            records = msg.get_root(schema.envelope().Records).list.as_list(capnp._ListSchema(struct))
+            if len(records) != ts.ordinals:
+                raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ts.ordinals}")
+            holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")
+            primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
+            secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
+            types[name] = TypeView(
+                name, records, ts.count, holes, primary, secondary, content_hash=ts.contentHash, what=what
+            )
+        return types
+
+    def type(self, name: str) -> TypeView:
+        try:
+            return self.types[name]
+        except KeyError:
+            raise UnknownTypeError(
+                f"version {self.version} has no record type {name!r}; it has: {', '.join(sorted(self.types))}"
+            ) from None

@@ -1,0 +1,1 @@
+"""The bundled example namespace: the world's airports from the airportsdata package."""

@@ -1,0 +1,904 @@
+"""Encode record dicts as Cap'n Proto, at a few microseconds a record.
+
+pycapnp's builders cost about a microsecond per field set (6 s for a million
+six-field records, 23 s through ``from_dict``), which alone would exceed a
+cycle's budget. So the producer writes the wire format itself (capnproto.org
+"Encoding"), from the struct layouts the compiler computed: for each struct
+type a Python function is generated once that packs a record's data section
+and pointers with one ``struct.pack_into``. Objects go to a heap after the
+list; equal Text values and equal lists of Text are stored once and pointed
+to from every record that has them (Cap'n Proto allows shared targets; readers
+cannot tell), which interns repetitive text for free.
+
+Every output is read back by pycapnp before it is announced (the producer's
+verify step), and types using features this encoder does not write (unions,
+groups, AnyPointer) are encoded through pycapnp's builders instead.
+
+The encoder validates only as a side effect (``struct`` rejects out-of-range
+integers, ``str.encode`` non-strings); when a record fails, :func:`diagnose`
+walks it slowly to name the field and the problem.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import struct
+import sys
+from array import array
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import capnp
+import numpy as np
+
+from hollow import schema as reader_schema
+
+if sys.byteorder != "little":  # pragma: no cover - Cap'n Proto is little-endian; so are our hosts
+    raise ImportError("hollowd's encoder writes little-endian words and needs a little-endian host")
+
+_MISSING = object()
+_ZPAD = [bytes(k) for k in range(9)]
+_OFFSET_MASK = 0x3FFFFFFF
+_MAX_WORDS = 1 << 29  # list and offset fields: 29-30 bits of words
+
+# capnp type name -> (struct format char, size in bytes)
+_PRIM = {
+    "int8": ("b", 1),
+    "int16": ("h", 2),
+    "int32": ("i", 4),
+    "int64": ("q", 8),
+    "uint8": ("B", 1),
+    "uint16": ("H", 2),
+    "uint32": ("I", 4),
+    "uint64": ("Q", 8),
+    "float32": ("f", 4),
+    "float64": ("d", 8),
+    "enum": ("H", 2),
+}
+_BITS_FMT = {"f": "I", "d": "Q"}
+_ELSIZE = {1: 2, 2: 3, 4: 4, 8: 5}  # element bytes -> capnp element-size code
+_ARRAY_CODE = {"b": "b", "h": "h", "i": "i", "q": "q", "B": "B", "H": "H", "I": "I", "Q": "Q", "f": "f", "d": "d"}
+
+
+class Unsupported(Exception):  # noqa: N818 - control flow, never escapes the producer
+    """The schema uses a feature the fast encoder does not write."""
+
+
+class EncodeError(Exception):
+    """Record *position* could not be encoded; *cause* says how (run :func:`diagnose` for why)."""
+
+    def __init__(self, position: int, cause: BaseException) -> None:
+        super().__init__(position, cause)
+        self.position = position
+        self.cause = cause
+
+
+class _UnknownField(Exception):  # noqa: N818 - control flow
+    pass
+
+
+class _BadValue(Exception):  # noqa: N818 - control flow
+    pass
+
+
+def _ptr(target: int, ppos: int, elsize: int, count: int) -> int:
+    """A list pointer at byte *ppos* to a list at byte *target*."""
+    if count >= _MAX_WORDS:
+        raise OverflowError("list too long for one Cap'n Proto segment")
+    return (((((target - ppos) >> 3) - 1) & _OFFSET_MASK) << 2) | 1 | (elsize << 32) | (count << 35)
+
+
+# --- element descriptors ------------------------------------------------------
+# A hashable description of a field's or list element's type:
+#   ("prim", fmt, size) ("enum", id) ("bool",) ("text",) ("data",) ("void",)
+#   ("struct", id) ("list", elem)
+
+
+def _describe(typ: Any, schema: Any, structs: dict[int, Any], enums: dict[int, dict[str, int]]) -> tuple[Any, ...]:
+    kind = typ.which()
+    if kind in _PRIM and kind != "enum":
+        return ("prim", *_PRIM[kind])
+    if kind in ("bool", "text", "data", "void"):
+        return (kind,)
+    if kind == "enum":
+        enums[typ.enum.typeId] = dict(schema.enumerants)
+        return ("enum", typ.enum.typeId)
+    if kind == "struct":
+        structs.setdefault(typ.struct.typeId, schema)
+        return ("struct", typ.struct.typeId)
+    if kind == "list":
+        elem = typ.list.elementType
+        inner = schema.elementType if elem.which() in ("struct", "enum", "list") else None
+        return ("list", _describe(elem, inner, structs, enums))
+    raise Unsupported(f"{kind} fields")
+
+
+@dataclass(frozen=True)
+class _Field:
+    """How the columnar path writes one top-level field."""
+
+    kind: str  # "data" (a number or enum), "bool" or "pointer"
+    code: str = ""  # array/struct type code of a data field
+    dtype: str = ""  # its numpy dtype
+    offset: int = 0  # byte offset in the data section (bit offset for a bool)
+    default: Any = 0
+    enum: dict[str, int] | None = None
+    ptr_index: int = 0
+
+    @classmethod
+    def scalar(cls, desc: tuple[Any, ...], offset: int, default: Any, enums: dict[int, dict[str, int]]) -> _Field:
+        if desc[0] == "bool":
+            return cls("bool", offset=offset, default=default)
+        if desc[0] == "enum":
+            return cls("data", "H", "<u2", offset, default, enums[desc[1]])
+        code = desc[1]
+        return cls("data", code, _DTYPE[code], offset, default)
+
+
+_DTYPE = {
+    "b": "i1",
+    "h": "<i2",
+    "i": "<i4",
+    "q": "<i8",
+    "B": "u1",
+    "H": "<u2",
+    "I": "<u4",
+    "Q": "<u8",
+    "f": "<f4",
+    "d": "<f8",
+}
+
+
+class _StructPlan:
+    """A compiled struct layout and the generated functions that encode one record of it.
+
+    Two functions are generated. The fast one takes every field with one
+    ``itemgetter`` call and packs the record with one ``pack_into``; it only
+    handles records that carry every field with a non-None value. Anything else
+    (a missing or None field, or a value it cannot pack) goes to the slow one,
+    which reads fields one by one and raises on bad values.
+    """
+
+    def __init__(self, schema: Any, structs: dict[int, Any], enums: dict[int, dict[str, int]]) -> None:
+        node = schema.node
+        self.type_id = node.id
+        self.name = node.displayName[node.displayNamePrefixLength :]
+        self.data_words = node.struct.dataWordCount
+        self.ptr_count = node.struct.pointerCount
+        self.words = self.data_words + self.ptr_count
+        if node.struct.discriminantCount:
+            raise Unsupported(f"{self.name}: unions")
+        #: field index -> element descriptor, for every pointer field
+        self.pointers: dict[int, tuple[Any, ...]] = {}
+        self.constants: dict[str, Any] = {}
+        self.source = self._generate(schema, structs, enums)
+        namespace: dict[str, Any] = {"_M": _MISSING, "_Unknown": _UnknownField, "_bool": _bool, "_fxor": _fxor}
+        namespace["_S"] = struct.Struct(self.fmt)
+        namespace["_G"] = self.itemgetter = operator.itemgetter(*self.getter) if self.getter else (lambda d: ())
+        namespace.update(self.constants)
+        exec(compile(self.source, f"<hollowd encoder {self.name}>", "exec"), namespace)  # noqa: S102
+        self.make: Callable[..., Callable[[Mapping[str, Any], int], None]] = namespace["_make"]
+
+    def _generate(self, schema: Any, structs: dict[int, Any], enums: dict[int, dict[str, int]]) -> str:
+        data: list[tuple[int, str, str]] = []  # (byte offset, fmt, expression of v<i>)
+        bools: dict[int, list[str]] = {}
+        ptrs: dict[int, str] = {}
+        slow: list[str] = []
+        slow_data: list[tuple[int, str, str]] = []
+        slow_bools: dict[int, list[str]] = {}
+        self.getter: list[str] = []
+        self.columns: list[tuple[int, _Field]] = []
+        for i, field in enumerate(schema.fields_list):
+            proto = field.proto
+            if proto.which() != "slot":
+                raise Unsupported(f"{self.name}.{proto.name}: groups")
+            name, slot = proto.name, proto.slot
+            kind = slot.type.which()
+            desc = _describe(slot.type, field.schema if kind in ("struct", "enum", "list") else None, structs, enums)
+            slow.append(f"v = d.get({name!r}, _M)\nif v is not _M:\n    n += 1")
+            if desc[0] == "void":
+                continue
+            self.getter.append(name)
+            var = f"v{i}"
+            if desc[0] in ("prim", "enum", "bool"):
+                conv, fmt, offset = self._scalar(desc, slot, i, enums)
+                self.columns.append((i, _Field.scalar(desc, offset, _default(slot), enums)))
+                if desc[0] == "bool":
+                    bools.setdefault(offset // 8, []).append(f"({conv} << {offset % 8})")
+                    slow_bools.setdefault(offset // 8, []).append(f"({_none_safe(conv)} << {offset % 8})")
+                else:
+                    data.append((offset, fmt, conv))
+                    slow_data.append((offset, fmt, _none_safe(conv)))
+                slow.append(f"{var} = None if v is _M else v")
+            else:
+                self.pointers[i] = desc
+                self.columns.append((i, _Field("pointer", ptr_index=slot.offset)))
+                ptrs[slot.offset] = f"P{i}({var}, pos + {(self.data_words + slot.offset) * 8})"
+                slow.append(f"{var} = None if v is _M else v")
+        for byte, parts in bools.items():
+            data.append((byte, "B", " | ".join(parts)))
+            slow_data.append((byte, "B", " | ".join(slow_bools[byte])))
+        self.fmt = _data_format(data, self.data_words) + "Q" * self.ptr_count
+        pointer_values = [ptrs.get(j, "0") for j in range(self.ptr_count)]
+        fast_values = [expr for _, _, expr in sorted(data)] + pointer_values
+        # The slow path maps None (absent) to the stored zero, which reads as the default.
+        slow_values = [expr for _, _, expr in sorted(slow_data)] + [_none_safe(e) for e in pointer_values]
+        names = ", ".join(f"v{i}" for i in self._getter_indexes(schema))
+        unpack = f"{names} = _G(d)" if len(self.getter) == 1 else f"{names}, = _G(d)" if names else "_G(d)"
+        binds = "".join(f"    P{i} = P[{i}]\n" for i in self.pointers)
+        return (
+            "def _make(buf, P):\n"
+            "    pack = _S.pack_into\n"
+            f"{binds}"
+            "    def slow(d, pos):\n"
+            "        n = 0\n"
+            + "".join("        " + line.replace("\n", "\n        ") + "\n" for line in slow)
+            + "        if n != len(d):\n            raise _Unknown\n"
+            f"        pack(buf, pos{''.join(', ' + v for v in slow_values)})\n"
+            "    def encode(d, pos):\n"
+            "        try:\n"
+            f"            {unpack}\n"
+            f"            if len(d) == {len(self.getter)}:\n"
+            f"                pack(buf, pos{''.join(', ' + v for v in fast_values)})\n"
+            "                return\n"
+            "        except Exception:\n"
+            "            pass\n"
+            "        slow(d, pos)\n"
+            "    return encode\n"
+        )
+
+    @staticmethod
+    def _getter_indexes(schema: Any) -> list[int]:
+        return [
+            i
+            for i, f in enumerate(schema.fields_list)
+            if f.proto.which() == "slot" and f.proto.slot.type.which() != "void"
+        ]
+
+    def _scalar(
+        self, desc: tuple[Any, ...], slot: Any, i: int, enums: dict[int, dict[str, int]]
+    ) -> tuple[str, str, int]:
+        """(expression, struct format, byte offset, or bit offset for a bool) of a data field."""
+        var = f"v{i}"
+        default = _default(slot)
+        if desc[0] == "bool":
+            return (f"(_bool({var}) ^ {int(bool(default))})", "", slot.offset)
+        fmt, size = ("H", 2) if desc[0] == "enum" else (desc[1], desc[2])
+        conv = var
+        if desc[0] == "enum":
+            self.constants[f"_E{i}"] = enums[desc[1]]
+            conv = f"(_E{i}[{var}] if type({var}) is str else {var})"
+        if default:
+            if fmt in _BITS_FMT:
+                self.constants[f"_D{i}"] = default
+                conv = f"_fxor({conv}, {fmt!r}, _D{i})"
+                fmt = _BITS_FMT[fmt]
+            else:
+                conv = f"({conv} ^ {default})"
+        return conv, fmt, slot.offset * size
+
+
+def _none_safe(expr: str) -> str:
+    """Wrap a value expression so that a None field packs as zero (the default)."""
+    names = sorted(set(re.findall(r"\bv\d+\b", expr)))
+    if not names:
+        return expr
+    return f"(0 if {names[0]} is None else {expr})"
+
+
+def _default(slot: Any) -> Any:
+    if not slot.hadExplicitDefault:
+        return 0
+    value = slot.defaultValue
+    v = getattr(value, value.which())
+    if slot.type.which() == "enum":
+        return int(value.enum)
+    return v
+
+
+def _data_format(data: list[tuple[int, str, str]], words: int) -> str:
+    fmt, at = "<", 0
+    for offset, f, _ in sorted(data):
+        if offset > at:
+            fmt += f"{offset - at}x"
+        fmt += f
+        at = offset + struct.calcsize("<" + f)
+    if words * 8 > at:
+        fmt += f"{words * 8 - at}x"
+    return fmt
+
+
+def _bool(v: Any) -> int:
+    if v is True:
+        return 1
+    if v is False:
+        return 0
+    raise _BadValue
+
+
+def _fxor(v: Any, fmt: str, default: float) -> int:
+    bits = _BITS_FMT[fmt]
+    (a,) = struct.unpack("<" + bits, struct.pack("<" + fmt, v))
+    (b,) = struct.unpack("<" + bits, struct.pack("<" + fmt, default))
+    return int(a ^ b)
+
+
+class RecordEncoder:
+    """Encodes a list of record dicts (None for a hole) of one struct type as one message.
+
+    The message's root is ``Records`` (hollow.capnp) whose ``list`` is the
+    List(T); its bytes are the 8-byte segment table followed by the segment.
+    """
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+        structs: dict[int, Any] = {schema.node.id: schema}
+        enums: dict[int, dict[str, int]] = {}
+        self.plans: dict[int, _StructPlan] = {}
+        pending = [schema.node.id]
+        while pending:
+            sid = pending.pop()
+            if sid in self.plans:
+                continue
+            self.plans[sid] = _StructPlan(structs[sid], structs, enums)
+            pending.extend(k for k in structs if k not in self.plans)
+        self.top = self.plans[schema.node.id]
+        self.enums = enums
+
+    def encode(self, records: list[Mapping[str, Any] | None]) -> tuple[bytes, bytearray]:
+        """Return (segment table, segment). Raises :class:`EncodeError` for the first bad record.
+
+        Tries the columnar path first (whole columns through ``array`` and
+        numpy); any record it cannot take makes the whole list go record by
+        record, which is slower and names the bad record. Which path runs
+        depends only on the data, so equal data always gives equal bytes.
+        """
+        top = self.top
+        n = len(records)
+        if n * top.words >= _MAX_WORDS or n >= _OFFSET_MASK:
+            raise OverflowError(f"{n} records of {top.name} exceed one Cap'n Proto segment")
+        buf = self._start(n)
+        try:
+            _Columns(self, buf, records).encode()
+        except _Fallback:
+            buf = self._start(n)
+            self._encode_rows(buf, records)
+        if len(buf) % 8:
+            raise AssertionError("segment not word-aligned")  # pragma: no cover
+        return struct.pack("<II", 0, len(buf) // 8), buf
+
+    def _start(self, n: int) -> bytearray:
+        top = self.top
+        buf = bytearray(24 + n * top.words * 8)
+        struct.pack_into(
+            "<QQQ",
+            buf,
+            0,
+            1 << 48,  # root: a struct with no data and one pointer, right after
+            _ptr(16, 8, 7, n * top.words),
+            (n << 2) | (top.data_words << 32) | (top.ptr_count << 48),
+        )
+        return buf
+
+    def _encode_rows(self, buf: bytearray, records: list[Mapping[str, Any] | None]) -> None:
+        enc = _bind(buf, self.plans, self.enums, {})[self.schema.node.id]
+        size = self.top.words * 8
+        pos = 24
+        for i, d in enumerate(records):
+            if d is not None:
+                try:
+                    enc(d, pos)
+                except Exception as e:
+                    raise EncodeError(i, e) from e
+            pos += size
+
+
+class _Fallback(Exception):  # noqa: N818 - control flow
+    """The columnar path cannot take this input; encode record by record."""
+
+
+class _Columns:
+    """The columnar path: each top-level field of every record at once.
+
+    Scalars go through ``array`` (which rejects wrong types and out-of-range
+    values like ``struct`` does) into a strided numpy view of the list. Text is
+    interned with ``dict.fromkeys`` and its pointers computed as a vector.
+    Lists of Text are interned per distinct list. Other pointer fields use the
+    per-record encoders, one column at a time.
+    """
+
+    def __init__(self, encoder: RecordEncoder, buf: bytearray, records: list[Mapping[str, Any] | None]) -> None:
+        self.enc, self.buf, self.top = encoder, buf, encoder.top
+        self.n = len(records)
+        holes = records.count(None)
+        if holes:
+            self.ordinals: Any = np.fromiter((i for i, r in enumerate(records) if r is not None), np.int64)
+            self.records = [r for r in records if r is not None]
+        else:
+            self.ordinals = np.arange(self.n, dtype=np.int64)
+            self.records = records  # type: ignore[assignment]
+
+    def encode(self) -> None:
+        top, recs = self.top, self.records
+        if not recs:
+            return
+        if set(map(type, recs)) != {dict} or set(map(len, recs)) != {len(top.getter)}:
+            raise _Fallback  # not all plain dicts with exactly the schema's fields
+        try:
+            rows = list(map(top.itemgetter, recs))
+        except KeyError:
+            raise _Fallback from None
+        columns = list(zip(*rows, strict=True)) if len(top.getter) > 1 else [rows]
+        del rows
+        pointer_cols: list[tuple[int, int, list[Any]]] = []
+        for (i, field), column in zip(top.columns, columns, strict=True):
+            col = list(column)
+            if field.kind == "data":
+                self._scalars(field, col)
+            elif field.kind == "bool":
+                self._bools(field, col)
+            else:
+                pointer_cols.append((i, field.ptr_index, col))
+        self.tcache: dict[str, tuple[int, int]] = {}
+        row_encoders = None
+        for i, slot, col in pointer_cols:
+            desc = top.pointers[i]
+            if desc[0] == "text":
+                self._text_column(slot, col)
+            elif desc == ("list", ("text",)):
+                self._text_lists(slot, col)
+            else:
+                if row_encoders is None:
+                    row_encoders = _bind(self.buf, self.enc.plans, self.enc.enums, self.tcache, pointers_only=True)
+                self._row_pointers(slot, col, row_encoders[i])
+
+    # -- helpers --------------------------------------------------------------
+
+    def _view(self, byte_offset: int, dtype: str) -> Any:
+        """A strided view of one field across every live record."""
+        stride = self.top.words * 8
+        return np.ndarray(shape=(self.n,), dtype=dtype, buffer=self.buf, offset=24 + byte_offset, strides=(stride,))
+
+    def _put(self, byte_offset: int, dtype: str, values: Any) -> None:
+        view = self._view(byte_offset, dtype)
+        if len(self.records) == self.n:
+            view[:] = values
+        else:
+            view[self.ordinals] = values
+
+    def _scalars(self, field: _Field, col: list[Any]) -> None:
+        if field.enum is not None:
+            names = field.enum
+            try:
+                col = [names[v] if type(v) is str else v for v in col]
+            except KeyError:
+                raise _Fallback from None
+        default = field.default
+        if None in col:
+            col = [default if v is None else v for v in col]
+        try:
+            arr = array(field.code, col)
+        except (TypeError, OverflowError, ValueError):
+            raise _Fallback from None
+        values = np.frombuffer(arr, dtype=field.dtype) if len(arr) else np.zeros(0, field.dtype)
+        if field.code in "fd":
+            overflow = field.code == "f" and np.isinf(values).any()
+            if overflow and (np.isinf(values) & ~np.isinf(np.array(col, dtype=np.float64))).any():
+                raise _Fallback  # a finite value overflowed Float32; the row path names it
+            if default:
+                bits = "<u4" if field.code == "f" else "<u8"
+                values = values.view(bits) ^ np.array([default], dtype=field.dtype).view(bits)[0]
+                self._put(field.offset, bits, values)
+                return
+        elif default:
+            values = values ^ np.array(default, dtype=field.dtype)
+        self._put(field.offset, field.dtype, values)
+
+    def _bools(self, field: _Field, col: list[Any]) -> None:
+        if None in col:
+            col = [bool(field.default) if v is None else v for v in col]
+        if not set(map(type, col)) <= {bool}:
+            raise _Fallback
+        bits = np.array(col, dtype=np.uint8) ^ np.uint8(bool(field.default))
+        view = self._view(field.offset // 8, "u1")
+        target = view if len(self.records) == self.n else view[self.ordinals]
+        merged = target | (bits << np.uint8(field.offset % 8))
+        self._put(field.offset // 8, "u1", merged)
+
+    def _text_column(self, slot: int, col: list[Any]) -> None:
+        """Write a Text column: in order when its values are mostly distinct, else once per value."""
+        null = None
+        if None in col:
+            null = np.fromiter((v is None for v in col), dtype=bool, count=len(col))
+            col = ["" if v is None else v for v in col]
+        sample = col[:4096]
+        try:
+            if len(set(sample)) > len(sample) // 2:
+                encoded = list(map(str.encode, col))
+                starts, lens = self._write_blobs(encoded)
+            else:
+                distinct = {v: i for i, v in enumerate(dict.fromkeys(col))}
+                d_starts, d_lens = self._write_blobs(list(map(str.encode, distinct)))
+                which = np.fromiter(map(distinct.__getitem__, col), dtype=np.int64, count=len(col))
+                starts, lens = d_starts[which], d_lens[which]
+        except TypeError:
+            raise _Fallback from None
+        self._pointer_column(slot, starts, lens + 1, 2, null)
+
+    def _write_blobs(self, encoded: list[bytes]) -> tuple[Any, Any]:
+        """Append NUL-terminated, word-padded blobs; return their byte positions and lengths."""
+        lens = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        pads = 8 - (lens & 7)
+        sizes = lens + pads
+        starts = len(self.buf) + np.cumsum(sizes) - sizes
+        self.buf.extend(b"".join(chain.from_iterable(zip(encoded, map(_ZPAD.__getitem__, pads.tolist()), strict=True))))
+        return starts, lens
+
+    def _pointer_column(self, slot: int, targets: Any, counts: Any, elsize: int, null: Any | None) -> None:
+        ppos = 24 + self.ordinals * (self.top.words * 8) + (self.top.data_words + slot) * 8
+        offsets = ((targets - ppos) >> 3) - 1
+        words = ((offsets & _OFFSET_MASK) << 2).astype(np.uint64) | np.uint64(1 | (elsize << 32))
+        words |= counts.astype(np.uint64) << np.uint64(35)
+        if null is not None:
+            words[null] = 0
+        self._put((self.top.data_words + slot) * 8, "<u8", words)
+
+    def _text_lists(self, slot: int, col: list[Any]) -> None:
+        """Write a List(Text) column, each distinct list (and each distinct string in them) once."""
+        if not set(map(type, col)) <= {list, tuple, type(None)}:
+            raise _Fallback
+        keys = [tuple(v) if v is not None else () for v in col]
+        distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        strings = [s for s in dict.fromkeys(chain.from_iterable(distinct)) if s not in self.tcache]
+        try:
+            s_starts, s_lens = self._write_blobs(list(map(str.encode, strings)))
+        except TypeError:
+            raise _Fallback from None
+        self.tcache.update(zip(strings, zip(s_starts.tolist(), (s_lens + 1).tolist(), strict=True), strict=True))
+        tc, buf = self.tcache, self.buf
+        where = np.zeros((len(distinct), 2), dtype=np.int64)
+        for key, i in distinct.items():
+            lpos = len(buf)
+            buf.extend(bytes(8 * len(key)))
+            ptrs = [
+                (((((tc[x][0] - p) >> 3) - 1) & _OFFSET_MASK) << 2) | 0x200000001 | (tc[x][1] << 35)
+                for p, x in zip(range(lpos, lpos + 8 * len(key), 8), key, strict=True)
+            ]
+            struct.pack_into(f"<{len(key)}Q", buf, lpos, *ptrs)
+            where[i] = (lpos, len(key))
+        which = np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=len(keys))
+        null = np.fromiter((v is None for v in col), dtype=bool, count=len(col)) if None in col else None
+        self._pointer_column(slot, where[which, 0], where[which, 1], 6, null)
+
+    def _row_pointers(self, slot: int, col: list[Any], fn: Any) -> None:
+        base = 24 + (self.top.data_words + slot) * 8
+        stride = self.top.words * 8
+        try:
+            words = [
+                0 if v is None else fn(v, base + o * stride) for v, o in zip(col, self.ordinals.tolist(), strict=True)
+            ]
+        except Exception:  # noqa: BLE001 - the row path names the bad record
+            raise _Fallback from None
+        self._put((self.top.data_words + slot) * 8, "<u8", np.array(words, dtype=np.uint64))
+
+
+def _bind(
+    buf: bytearray,
+    plans: dict[int, _StructPlan],
+    enums: dict[int, dict[str, int]],
+    tcache: dict[str, tuple[int, int]],
+    *,
+    pointers_only: bool = False,
+) -> dict[Any, Any]:
+    """Instantiate every encoder of one message around its buffer.
+
+    Text is interned: stored once per distinct value, *tcache* mapping each
+    value to its (byte position, length with NUL). Returns the record
+    encoders by struct id or, with *pointers_only*, the top-level type's
+    pointer-field encoders by field index.
+    """
+    ext = buf.extend
+
+    def text(v: str, ppos: int) -> int:
+        t = tcache.get(v)
+        if t is None:
+            b = v.encode()
+            tpos = len(buf)
+            n = len(b)
+            ext(b)
+            ext(_ZPAD[8 - (n & 7)])  # the NUL, then up to the next word
+            t = tcache[v] = (tpos, n + 1)
+        return (((((t[0] - ppos) >> 3) - 1) & _OFFSET_MASK) << 2) | 0x200000001 | (t[1] << 35)
+
+    def data(v: Any, ppos: int) -> int:
+        if type(v) is not bytes:
+            if not isinstance(v, (bytearray, memoryview)):
+                raise _BadValue
+            v = bytes(v)
+        tpos = len(buf)
+        n = len(v)
+        ext(v)
+        ext(_ZPAD[-n & 7])
+        return _ptr(tpos, ppos, 2, n)
+
+    fns: dict[Any, Any] = {}
+    ctx = _ListContext(buf, text, data, fns, enums)
+    raw: dict[int, Any] = {}
+    top: dict[int, Any] = {}
+    for sid, plan in plans.items():
+        pointers: dict[int, Any] = {}
+        top = top or pointers
+        for i, desc in plan.pointers.items():
+            if desc[0] == "text":
+                pointers[i] = text
+            elif desc[0] == "data":
+                pointers[i] = data
+            elif desc[0] == "struct":
+                pointers[i] = _late(fns, desc[1])
+            else:
+                pointers[i] = ctx.encoder(desc)
+        raw[sid] = plan.make(buf, pointers)
+        fns[sid] = _struct_pointer(buf, raw[sid], plan)
+        fns["raw", sid] = raw[sid]
+        fns["words", sid] = plan.words
+        fns["tail", sid] = (plan.data_words << 32) | (plan.ptr_count << 48)
+    return top if pointers_only else raw
+
+
+def _late(fns: dict[Any, Any], sid: int) -> Callable[[Any, int], int]:
+    """A struct-pointer encoder looked up at call time (struct types may refer to each other)."""
+
+    def pointer(v: Any, ppos: int) -> int:
+        return int(fns[sid](v, ppos))
+
+    return pointer
+
+
+def _struct_pointer(buf: bytearray, enc: Any, plan: _StructPlan) -> Callable[[Any, int], int]:
+    zeros = bytes(plan.words * 8)
+    plan_tail: int = (plan.data_words << 32) | (plan.ptr_count << 48)
+
+    def pointer(v: Any, ppos: int) -> int:
+        if type(v) is not dict:
+            raise _BadValue
+        spos = len(buf)
+        buf.extend(zeros)
+        enc(v, spos)
+        tail: int = plan_tail
+        if not plan.words:
+            return (_OFFSET_MASK << 2) | tail  # zero-sized structs point at offset -1
+        return (((((spos - ppos) >> 3) - 1) & _OFFSET_MASK) << 2) | tail
+
+    return pointer
+
+
+class _ListContext:
+    """Builds list encoders (closures over one message's buffer) from element descriptors."""
+
+    def __init__(
+        self, buf: bytearray, text: Any, data: Any, fns: dict[Any, Any], enums: dict[int, dict[str, int]]
+    ) -> None:
+        self.buf, self.text, self.data, self.fns, self.enums = buf, text, data, fns, enums
+
+    def encoder(self, desc: tuple[Any, ...]) -> Callable[[Any, int], int]:
+        elem = desc[1]
+        kind = elem[0]
+        if kind in ("prim", "enum"):
+            return self._primitive(elem)
+        if kind == "bool":
+            return self._bools()
+        if kind == "void":
+            return self._voids()
+        if kind == "struct":
+            return self._structs(elem[1])
+        inner = {"text": self.text, "data": self.data}.get(kind) or self.encoder(elem)
+        return self._pointers(inner, intern=kind == "text")
+
+    def _primitive(self, elem: tuple[Any, ...]) -> Callable[[Any, int], int]:
+        buf = self.buf
+        code, size = ("H", 2) if elem[0] == "enum" else (_ARRAY_CODE[elem[1]], elem[2])
+        names = self.enums.get(elem[1], {}) if elem[0] == "enum" else None
+        if code == "q" and array("q").itemsize != 8:  # pragma: no cover
+            raise Unsupported("64-bit arrays")
+
+        def encode(v: Any, ppos: int) -> int:
+            if type(v) is not list and type(v) is not tuple:
+                raise _BadValue
+            if names is not None:
+                v = [names[x] if type(x) is str else x for x in v]
+            raw = array(code, v).tobytes()
+            lpos = len(buf)
+            buf.extend(raw)
+            buf.extend(_ZPAD[-len(raw) & 7])
+            return _ptr(lpos, ppos, _ELSIZE[size], len(v))
+
+        return encode
+
+    def _bools(self) -> Callable[[Any, int], int]:
+        buf = self.buf
+
+        def encode(v: Any, ppos: int) -> int:
+            if type(v) is not list and type(v) is not tuple:
+                raise _BadValue
+            bits = 0
+            for i, x in enumerate(v):
+                bits |= _bool(x) << i
+            raw = bits.to_bytes((len(v) + 7) // 8, "little")
+            lpos = len(buf)
+            buf.extend(raw)
+            buf.extend(_ZPAD[-len(raw) & 7])
+            return _ptr(lpos, ppos, 1, len(v))
+
+        return encode
+
+    def _voids(self) -> Callable[[Any, int], int]:
+        def encode(v: Any, ppos: int) -> int:
+            if type(v) is not list and type(v) is not tuple:
+                raise _BadValue
+            return _ptr(ppos + 8, ppos, 0, len(v))
+
+        return encode
+
+    def _structs(self, sid: int) -> Callable[[Any, int], int]:
+        buf, fns = self.buf, self.fns
+
+        def encode(v: Any, ppos: int) -> int:
+            if type(v) is not list and type(v) is not tuple:
+                raise _BadValue
+            enc, words, tail = fns["raw", sid], fns["words", sid], fns["tail", sid]
+            n = len(v)
+            lpos = len(buf)
+            buf.extend(bytes(8 + n * words * 8))
+            struct.pack_into("<Q", buf, lpos, (n << 2) | tail)
+            at = lpos + 8
+            for d in v:
+                if type(d) is not dict:
+                    raise _BadValue
+                enc(d, at)
+                at += words * 8
+            return _ptr(lpos, ppos, 7, n * words)
+
+        return encode
+
+    def _pointers(self, inner: Any, *, intern: bool) -> Callable[[Any, int], int]:
+        buf = self.buf
+        cache: dict[tuple[Any, ...], tuple[int, int]] = {}
+
+        def encode(v: Any, ppos: int) -> int:
+            if type(v) is not list and type(v) is not tuple:
+                raise _BadValue
+            key = tuple(v) if intern else None
+            hit = cache.get(key) if key is not None else None
+            if hit is None:
+                n = len(v)
+                lpos = len(buf)
+                buf.extend(bytes(8 * n))
+                ptrs = [inner(x, lpos + 8 * i) for i, x in enumerate(v)]
+                struct.pack_into(f"<{n}Q", buf, lpos, *ptrs)
+                hit = (lpos, n)
+                if key is not None:
+                    cache[key] = hit
+            return _ptr(hit[0], ppos, 6, hit[1])
+
+        return encode
+
+
+def encode_with_pycapnp(schema: Any, records: list[Mapping[str, Any] | None]) -> tuple[bytes, bytes]:
+    """The slow path for schemas the fast encoder cannot write: pycapnp's own builders."""
+    env = reader_schema.envelope()
+    message = env.Records.new_message()
+    lst = message.list.init_as_list(capnp._ListSchema(schema), len(records))
+    for i, d in enumerate(records):
+        if d is not None:
+            try:
+                lst[i] = dict(d)
+            except Exception as e:
+                raise EncodeError(i, e) from e
+    segments = message.to_segments()
+    table = struct.pack(f"<I{len(segments)}I", len(segments) - 1, *(len(s) // 8 for s in segments))
+    table += _ZPAD[-len(table) & 7]
+    return table, b"".join(segments)
+
+
+# --- naming what is wrong with a record ----------------------------------------------
+
+_INT_RANGES = {
+    "int8": (-(1 << 7), (1 << 7) - 1),
+    "int16": (-(1 << 15), (1 << 15) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "int64": (-(1 << 63), (1 << 63) - 1),
+    "uint8": (0, (1 << 8) - 1),
+    "uint16": (0, (1 << 16) - 1),
+    "uint32": (0, (1 << 32) - 1),
+    "uint64": (0, (1 << 64) - 1),
+}
+_TYPE_NAMES = {k: k.capitalize().replace("Uint", "UInt") for k in _INT_RANGES} | {
+    "float32": "Float32",
+    "float64": "Float64",
+    "bool": "Bool",
+    "text": "Text",
+    "data": "Data",
+}
+
+
+def diagnose(schema: Any, record: Any, path: str = "") -> tuple[str, str] | None:
+    """The first problem with *record* as a value of struct *schema*: (field path, what is wrong).
+
+    None when nothing is found (then the encoder's own exception is the best account).
+    """
+    if not isinstance(record, Mapping):
+        return (path or "(record)", f"expected a dict, got {type(record).__name__}")
+    fields = {f.proto.name: f for f in schema.fields_list}
+    for name in record:
+        if name not in fields:
+            where = f"{path}.{name}" if path else str(name)
+            return (where, f"unknown field; {schema.node.displayName.split(':')[-1]} has: {', '.join(fields)}")
+    for name, value in record.items():
+        if value is None:
+            continue
+        field = fields[name]
+        where = f"{path}.{name}" if path else name
+        proto = field.proto
+        if proto.which() != "slot":
+            continue  # groups: left to pycapnp
+        problem = _check_value(proto.slot.type, _field_schema(field), value, where)
+        if problem:
+            return problem
+    return None
+
+
+def _field_schema(field: Any) -> Any:
+    try:
+        return field.schema
+    except capnp.KjException:
+        return None  # primitive types have no schema object
+
+
+def _check_value(typ: Any, schema: Any, value: Any, where: str) -> tuple[str, str] | None:  # noqa: PLR0911, PLR0912 - one branch per Cap'n Proto type
+    kind = typ.which()
+    got = f"got {type(value).__name__} {value!r}"[:120]
+    if kind in _INT_RANGES:
+        lo, hi = _INT_RANGES[kind]
+        if type(value) is not int and type(value) is not bool:
+            return (where, f"expected {_TYPE_NAMES[kind]} (an int), {got}")
+        if not lo <= value <= hi:
+            return (where, f"{value} is out of range for {_TYPE_NAMES[kind]} ({lo}..{hi})")
+        return None
+    if kind in ("float32", "float64"):
+        if not isinstance(value, (int, float)):
+            return (where, f"expected {_TYPE_NAMES[kind]} (a float), {got}")
+        if kind == "float32":
+            try:
+                struct.pack("<f", value)
+            except OverflowError:
+                return (where, f"{value} is out of range for Float32")
+        return None
+    if kind == "bool":
+        return None if type(value) is bool else (where, f"expected Bool, {got}")
+    if kind == "text":
+        return None if isinstance(value, str) else (where, f"expected Text (a str), {got}")
+    if kind == "data":
+        return None if isinstance(value, (bytes, bytearray, memoryview)) else (where, f"expected Data (bytes), {got}")
+    if kind == "enum":
+        names = dict(schema.enumerants)
+        if isinstance(value, str) and value not in names:
+            return (where, f"{value!r} is not one of {', '.join(names)}")
+        if not isinstance(value, (str, int)):
+            return (where, f"expected an enumerant name, {got}")
+        return None
+    if kind == "struct":
+        return diagnose(schema, value, where)
+    if kind == "list":
+        if not isinstance(value, (list, tuple)):
+            return (where, f"expected a list, {got}")
+        elem = typ.list.elementType
+        elem_schema = schema.elementType if elem.which() in ("struct", "enum", "list") else None
+        for i, v in enumerate(value):
+            problem = _check_value(elem, elem_schema, v, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    return None

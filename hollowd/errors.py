@@ -1,0 +1,58 @@
+"""The writer's errors: one hierarchy rooted at :class:`Error`.
+
+Errors that reject a cycle name the type, the record (by primary key, or by
+its position in the input) and the field, so the fix is obvious from the log
+line alone. Nothing is announced when one is raised.
+"""
+
+from __future__ import annotations
+
+import hollow
+
+
+class Error(Exception):
+    """Base class of every error hollowd raises."""
+
+
+class SchemaError(Error):
+    """A schema file that does not compile, or a type or key that it does not declare."""
+
+
+class UnsupportedSchemaError(SchemaError):
+    """A schema feature hollowd cannot store or index (e.g. a float primary key)."""
+
+
+class ValidationError(Error):
+    """Input that would make a bad version: the whole cycle is rejected, nothing is announced."""
+
+    def __init__(
+        self, message: str, *, type_name: str | None = None, key: object = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.key = key
+        self.field = field
+
+
+class DuplicateKeyError(ValidationError):
+    """Two records of one type share a primary key."""
+
+
+class MissingKeyError(ValidationError):
+    """A record lacks a primary-key field."""
+
+
+class PublishError(Error):
+    """The new version could not be written; the announced version is unchanged."""
+
+
+class StorageFullError(PublishError):
+    """No room for the new version in the root's filesystem (usually /dev/shm)."""
+
+
+class VersionNotFoundError(Error, hollow.VersionNotFoundError):
+    """A version to pin or restore that has no state file."""
+
+
+class ProducerLockedError(Error):
+    """Another producer already owns this namespace."""

@@ -1,0 +1,118 @@
+"""Building the hash indexes a state file carries (read side: ``hollow.view``).
+
+Tables are open-addressed with linear probing, built as whole vectors with
+numpy: items are sorted by home slot and placed at
+``max(home, previous position + 1)`` (a running maximum), so building costs
+no Python work per record beyond computing fingerprints. Items pushed past the
+last slot wrap into the first free slots from 0, which keeps every probe run
+unbroken. Load factor at most :data:`LOAD`.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hollow import layout
+from hollowd.schema import IndexSpec
+
+#: Highest fill of a table; lower probes fewer slots, higher saves bytes.
+LOAD = 0.6
+
+
+@dataclass
+class BuiltIndex:
+    """Arrays ready to be written as the sections of one ``Index``."""
+
+    spec: IndexSpec
+    capacity: int
+    keys: Any  # uint64[capacity]
+    slots: Any  # uint32[capacity]
+    counts: Any  # uint32[capacity], non-unique only
+    postings: Any  # uint32[n], non-unique only
+    distinct: int
+
+
+def fingerprints(spec: IndexSpec, keys: Sequence[Any]) -> Any:
+    """The uint64 fingerprint of each key. TypeError when one cannot be a key of *spec*."""
+    if spec.kind == layout.KIND_EXACT_INT and keys:
+        for code in ("q", "Q"):  # signed first; unsigned keys past 2**63 need Q
+            try:
+                return np.frombuffer(array(code, keys), dtype=np.uint64)
+            except OverflowError:
+                continue
+            except TypeError:
+                break
+    return np.fromiter(map(spec.fingerprint, keys), dtype=np.uint64, count=len(keys))
+
+
+def capacity_for(n: int) -> int:
+    """The smallest prime that keeps the load at most :data:`LOAD` (see ``layout.slot_of``)."""
+    c = max(11, int(n / LOAD) + 1)
+    while not _is_prime(c):
+        c += 1
+    return c
+
+
+def _is_prime(c: int) -> bool:
+    if c % 2 == 0:
+        return c == 2
+    return all(c % d for d in range(3, int(c**0.5) + 1, 2))
+
+
+def home_slots(kind: int, fps: Any, capacity: int) -> Any:
+    del kind  # every kind: fingerprint modulo a prime capacity (layout.slot_of)
+    return fps % np.uint64(capacity)
+
+
+def place(home: Any, capacity: int) -> Any:
+    """Linear-probing positions for items with home slots *home* (any order); returns positions."""
+    n = len(home)
+    order = np.argsort(home, kind="stable")
+    h = home[order].astype(np.int64)
+    idx = np.arange(n, dtype=np.int64)
+    pos = np.maximum.accumulate(h - idx) + idx if n else h
+    over = pos >= capacity
+    if over.any():
+        taken = np.zeros(capacity, dtype=bool)
+        taken[pos[~over]] = True
+        free = np.flatnonzero(~taken)
+        # The wrapped items take the first free slots from 0, in probe order.
+        pos[over] = free[: int(over.sum())]
+    out = np.empty(n, dtype=np.int64)
+    out[order] = pos
+    return out
+
+
+def build_unique(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
+    """A primary-key table: slot -> ordinal + 1. *fps* must be distinct."""
+    n = len(fps)
+    cap = capacity_for(n)
+    pos = place(home_slots(spec.kind, fps, cap), cap)
+    keys = np.zeros(cap, dtype=np.uint64)
+    slots = np.zeros(cap, dtype=np.uint32)
+    keys[pos] = fps
+    slots[pos] = ordinals.astype(np.uint32) + 1
+    empty = np.zeros(0, dtype=np.uint32)
+    return BuiltIndex(spec, cap, keys, slots, empty, empty, n)
+
+
+def build_multi(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
+    """A secondary table: slot -> (start in postings + 1, count); postings ordered by ordinal per key."""
+    order = np.lexsort((ordinals, fps))
+    sorted_fps = fps[order]
+    postings = ordinals[order].astype(np.uint32)
+    distinct, starts, counts = np.unique(sorted_fps, return_index=True, return_counts=True)
+    cap = capacity_for(len(distinct))
+    pos = place(home_slots(spec.kind, distinct, cap), cap)
+    keys = np.zeros(cap, dtype=np.uint64)
+    slots = np.zeros(cap, dtype=np.uint32)
+    cnt = np.zeros(cap, dtype=np.uint32)
+    keys[pos] = distinct
+    slots[pos] = starts.astype(np.uint32) + 1
+    cnt[pos] = counts.astype(np.uint32)
+    return BuiltIndex(spec, cap, keys, slots, cnt, postings, len(distinct))

@@ -1,0 +1,258 @@
+"""Writing a state file and announcing it.
+
+Publish is write-new, verify, rename, then announce; nothing is ever modified
+in place (a reader of a truncated mapping dies of SIGBUS, which Python cannot
+catch: mmap(2)). In order:
+
+1. lay out every section and the envelope, so the file's size is known;
+2. create ``.<version>.<pid>.tmp`` (O_EXCL, O_NOFOLLOW) and reserve the whole
+   size with posix_fallocate(3), so a full /dev/shm fails here, cleanly;
+3. write the sections, the envelope and, last, the header; fsync;
+4. make it read-only (0440 & mode) and attach it as a reader would (verify);
+5. rename(2) it to ``<version>``: readers see all of it or none of it;
+6. write ``announced`` the same way (temporary name, rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from hollow import layout
+from hollow import schema as reader_schema
+from hollow.errors import Error as ReaderError
+from hollow.state import StateFile
+from hollowd.errors import PublishError, StorageFullError
+from hollowd.index import BuiltIndex
+from hollowd.schema import NamespaceSchema
+from hollowd.state import BuiltType
+
+_KIND = {layout.KIND_EXACT_INT: "exactInt", layout.KIND_HASHED: "hashed"}
+_KEY_TYPE = {layout.KEY_INT: "int", layout.KEY_TEXT: "text", layout.KEY_DATA: "data", layout.KEY_BOOL: "bool"}
+
+
+@dataclass
+class _Piece:
+    offset: int
+    data: Any  # a buffer
+
+
+class _Layout:
+    """Sections placed one after another from the end of the header, each 8-byte aligned."""
+
+    def __init__(self) -> None:
+        self.pieces: list[_Piece] = []
+        self.end = layout.HEADER_SIZE
+
+    def add(self, *parts: Any) -> tuple[int, int]:
+        """Place *parts* contiguously; returns (offset, length) of the whole section."""
+        start = self.end
+        for part in parts:
+            mv = memoryview(part).cast("B")
+            if len(mv):
+                self.pieces.append(_Piece(self.end, mv))
+            self.end += len(mv)
+        length = self.end - start
+        self.end += -self.end & 7
+        return start, length
+
+
+def _set_section(section: Any, where: tuple[int, int]) -> None:
+    section.offset, section.length = where
+
+
+def _index_message(ix: Any, built: BuiltIndex, place: _Layout) -> None:
+    spec = built.spec
+    ix.init("fields", len(spec.fields))
+    for i, f in enumerate(spec.fields):
+        ix.fields[i] = f
+    ix.init("fieldTypes", len(spec.key_types))
+    for i, t in enumerate(spec.key_types):
+        ix.fieldTypes[i] = _KEY_TYPE[t]
+    ix.kind = _KIND[spec.kind]
+    ix.unique = spec.unique
+    ix.capacity = built.capacity
+    ix.distinct = built.distinct
+    _set_section(ix.keys, place.add(built.keys))
+    _set_section(ix.slots, place.add(_padded(built.slots)))
+    _set_section(ix.counts, place.add(_padded(built.counts)))
+    _set_section(ix.postings, place.add(_padded(built.postings)))
+
+
+def _padded(a: Any) -> Any:
+    """A uint32 array padded to a whole number of words (sections are cast by readers)."""
+    if len(a) % 2:
+        return np.concatenate((a, np.zeros(1, dtype=a.dtype)))
+    return a
+
+
+def write_state_file(
+    ns_dir: Path,
+    namespace: str,
+    version: int,
+    parent: int,
+    schema: NamespaceSchema,
+    types: Iterable[BuiltType],
+    *,
+    mode: int = 0o640,
+) -> Path:
+    """Write, verify and rename into place the state file of *version*; return its path.
+
+    Raises :class:`StorageFullError` when the filesystem has no room (nothing is
+    left behind) and :class:`PublishError` for any other failure.
+    """
+    now = time.time_ns()
+    env = reader_schema.envelope()
+    state = env.State.new_message()
+    state.namespace = namespace
+    state.version = version
+    state.parentVersion = parent
+    state.publishedAtNs = now
+    emb = state.userSchema
+    emb.fingerprint = schema.fingerprint
+    emb.fileName = schema.path.name
+    emb.source = schema.source
+    emb.init("nodes", len(schema.node_bytes))
+    for i, b in enumerate(schema.node_bytes):
+        emb.nodes[i] = b
+    types = list(types)
+    place = _Layout()
+    lst = state.init("types", len(types))
+    for ts, built in zip(lst, types, strict=True):
+        ts.name = built.rtype.name
+        ts.typeId = built.rtype.type_id
+        ts.count = built.count
+        ts.ordinals = built.size
+        ts.contentHash = built.content_hash
+        _set_section(ts.records, place.add(built.table, built.segment))
+        _set_section(ts.holes, place.add(_padded(built.holes)))
+        _index_message(ts.primaryKey, built.primary, place)
+        ixs = ts.init("indexes", len(built.secondary))
+        for ix, b in zip(ixs, built.secondary, strict=True):
+            _index_message(ix, b, place)
+    envelope = state.to_bytes()
+    env_at = place.add(envelope)
+    total = place.end
+    content = xxhash.xxh3_64()
+    at = layout.HEADER_SIZE
+    for piece in place.pieces:
+        if piece.offset > at:
+            content.update(bytes(piece.offset - at))
+        content.update(piece.data)
+        at = piece.offset + len(piece.data)
+    if total > at:
+        content.update(bytes(total - at))
+    header = layout.Header(
+        version=version,
+        parent_version=parent,
+        schema_fingerprint=schema.fingerprint,
+        envelope_offset=env_at[0],
+        envelope_length=env_at[1],
+        file_length=total,
+        content_hash=content.intdigest(),
+        namespace=namespace,
+        published_at_ns=now,
+    )
+    final = ns_dir / layout.state_name(version)
+    tmp = ns_dir / f".{version}.{os.getpid()}.tmp"
+    _write(tmp, total, [_Piece(0, header.pack()), *place.pieces], mode)
+    try:
+        verify(tmp, namespace, version, types)
+        os.rename(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return final
+
+
+def _write(path: Path, total: int, pieces: list[_Piece], mode: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        raise PublishError(f"cannot create {path}: {e.strerror}") from e
+    try:
+        try:
+            os.posix_fallocate(fd, 0, total)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise _storage_full(path, total) from e
+            raise
+        for piece in pieces:
+            _pwrite_all(fd, piece.data, piece.offset)
+        os.fsync(fd)
+        os.fchmod(fd, mode & 0o444)
+    except BaseException as e:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if isinstance(e, OSError) and not isinstance(e, PublishError):
+            if e.errno == errno.ENOSPC:
+                raise _storage_full(path, total) from e
+            raise PublishError(f"cannot write {path}: {e.strerror}") from e
+        raise
+    os.close(fd)
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    mv = memoryview(data).cast("B")
+    while mv:
+        n = os.pwrite(fd, mv, offset)
+        mv = mv[n:]
+        offset += n
+
+
+def _storage_full(path: Path, total: int) -> StorageFullError:
+    st = os.statvfs(path.parent)
+    free = st.f_bavail * st.f_frsize
+    size = st.f_blocks * st.f_frsize
+    return StorageFullError(
+        f"no room for a {total:,}-byte state file in {path.parent} ({free:,} of {size:,} bytes free). "
+        "The announced version is unchanged. Make room: fewer retained versions, or a larger /dev/shm "
+        "(Docker's default is 64 MiB: run with --shm-size; Kubernetes: an emptyDir with medium: Memory)."
+    )
+
+
+def verify(path: Path, namespace: str, version: int, types: list[BuiltType]) -> None:
+    """Attach the file as a reader would and check what it says against what was built."""
+    try:
+        state = StateFile(path, namespace=namespace)
+        if state.version != version:
+            raise PublishError(f"{path}: reads back as version {state.version}, not {version}")
+        for built in types:
+            view = state.type(built.rtype.name)
+            if len(view) != built.count or len(view._records) != built.size:
+                raise PublishError(f"{path}: {built.rtype.name} reads back {len(view)} records, built {built.count}")
+            if built.count:
+                ordinal = int(np.flatnonzero(built.primary.slots)[0])
+                record = view._records[int(built.primary.slots[ordinal]) - 1]
+                record.to_dict()  # walks one whole record through the embedded schema
+    except ReaderError as e:
+        raise PublishError(f"{path} does not read back: {e}") from e
+
+
+def announce(ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640) -> None:
+    """Replace ``announced`` by rename, so readers see the old or the new one, never a mix."""
+    tmp = ns_dir / f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666)
+    try:
+        os.write(fd, announcement.dumps())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, ns_dir / layout.ANNOUNCED)
+    dfd = os.open(ns_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

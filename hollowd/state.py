@@ -1,0 +1,301 @@
+"""The state a cycle builds: records added by ``populate``, changes made by an incremental cycle.
+
+:class:`WriteState` and :class:`Delta` only collect; all checking happens in
+:func:`build_type`, over whole columns, so that the per-record cost of
+``state.add`` is one append. A rejected record names its type, its primary key
+(or its position in the input when the key itself is the problem) and the field.
+
+Ordinals are kept stable across versions: a record that stays keeps its
+ordinal, a removed record leaves a hole, and new records fill holes before the
+list grows (Hollow does the same), so iteration order is stable and a future
+delta touches only changed ordinals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from hollowd import encoder, index
+from hollowd.errors import DuplicateKeyError, MissingKeyError, SchemaError, ValidationError
+from hollowd.schema import NamespaceSchema, RecordType
+
+#: Renumber a type's ordinals once holes exceed this share of its list.
+MAX_HOLE_SHARE = 0.5
+
+
+def as_dict(type_name: str, record: Any) -> dict[str, Any]:
+    """A record as a dict: dicts as they are, Cap'n Proto builders and readers through ``to_dict``."""
+    if type(record) is dict:
+        return record
+    if isinstance(record, Mapping):
+        return dict(record)
+    to_dict = getattr(record, "to_dict", None)
+    if to_dict is None:
+        raise ValidationError(
+            f"{type_name}: a record must be a dict or a Cap'n Proto struct, got {type(record).__name__}",
+            type_name=type_name,
+        )
+    return dict(to_dict())
+
+
+class WriteState:
+    """What ``populate`` receives in a full cycle: ``state.add("Movie", {...})``."""
+
+    def __init__(self, schema: NamespaceSchema) -> None:
+        self._schema = schema
+        self.records: dict[str, list[dict[str, Any]]] = {name: [] for name in schema.types}
+
+    def add(self, type_name: str, record: Any) -> None:
+        """Add one record (a dict, or a Cap'n Proto builder or reader of the type)."""
+        try:
+            bucket = self.records[type_name]
+        except KeyError:
+            raise SchemaError(self._unknown(type_name)) from None
+        bucket.append(record if type(record) is dict else as_dict(type_name, record))
+
+    def _unknown(self, type_name: str) -> str:
+        return f"unknown record type {type_name!r}; this namespace has: {', '.join(sorted(self._schema.types))}"
+
+
+class Delta:
+    """What ``run_incremental``'s function receives: ``upsert`` and ``remove`` by primary key."""
+
+    def __init__(self, schema: NamespaceSchema) -> None:
+        self._schema = schema
+        self.upserts: dict[str, dict[Any, dict[str, Any]]] = {name: {} for name in schema.types}
+        self.removals: dict[str, set[Any]] = {name: set() for name in schema.types}
+
+    def upsert(self, type_name: str, record: Any) -> None:
+        """Add the record, or replace the one with the same primary key."""
+        rtype = self._schema.type(type_name)
+        rec = as_dict(type_name, record)
+        key = _hashable_key(rtype, rtype.key_of(rec), None)
+        self.removals[type_name].discard(key)
+        self.upserts[type_name][key] = rec
+
+    def remove(self, type_name: str, key: Any) -> None:
+        """Remove the record with primary key *key* (a tuple for several fields); absent keys are ignored."""
+        rtype = self._schema.type(type_name)
+        key = _hashable_key(rtype, key, None)
+        self.upserts[type_name].pop(key, None)
+        self.removals[type_name].add(key)
+
+
+def _hashable_key(rtype: RecordType, key: Any, position: int | None) -> Any:
+    fields = rtype.primary.fields
+    missing = [f for f, v in zip(fields, key if len(fields) > 1 else (key,), strict=True) if v is None]
+    if missing:
+        where = "" if position is None else f" at input position {position}"
+        raise MissingKeyError(
+            f"{rtype.name} record{where} has no primary key field {missing[0]!r} (primary key: {', '.join(fields)})",
+            type_name=rtype.name,
+            field=missing[0],
+        )
+    try:
+        hash(key)
+    except TypeError:
+        raise ValidationError(
+            f"{rtype.name} primary key {key!r} is not a valid key value", type_name=rtype.name
+        ) from None
+    return key
+
+
+@dataclass
+class TypeMemory:
+    """What the producer remembers of a type between cycles."""
+
+    ordinal_of: dict[Any, int]
+    holes: list[int]
+    size: int
+    content_hash: int
+    records: dict[Any, dict[str, Any]] | None = None  # by key; kept for incremental cycles
+
+
+@dataclass
+class BuiltType:
+    """One type of a candidate version, encoded and indexed, ready to write."""
+
+    rtype: RecordType
+    count: int
+    size: int  # ordinals, holes included
+    table: bytes  # the records message: segment table
+    segment: Any  # and segment
+    holes: Any  # uint32 array
+    content_hash: int
+    primary: index.BuiltIndex
+    secondary: list[index.BuiltIndex]
+    memory: TypeMemory = field(repr=False)
+
+
+def build_type(
+    rtype: RecordType,
+    records: list[dict[str, Any]],
+    previous: TypeMemory | None,
+    encoders: dict[str, encoder.RecordEncoder],
+    *,
+    keep_records: bool,
+) -> BuiltType:
+    """Check, order, encode and index the records of one type. Raises :class:`ValidationError`."""
+    keys = _keys(rtype, records)
+    fps = _fingerprints(rtype, records, keys)
+    _check_unique(rtype, keys, fps)
+    ordinals, size, holes = _ordinals(keys, previous)
+    by_ordinal: list[Any] = [None] * size
+    for o, rec in zip(ordinals.tolist(), records, strict=True):
+        by_ordinal[o] = rec
+    enc = encoders.get(rtype.name)
+    if enc is None:
+        enc = encoders[rtype.name] = encoder.RecordEncoder(rtype.schema)
+    try:
+        table, segment = enc.encode(by_ordinal)
+    except encoder.EncodeError as e:
+        raise _record_error(rtype, by_ordinal[e.position], e.cause) from e.cause
+    holes_arr = np.array(holes, dtype=np.uint32)
+    h = xxhash.xxh3_64()
+    for part in (table, segment, holes_arr.tobytes()):
+        h.update(part)
+    primary = index.build_unique(rtype.primary, fps, ordinals)
+    secondary = [index.build_multi(spec, _secondary_fps(rtype, spec, records), ordinals) for spec in rtype.indexes]
+    memory = TypeMemory(
+        ordinal_of=dict(zip(keys, ordinals.tolist(), strict=True)),
+        holes=holes,
+        size=size,
+        content_hash=h.intdigest(),
+        records=dict(zip(keys, records, strict=True)) if keep_records else None,
+    )
+    return BuiltType(
+        rtype, len(records), size, table, segment, holes_arr, memory.content_hash, primary, secondary, memory
+    )
+
+
+def _keys(rtype: RecordType, records: list[dict[str, Any]]) -> list[Any]:
+    fields = rtype.primary.fields
+    if len(fields) == 1:
+        name = fields[0]
+        keys = [d.get(name) for d in records]
+        if None in keys:
+            _hashable_key(rtype, None, keys.index(None))
+        return keys
+    tuples = [tuple(d.get(f) for f in fields) for d in records]
+    for i, k in enumerate(tuples):
+        if None in k:
+            _hashable_key(rtype, k, i)
+    return list(tuples)
+
+
+def _fingerprints(rtype: RecordType, records: list[dict[str, Any]], keys: list[Any]) -> Any:
+    try:
+        return index.fingerprints(rtype.primary, keys)
+    except TypeError:
+        pass
+    for i, k in enumerate(keys):  # find and name the bad key
+        try:
+            rtype.primary.fingerprint(k)
+        except TypeError as e:
+            raise ValidationError(
+                f"{rtype.name} record at input position {i}: primary key {k!r} "
+                f"({', '.join(rtype.primary.fields)}): {e}",
+                type_name=rtype.name,
+                key=k,
+                field=rtype.primary.fields[0],
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
+    if len(np.unique(fps)) == len(keys):
+        return
+    seen: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        if k in seen:
+            raise DuplicateKeyError(
+                f"{rtype.name}: duplicate primary key {k!r} at input positions {seen[k]} and {i}",
+                type_name=rtype.name,
+                key=k,
+                field=", ".join(rtype.primary.fields),
+            )
+        seen[k] = i
+    raise ValidationError(  # pragma: no cover - a 64-bit hash collision between distinct keys
+        f"{rtype.name}: two distinct primary keys share a 64-bit hash; please report this", type_name=rtype.name
+    )
+
+
+def _ordinals(keys: list[Any], previous: TypeMemory | None) -> tuple[Any, int, list[int]]:
+    """Ordinal of each record (input order), list size, and sorted holes."""
+    n = len(keys)
+    if previous is None or not previous.ordinal_of:
+        return np.arange(n, dtype=np.int64), n, []
+    old = list(map(previous.ordinal_of.get, keys))
+    kept = {o for o in old if o is not None}
+    free = sorted(set(previous.holes) | (set(previous.ordinal_of.values()) - kept))
+    fresh = [i for i, o in enumerate(old) if o is None]
+    size = previous.size
+    take = min(len(fresh), len(free))
+    for i, o in zip(fresh[:take], free[:take], strict=True):
+        old[i] = o
+    for j, i in enumerate(fresh[take:]):
+        old[i] = size + j
+    size += len(fresh) - take
+    holes = free[take:]
+    while holes and holes[-1] == size - 1:  # a hole at the end is just a shorter list
+        holes.pop()
+        size -= 1
+    if holes and len(holes) > MAX_HOLE_SHARE * size:
+        return np.arange(n, dtype=np.int64), n, []  # compact: renumber in input order
+    return np.array(old, dtype=np.int64), size, holes
+
+
+def _secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]]) -> Any:
+    defaults = [_field_default(rtype, f) for f in spec.fields]
+    if len(spec.fields) == 1:
+        name, default = spec.fields[0], defaults[0]
+        values: list[Any] = [d.get(name) for d in records]
+        if None in values:
+            values = [default if v is None else v for v in values]
+    else:
+        values = [
+            tuple(default if (v := d.get(f)) is None else v for f, default in zip(spec.fields, defaults, strict=True))
+            for d in records
+        ]
+    try:
+        return index.fingerprints(spec, values)
+    except TypeError as e:
+        raise ValidationError(
+            f"{rtype.name}: index on {', '.join(spec.fields)}: {e}", type_name=rtype.name, field=spec.fields[0]
+        ) from None
+
+
+def _field_default(rtype: RecordType, name: str) -> Any:
+    """What a reader sees for an absent field (what an index must file the record under)."""
+    value = rtype.schema.fields[name].proto.slot.defaultValue
+    return getattr(value, value.which())
+
+
+def _record_error(rtype: RecordType, record: Any, cause: BaseException) -> ValidationError:
+    key = rtype.key_of(record) if isinstance(record, Mapping) else None
+    problem = encoder.diagnose(rtype.schema, record)
+    if problem is None:
+        problem = ("(record)", f"{type(cause).__name__}: {cause}")
+    where, what = problem
+    return ValidationError(
+        f"{rtype.name} {_key_text(rtype, key)}: field {where!r}: {what}",
+        type_name=rtype.name,
+        key=key,
+        field=where,
+    )
+
+
+def _key_text(rtype: RecordType, key: Any) -> str:
+    fields = rtype.primary.fields
+    if len(fields) == 1:
+        return f"{fields[0]}={key!r}"
+    return "(" + ", ".join(f"{f}={k!r}" for f, k in zip(fields, key, strict=True)) + ")"
+
+
+PopulateFn = Callable[[WriteState], Any]
+IncrementalFn = Callable[[Delta], Any]
