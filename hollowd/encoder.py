@@ -28,7 +28,8 @@ import sys
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 import capnp
@@ -427,15 +428,12 @@ class _Columns:
             return
         if set(map(type, recs)) != {dict} or set(map(len, recs)) != {len(top.getter)}:
             raise _Fallback  # not all plain dicts with exactly the schema's fields
-        try:
-            rows = list(map(top.itemgetter, recs))
-        except KeyError:
-            raise _Fallback from None
-        columns = list(zip(*rows, strict=True)) if len(top.getter) > 1 else [rows]
-        del rows
         pointer_cols: list[tuple[int, int, list[Any]]] = []
-        for (i, field), column in zip(top.columns, columns, strict=True):
-            col = list(column)
+        for (i, field), name in zip(top.columns, top.getter, strict=True):
+            try:
+                col = list(map(itemgetter(name), recs))  # one pass per field beats rows + transpose
+            except KeyError:
+                raise _Fallback from None
             if field.kind == "data":
                 self._scalars(field, col)
             elif field.kind == "bool":
@@ -517,16 +515,33 @@ class _Columns:
         sample = col[:4096]
         try:
             if len(set(sample)) > len(sample) // 2:
-                encoded = list(map(str.encode, col))
-                starts, lens = self._write_blobs(encoded)
+                starts, lens = self._write_strings(col)
             else:
                 distinct = {v: i for i, v in enumerate(dict.fromkeys(col))}
-                d_starts, d_lens = self._write_blobs(list(map(str.encode, distinct)))
+                d_starts, d_lens = self._write_strings(list(distinct))
                 which = np.fromiter(map(distinct.__getitem__, col), dtype=np.int64, count=len(col))
                 starts, lens = d_starts[which], d_lens[which]
         except TypeError:
             raise _Fallback from None
         self._pointer_column(slot, starts, lens + 1, 2, null)
+
+    def _write_strings(self, strings: list[str]) -> tuple[Any, Any]:
+        """Append strings as Cap'n Proto Text blobs; return their byte positions and lengths.
+
+        All-ASCII columns (the common case) are encoded with one ``join`` and
+        scattered into their word-aligned places by numpy; others one by one.
+        """
+        try:
+            lens = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+            sizes = ((lens >> 3) + 1) << 3  # room for the NUL, rounded up to a word
+            raw = "".join(map(str.ljust, strings, sizes.tolist(), repeat("\0"))).encode()
+        except TypeError:
+            raise _Fallback from None
+        if len(raw) != int(sizes.sum()):  # some text is not ASCII: byte lengths differ
+            return self._write_blobs(list(map(str.encode, strings)))
+        base = len(self.buf)
+        self.buf.extend(raw)
+        return base + np.cumsum(sizes) - sizes, lens
 
     def _write_blobs(self, encoded: list[bytes]) -> tuple[Any, Any]:
         """Append NUL-terminated, word-padded blobs; return their byte positions and lengths."""
@@ -550,7 +565,7 @@ class _Columns:
         """Write a List(Text) column, each distinct list (and each distinct string in them) once."""
         if not set(map(type, col)) <= {list, tuple, type(None)}:
             raise _Fallback
-        keys = [tuple(v) if v is not None else () for v in col]
+        keys = list(map(tuple, col)) if None not in col else [tuple(v) if v is not None else () for v in col]
         distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}
         strings = [s for s in dict.fromkeys(chain.from_iterable(distinct)) if s not in self.tcache]
         try:

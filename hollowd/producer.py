@@ -101,7 +101,7 @@ class Producer:
             memory = self._remembered(with_records=True)
             records: dict[str, list[dict[str, Any]]] = {}
             for name in self.schema.types:
-                current = dict(memory[name].records or {}) if name in memory else {}
+                current = memory[name].by_key() if name in memory else {}
                 for key in delta.removals[name]:
                     current.pop(key, None)
                 current.update(delta.upserts[name])
@@ -238,19 +238,20 @@ def _read_memory(path: Path, namespace: str, schema: NamespaceSchema, with_recor
         hole_set = set(holes)
         fields = rtype.primary.fields
         ordinal_of: dict[Any, int] = {}
-        records: dict[Any, dict[str, Any]] = {}
+        records: list[dict[str, Any]] = []
         for o, rec in enumerate(view._records):
             if o in hole_set:
                 continue
             key = rec._get(fields[0]) if len(fields) == 1 else tuple(rec._get(f) for f in fields)
             ordinal_of[key] = o
             if with_records:
-                records[key] = rec.to_dict()
+                records.append(rec.to_dict())
         memory[name] = TypeMemory(
             ordinal_of=ordinal_of,
             holes=holes,
             size=len(view._records),
             content_hash=_content_hash(state, name),
+            keys=list(ordinal_of) if with_records else None,
             records=records if with_records else None,
         )
     return memory

@@ -13,13 +13,15 @@ delta touches only changed ordinals.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 import xxhash
 
+from hollow import layout
 from hollowd import encoder, index
 from hollowd.errors import DuplicateKeyError, MissingKeyError, SchemaError, ValidationError
 from hollowd.schema import NamespaceSchema, RecordType
@@ -57,6 +59,18 @@ class WriteState:
         except KeyError:
             raise SchemaError(self._unknown(type_name)) from None
         bucket.append(record if type(record) is dict else as_dict(type_name, record))
+
+    def add_all(self, type_name: str, records: Iterable[Any]) -> None:
+        """Add many records at once: the same as ``add`` for each, with less overhead per record."""
+        try:
+            bucket = self.records[type_name]
+        except KeyError:
+            raise SchemaError(self._unknown(type_name)) from None
+        start = len(bucket)
+        bucket.extend(records)
+        for i in range(start, len(bucket)):
+            if type(bucket[i]) is not dict:
+                bucket[i] = as_dict(type_name, bucket[i])
 
     def _unknown(self, type_name: str) -> str:
         return f"unknown record type {type_name!r}; this namespace has: {', '.join(sorted(self._schema.types))}"
@@ -107,13 +121,23 @@ def _hashable_key(rtype: RecordType, key: Any, position: int | None) -> Any:
 
 @dataclass
 class TypeMemory:
-    """What the producer remembers of a type between cycles."""
+    """What the producer remembers of a type between cycles.
+
+    *keys* and *records* are the last cycle's, in the same order (the records
+    an incremental cycle starts from); None when rebuilt from a file without them.
+    """
 
     ordinal_of: dict[Any, int]
     holes: list[int]
     size: int
     content_hash: int
-    records: dict[Any, dict[str, Any]] | None = None  # by key; kept for incremental cycles
+    keys: list[Any] | None = None
+    records: list[dict[str, Any]] | None = None
+
+    def by_key(self) -> dict[Any, dict[str, Any]]:
+        if self.keys is None or self.records is None:
+            raise AssertionError("records were not kept")  # pragma: no cover - callers check
+        return dict(zip(self.keys, self.records, strict=True))
 
 
 @dataclass
@@ -145,9 +169,12 @@ def build_type(
     fps = _fingerprints(rtype, records, keys)
     _check_unique(rtype, keys, fps)
     ordinals, size, holes = _ordinals(keys, previous)
-    by_ordinal: list[Any] = [None] * size
-    for o, rec in zip(ordinals.tolist(), records, strict=True):
-        by_ordinal[o] = rec
+    if size == len(records) and (ordinals[1:] > ordinals[:-1]).all():
+        by_ordinal: list[Any] = records  # ordinals are 0..n-1 in input order
+    else:
+        slots = np.full(size, None, dtype=object)
+        slots[ordinals] = _object_array(records)
+        by_ordinal = slots.tolist()
     enc = encoders.get(rtype.name)
     if enc is None:
         enc = encoders[rtype.name] = encoder.RecordEncoder(rtype.schema)
@@ -166,18 +193,29 @@ def build_type(
         holes=holes,
         size=size,
         content_hash=h.intdigest(),
-        records=dict(zip(keys, records, strict=True)) if keep_records else None,
+        keys=keys if keep_records else None,
+        records=records if keep_records else None,
     )
     return BuiltType(
         rtype, len(records), size, table, segment, holes_arr, memory.content_hash, primary, secondary, memory
     )
 
 
+def _object_array(items: list[Any]) -> Any:
+    """A 1-d numpy object array of *items* (numpy would otherwise look inside dicts and tuples)."""
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
+
+
 def _keys(rtype: RecordType, records: list[dict[str, Any]]) -> list[Any]:
     fields = rtype.primary.fields
     if len(fields) == 1:
         name = fields[0]
-        keys = [d.get(name) for d in records]
+        try:
+            keys = list(map(itemgetter(name), records))
+        except (KeyError, TypeError):
+            keys = [d.get(name) if isinstance(d, Mapping) else None for d in records]
         if None in keys:
             _hashable_key(rtype, None, keys.index(None))
         return keys
@@ -208,7 +246,9 @@ def _fingerprints(rtype: RecordType, records: list[dict[str, Any]], keys: list[A
 
 
 def _check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
-    if len(np.unique(fps)) == len(keys):
+    if len(set(keys)) == len(keys) and (
+        rtype.primary.kind == layout.KIND_EXACT_INT or len(np.unique(fps)) == len(keys)
+    ):
         return
     seen: dict[Any, int] = {}
     for i, k in enumerate(keys):
@@ -263,7 +303,9 @@ def _secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]]) 
             for d in records
         ]
     try:
-        return index.fingerprints(spec, values)
+        distinct = dict.fromkeys(values)  # index keys repeat: hash each distinct value once
+        fp_of = dict(zip(distinct, index.fingerprints(spec, list(distinct)).tolist(), strict=True))
+        return np.fromiter(map(fp_of.__getitem__, values), dtype=np.uint64, count=len(values))
     except TypeError as e:
         raise ValidationError(
             f"{rtype.name}: index on {', '.join(spec.fields)}: {e}", type_name=rtype.name, field=spec.fields[0]

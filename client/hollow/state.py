@@ -91,7 +91,10 @@ class StateFile:
             records = msg.get_root(schema.envelope().Records).list.as_list(capnp._ListSchema(struct))
             if len(records) != ts.ordinals:
                 raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ts.ordinals}")
-            holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")
+            # the section is padded to a whole word: take exactly (ordinals - count) holes
+            holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")[: ts.ordinals - ts.count]
+            if ts.count > ts.ordinals or len(holes) != ts.ordinals - ts.count:
+                raise CorruptStateError(f"{what}: {name} holes do not match its counts")
             primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
             secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
             types[name] = TypeView(

@@ -16,10 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
+import xxhash
+
 from hollow import layout
 from hollow.errors import CorruptStateError
 
 _M64 = layout.M64
+_xxh3 = xxhash.xxh3_64_intdigest
 
 
 def section(view: memoryview, sec: Any, size: int, fmt: str, *, what: str) -> memoryview:
@@ -128,6 +131,7 @@ class TypeView:
         "_keys",
         "_records",
         "_slots",
+        "_text_field",
         "content_hash",
         "count",
         "indexes",
@@ -157,6 +161,8 @@ class TypeView:
         self._records = records
         self._holes = holes
         self._exact = primary.kind == layout.KIND_EXACT_INT
+        single_text = primary.key_types == (layout.KEY_TEXT,)
+        self._text_field = primary.fields[0] if single_text else None
         self._cap = primary.capacity
         self._keys = primary.keys
         self._slots = primary.slots
@@ -182,6 +188,24 @@ class TypeView:
                     return default
                 if keys[s] == key:
                     return self._records[o - 1]
+                s += 1
+                if s == cap:
+                    s = 0
+        if type(key) is str and self._text_field is not None:
+            # The other hot path: one Text key field. The table holds its hash; the record confirms.
+            fp = _xxh3(key.encode())
+            cap = self._cap
+            s = fp % cap
+            slots = self._slots
+            keys = self._keys
+            while True:
+                o = slots[s]
+                if not o:
+                    return default
+                if keys[s] == fp:
+                    record = self._records[o - 1]
+                    if record._get(self._text_field) == key:
+                        return record
                 s += 1
                 if s == cap:
                     s = 0

@@ -1,0 +1,83 @@
+"""Shared fixtures. Every test gets its own root in /dev/shm and is failed if it
+leaks file descriptors, threads or files under /dev/shm (watchdog's conftest does
+the same for threads)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "schemas"
+SHM = Path("/dev/shm")
+
+
+def _fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    """A fresh per-test root under /dev/shm (never the default /dev/shm/hollow); removed afterwards."""
+    path = SHM / f"hollow-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves fds, threads or /dev/shm entries behind."""
+    gc.collect()
+    fds = _fds()
+    threads = set(threading.enumerate())
+    shm = set(os.listdir(SHM))
+    yield
+    gc.collect()
+    leaked_threads = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+    leaked_fds = _fds() - fds
+    # fds of mappings that pytest or a still-referenced object holds are reported by path
+    leaked = {fd: _describe(fd) for fd in leaked_fds}
+    leaked = {fd: what for fd, what in leaked.items() if what is not None}
+    leaked_shm = {n for n in set(os.listdir(SHM)) - shm if not n.startswith("hollow-test-")}
+    problems = []
+    if leaked_threads:
+        problems.append(f"threads: {leaked_threads}")
+    if leaked:
+        problems.append(f"fds: {leaked}")
+    if leaked_shm:
+        problems.append(f"/dev/shm entries: {sorted(leaked_shm)}")
+    if problems:
+        pytest.fail("leaked " + "; ".join(problems))
+
+
+def _describe(fd: int) -> str | None:
+    """What *fd* is open on, or None for fds that are not leaks.
+
+    pycapnp's SchemaParser keeps its import directories and the .capnp files it
+    compiled open for its whole life; hollow keeps one parser per schema file
+    per process on purpose (hollow.schema), so those are caches, not leaks.
+    """
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return None  # closed meanwhile (e.g. the listing's own fd)
+    if target.endswith(".capnp") or os.path.isdir(target):
+        return None
+    return target
+
+
+@pytest.fixture
+def movies_schema() -> Path:
+    return SCHEMAS / "movies.capnp"
+
+
+PYTHON = sys.executable
