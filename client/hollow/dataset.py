@@ -11,17 +11,19 @@ and no snapshot holds it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from types import TracebackType
 from typing import Any
 
 from hollow import layout, schema
-from hollow.errors import ClosedError, NamespaceNotFoundError, VersionNotFoundError
+from hollow.errors import ClosedError, CorruptStateError, Error, NamespaceNotFoundError, VersionNotFoundError
 from hollow.state import StateFile
 from hollow.view import TypeView
 
 _RACE_RETRIES = 5
+log = logging.getLogger("hollow")
 
 
 class Snapshot:
@@ -95,6 +97,8 @@ class Dataset:
         self._current: StateFile | None = None
         self._announce_stamp: tuple[int, int] | None = None
         self._closed = False
+        #: The error that kept this process from following the last announcement, if any.
+        self.last_error: Error | None = None
         if not self.dir.is_dir():
             raise NamespaceNotFoundError(
                 f"namespace {namespace!r} does not exist under {self.root} "
@@ -139,34 +143,52 @@ class Dataset:
             raise ClosedError(f"dataset {self.namespace!r} is closed")
 
     def _refresh(self) -> StateFile:
-        """The attached announced version; re-reads the announcement only when its file changed."""
+        """The attached announced version; re-reads the announcement only when its file changed.
+
+        A version that cannot be attached (corrupt, truncated, foreign) is not
+        fatal once this process has a good one: it stays on that one, logs the
+        error, keeps it in :attr:`last_error`, and tries again only when the
+        announcement changes (DESIGN.md invariant 5).
+        """
         self._check_open()
         try:
             st = os.stat(self.dir / layout.ANNOUNCED)
-            stamp = (st.st_ino, st.st_mtime_ns)
+            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except FileNotFoundError:
             stamp = None
         current = self._current
         if current is not None and stamp == self._announce_stamp:
             return current
         with self._lock:
-            for attempt in range(_RACE_RETRIES):
-                announcement = layout.read_announcement(self.dir)
-                if announcement is None:
-                    raise NamespaceNotFoundError(f"namespace {self.namespace!r} has nothing announced yet")
-                if current is not None and current.version == announcement.version:
-                    break
-                try:
-                    current = self._current = self._attach(announcement.version)
-                    break
-                except VersionNotFoundError:
-                    # Reclaimed between reading the announcement and opening it:
-                    # the announcement has moved on since; read it again.
-                    if attempt == _RACE_RETRIES - 1:
-                        raise
+            try:
+                current = self._follow_announcement(current)
+            except (CorruptStateError, VersionNotFoundError) as e:
+                if self._current is None:
+                    raise
+                self.last_error = e
+                log.error("hollow: %s; staying on version %d", e, self._current.version)
+                current = self._current
+            else:
+                self.last_error = None
             self._announce_stamp = stamp
-            assert current is not None
             return current
+
+    def _follow_announcement(self, current: StateFile | None) -> StateFile:
+        for attempt in range(_RACE_RETRIES):
+            announcement = layout.read_announcement(self.dir)
+            if announcement is None:
+                raise NamespaceNotFoundError(f"namespace {self.namespace!r} has nothing announced yet")
+            if current is not None and current.version == announcement.version:
+                return current
+            try:
+                self._current = self._attach(announcement.version)
+                return self._current
+            except VersionNotFoundError:
+                # Reclaimed between reading the announcement and opening it:
+                # the announcement has moved on since; read it again.
+                if attempt == _RACE_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _attach(self, version: int) -> StateFile:
         path = self.dir / layout.state_name(version)
