@@ -801,21 +801,34 @@ class _ListContext:
         return encode
 
 
-def encode_with_pycapnp(schema: Any, records: list[Mapping[str, Any] | None]) -> tuple[bytes, bytes]:
-    """The slow path for schemas the fast encoder cannot write: pycapnp's own builders."""
-    env = reader_schema.envelope()
-    message = env.Records.new_message()
-    lst = message.list.init_as_list(capnp._ListSchema(schema), len(records))
-    for i, d in enumerate(records):
-        if d is not None:
-            try:
-                lst[i] = dict(d)
-            except Exception as e:
-                raise EncodeError(i, e) from e
-    segments = message.to_segments()
-    table = struct.pack(f"<I{len(segments)}I", len(segments) - 1, *(len(s) // 8 for s in segments))
-    table += _ZPAD[-len(table) & 7]
-    return table, b"".join(segments)
+class BuilderEncoder:
+    """The slow path, for schemas the fast encoder cannot write: pycapnp's own builders."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+    def encode(self, records: list[Mapping[str, Any] | None]) -> tuple[bytes, bytes]:
+        env = reader_schema.envelope()
+        message = env.Records.new_message()
+        lst = message.list.init_as_list(capnp._ListSchema(self.schema), len(records))
+        for i, d in enumerate(records):
+            if d is not None:
+                try:
+                    lst[i] = dict(d)
+                except Exception as e:  # noqa: BLE001 - any failure is a bad record; diagnose() names it
+                    raise EncodeError(i, e) from e
+        segments = message.to_segments()
+        table = struct.pack(f"<I{len(segments)}I", len(segments) - 1, *(len(s) // 8 for s in segments))
+        table += _ZPAD[-len(table) & 7]
+        return table, b"".join(segments)
+
+
+def encoder_for(schema: Any) -> RecordEncoder | BuilderEncoder:
+    """The fast encoder for *schema*, or pycapnp's builders when it uses unions, groups or AnyPointer."""
+    try:
+        return RecordEncoder(schema)
+    except Unsupported:
+        return BuilderEncoder(schema)
 
 
 # --- naming what is wrong with a record ----------------------------------------------

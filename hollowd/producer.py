@@ -74,7 +74,7 @@ class Producer:
         self.mode = mode
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
         self._lock_fd: int | None = _lock_namespace(self.dir)
-        self._encoders: dict[str, encoder.RecordEncoder] = {}
+        self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
         self._memory: dict[str, TypeMemory] | None = None
         self._memory_version = 0
         self._last_version = max([*layout.list_versions(self.dir), self._announced_version()], default=0)

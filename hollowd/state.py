@@ -68,9 +68,8 @@ class WriteState:
             raise SchemaError(self._unknown(type_name)) from None
         start = len(bucket)
         bucket.extend(records)
-        for i in range(start, len(bucket)):
-            if type(bucket[i]) is not dict:
-                bucket[i] = as_dict(type_name, bucket[i])
+        if set(map(type, bucket[start:])) - {dict}:
+            bucket[start:] = [as_dict(type_name, r) for r in bucket[start:]]
 
     def _unknown(self, type_name: str) -> str:
         return f"unknown record type {type_name!r}; this namespace has: {', '.join(sorted(self._schema.types))}"
@@ -160,7 +159,7 @@ def build_type(
     rtype: RecordType,
     records: list[dict[str, Any]],
     previous: TypeMemory | None,
-    encoders: dict[str, encoder.RecordEncoder],
+    encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder],
     *,
     keep_records: bool,
 ) -> BuiltType:
@@ -177,7 +176,7 @@ def build_type(
         by_ordinal = slots.tolist()
     enc = encoders.get(rtype.name)
     if enc is None:
-        enc = encoders[rtype.name] = encoder.RecordEncoder(rtype.schema)
+        enc = encoders[rtype.name] = encoder.encoder_for(rtype.schema)
     try:
         table, segment = enc.encode(by_ordinal)
     except encoder.EncodeError as e:
