@@ -814,8 +814,8 @@ class BuilderEncoder:
         for i, d in enumerate(records):
             if d is not None:
                 try:
-                    lst[i] = dict(d)
-                except Exception as e:  # noqa: BLE001 - any failure is a bad record; diagnose() names it
+                    lst[i] = {k: v for k, v in d.items() if v is not None}  # None: absent
+                except Exception as e:
                     raise EncodeError(i, e) from e
         segments = message.to_segments()
         table = struct.pack(f"<I{len(segments)}I", len(segments) - 1, *(len(s) // 8 for s in segments))
