@@ -159,17 +159,21 @@ class Producer:
         return layout.list_versions(self.dir)
 
     def reclaim(self) -> list[int]:
-        """Remove versions outside the retention window that are neither announced nor pinned."""
-        keep = set(self.versions()[-self.retain :])
+        """Remove the versions nothing needs; returns those removed.
+
+        A version stays while it is announced or pinned, within the newest
+        *retain*, or leased by any process (hollow.lease).
+        """
+        versions = self.versions()
+        keep = set(versions[-self.retain :])
         current = layout.read_announcement(self.dir)
         if current is not None:
             keep.add(current.version)
-        removed = []
-        for v in self.versions():
-            if v not in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.dir / layout.state_name(v))
-                    removed.append(v)
+        removed = [v for v in versions if v not in keep and publish.remove_version(self.dir, v)]
+        for lock in self.dir.glob("*.lock"):  # lockfiles whose state file is gone (a crash mid-removal)
+            v = layout.parse_state_name(lock.name[: -len(".lock")])
+            if v is not None and v not in versions:
+                publish.remove_version(self.dir, v)
         for stale in self.dir.glob(".*.tmp"):
             if _tmp_owner_dead(stale.name):
                 with contextlib.suppress(FileNotFoundError):

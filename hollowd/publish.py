@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from hollow import layout
+from hollow import doorbell, layout, lease
 from hollow import schema as reader_schema
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
@@ -159,6 +159,7 @@ def write_state_file(
         envelope_length=env_at[1],
         file_length=total,
         content_hash=content.intdigest(),
+        envelope_hash=xxhash.xxh3_64_intdigest(envelope),
         namespace=namespace,
         published_at_ns=now,
     )
@@ -167,12 +168,46 @@ def write_state_file(
     _write(tmp, total, [_Piece(0, header.pack()), *place.pieces], mode)
     try:
         verify(tmp, namespace, version, types)
+        _create_lockfile(ns_dir, version, mode)  # before the state file appears: readers lease on sight
         os.rename(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return final
+
+
+def _create_lockfile(ns_dir: Path, version: int, mode: int) -> None:
+    """The version's lockfile (hollow.lease), readable by whoever may read the state file."""
+    path = lease.lock_path(ns_dir, version)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o444)
+    os.close(fd)
+
+
+def remove_version(ns_dir: Path, version: int) -> bool:
+    """Remove *version* if no process holds a lease on it; True when removed.
+
+    Takes ``LOCK_EX | LOCK_NB`` on the lockfile and, holding it, unlinks the
+    state file and then the lockfile, so a reader that wins the race sees a
+    lockfile with no links and moves on (hollow.lease).
+    """
+    state = ns_dir / layout.state_name(version)
+    lock = lease.lock_path(ns_dir, version)
+    if not lock.exists():
+        with contextlib.suppress(FileNotFoundError):
+            state.unlink()  # a file without a lockfile (not written by hollowd) cannot be leased
+        return True
+    fd = lease.try_exclusive(lock)
+    if fd is None:
+        return False
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            state.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+    finally:
+        os.close(fd)
+    return True
 
 
 def _write(path: Path, total: int, pieces: list[_Piece], mode: int) -> None:
@@ -256,3 +291,4 @@ def announce(ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o6
         os.fsync(dfd)
     finally:
         os.close(dfd)
+    doorbell.ring_all(ns_dir.parent, ns_dir.name)

@@ -22,6 +22,7 @@ from hollow.errors import (
     UnknownTypeError,
     VersionNotFoundError,
 )
+from hollow.status import Status, VersionStatus, status
 from hollow.view import RecordList, TypeView
 
 __all__ = [
@@ -34,8 +35,11 @@ __all__ = [
     "RecordList",
     "SchemaMismatchError",
     "Snapshot",
+    "Status",
     "TypeView",
     "UnknownTypeError",
     "VersionNotFoundError",
+    "VersionStatus",
     "open",
+    "status",
 ]

@@ -1,29 +1,76 @@
 """Dataset and Snapshot: the reader's two nouns.
 
-A :class:`Dataset` is a namespace opened by one process. ``ds.snapshot()``
-hands out the announced version as a :class:`Snapshot`, which stays on that
-one version for the whole ``with`` block, across every record type.
+A :class:`Dataset` is a namespace opened by one process. By default it follows
+announcements in a background thread: the producer rings the dataset's
+doorbell (a POSIX semaphore, see ``hollow.doorbell``), inotify on the
+namespace directory is a second path (``hollow.watch``), and a slow safety
+poll covers the case where both fail. The announced version in the
+announcement file is always the truth; a wake-up only says "look".
 
-Versions are attached once per process and shared by all snapshots of that
-version; an attached version is dropped when the announcement has moved on
-and no snapshot holds it.
+``ds.snapshot()`` hands out the newest attached version as a :class:`Snapshot`,
+which keeps that one version for the whole ``with`` block, across every record
+type. A new version is attached (and leased, ``hollow.lease``) before it is
+handed out, so ``snapshot()`` never waits for I/O; an old version is released
+as soon as the last snapshot of it ends.
+
+Fork-safe: a child process never uses its parent's leases, doorbell, watch or
+thread. On its first call after fork(2) a Dataset takes leases of its own and
+starts following again (gunicorn ``--preload`` works).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from hollow import layout, schema
-from hollow.errors import ClosedError, CorruptStateError, Error, NamespaceNotFoundError, VersionNotFoundError
+from hollow import layout, schema, watch
+from hollow.doorbell import Doorbell
+from hollow.errors import (
+    ClosedError,
+    CorruptStateError,
+    Error,
+    NamespaceNotFoundError,
+    VersionNotFoundError,
+)
+from hollow.lease import Lease
 from hollow.state import StateFile
 from hollow.view import TypeView
 
 _RACE_RETRIES = 5
+#: Seconds between safety polls when neither the doorbell nor inotify says anything.
+POLL_INTERVAL = 5.0
 log = logging.getLogger("hollow")
+
+
+class _Fork:
+    """Counts forks, so a Dataset can tell it is running in a child (os.register_at_fork)."""
+
+    generation = 0
+
+
+def _after_fork_in_child() -> None:
+    _Fork.generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Attached:
+    """One version attached by this process: its mapping, its lease, and its open snapshots."""
+
+    __slots__ = ("lease", "state", "users", "version")
+
+    def __init__(self, state: StateFile, lease: Lease | None) -> None:
+        self.state = state
+        self.lease = lease
+        self.version = state.version
+        self.users = 0
 
 
 class Snapshot:
@@ -34,17 +81,18 @@ class Snapshot:
     :class:`~hollow.ClosedError`.
     """
 
-    __slots__ = ("_state", "version")
+    __slots__ = ("_att", "_ds", "version")
 
-    def __init__(self, state: StateFile) -> None:
-        self._state: StateFile | None = state
-        self.version = state.version
+    def __init__(self, ds: Dataset, att: _Attached) -> None:
+        self._ds: Dataset | None = ds
+        self._att: _Attached | None = att
+        self.version = att.version
 
     def __getitem__(self, type_name: str) -> TypeView:
-        state = self._state
-        if state is None:
+        att = self._att
+        if att is None:
             raise ClosedError(f"snapshot of version {self.version} is closed")
-        return state.type(type_name)
+        return att.state.type(type_name)
 
     @property
     def types(self) -> list[str]:
@@ -61,12 +109,18 @@ class Snapshot:
         return str(self._live().schema_source)
 
     def _live(self) -> StateFile:
-        if self._state is None:
+        if self._att is None:
             raise ClosedError(f"snapshot of version {self.version} is closed")
-        return self._state
+        return self._att.state
 
     def close(self) -> None:
-        self._state = None
+        """End the snapshot; its version may then be released. Idempotent."""
+        att, ds = self._att, self._ds
+        self._att = self._ds = None
+        if att is not None and ds is not None:
+            ds._release(att)
+
+    __del__ = close
 
     def __enter__(self) -> Snapshot:
         return self
@@ -75,7 +129,7 @@ class Snapshot:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._state is None else "open"
+        state = "closed" if self._att is None else "open"
         return f"<Snapshot version {self.version} ({state})>"
 
 
@@ -88,15 +142,30 @@ class Dataset:
         *,
         root: str | os.PathLike[str] | None = None,
         schema: str | os.PathLike[str] | Any = None,
+        follow: bool = True,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.namespace = layout.check_namespace(namespace)
         self.root = layout.root_dir(root)
         self.dir = self.root / namespace
+        self.follow = follow
+        self.poll_interval = poll_interval
         self._reader_schema = _reader_schema(schema)
-        self._lock = threading.Lock()
-        self._current: StateFile | None = None
+        # Reentrant: Snapshot.__del__ may run (GC) while this thread holds it.
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._refreshing = threading.Lock()
+        self._attached: dict[int, _Attached] = {}
+        self._current: _Attached | None = None
+        self._on_pin = False  # the current version came from an operator pin
+        self._pinned: int | None = None  # reader pin
         self._announce_stamp: tuple[int, int] | None = None
+        self._callbacks: list[Callable[[int], None]] = []
         self._closed = False
+        self._generation = _Fork.generation
+        self._doorbell: Doorbell | None = None
+        self._watch: watch.Watch | None = None
+        self._thread: threading.Thread | None = None
         #: The error that kept this process from following the last announcement, if any.
         self.last_error: Error | None = None
         if not self.dir.is_dir():
@@ -104,27 +173,97 @@ class Dataset:
                 f"namespace {namespace!r} does not exist under {self.root} "
                 "(is hollowd running, and is HOLLOW_ROOT or root= the same for both?)"
             )
-        self._refresh()
+        if follow:
+            # Ring first, then read: an announcement made in between is not missed (#273 in Hollow).
+            self._doorbell = Doorbell(self.root, namespace)
+        try:
+            self._refresh(initial=True)
+        except BaseException:
+            self._stop_following()
+            raise
+        if follow:
+            self._start_following()
+
+    # -- the public surface -------------------------------------------------
 
     @property
     def version(self) -> int:
         """The version the next snapshot would get."""
-        return self._refresh().version
+        return self._now().version
 
     def snapshot(self) -> Snapshot:
-        """The announced version, held until the snapshot's block ends."""
-        return Snapshot(self._refresh())
+        """The newest attached version, held until the snapshot's block ends."""
+        att = self._now()
+        with self._lock:
+            att = self._current or att
+            att.users += 1
+        return Snapshot(self, att)
 
     def attach(self, version: int) -> Snapshot:
         """A snapshot of one given version, announced or not (it must still exist)."""
-        self._check_open()
-        return Snapshot(self._attach(version))
+        self._check()
+        att = self._attach(version)
+        with self._lock:
+            att.users += 1
+        return Snapshot(self, att)
+
+    def wait_for(self, version: int, timeout: float | None = None) -> bool:
+        """Block until this dataset is on *version* or later; False on timeout."""
+        self._check()
+        if not self.follow:
+            raise Error("wait_for needs a following dataset: hollow.open(..., follow=True)")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self._current is None or self._current.version < version:
+                if self._closed:
+                    raise ClosedError(f"dataset {self.namespace!r} was closed while waiting")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+    def on_update(self, callback: Callable[[int], None]) -> Callable[[int], None]:
+        """Call ``callback(version)`` (in the follower thread) after each switch to a new version."""
+        self._callbacks.append(callback)
+        return callback
+
+    def pin(self, version: int) -> None:
+        """Stay on *version* in this process, whatever is announced, until :meth:`unpin`."""
+        self._check()
+        att = self._attach(version)
+        with self._changed:
+            self._pinned = version
+            self._switch(att)
+        self._notify(version)
+
+    def unpin(self) -> None:
+        """Follow the announcements again (moves to the announced version now)."""
+        self._check()
+        self._pinned = None
+        self._announce_stamp = None
+        self._refresh()
+
+    @property
+    def pinned(self) -> int | None:
+        """The version this process pinned with :meth:`pin`, if any."""
+        return self._pinned
 
     def close(self) -> None:
-        """Drop this process's hold on the namespace. Snapshots still open keep their version."""
-        with self._lock:
+        """Stop following and drop this process's hold on the namespace.
+
+        Snapshots still open keep their version until they end. Idempotent.
+        """
+        with self._changed:
+            if self._closed:
+                return
             self._closed = True
-            self._current = None
+            self._changed.notify_all()
+        self._stop_following()
+        with self._lock:
+            current, self._current = self._current, None
+            if current is not None and current.users == 0:
+                self._drop(current)
 
     def __enter__(self) -> Dataset:
         return self
@@ -136,66 +275,216 @@ class Dataset:
         cur = self._current
         return f"<Dataset {self.namespace} at {self.root}, version {cur.version if cur else None}>"
 
-    # -- internals ----------------------------------------------------------
+    # -- following ----------------------------------------------------------
 
-    def _check_open(self) -> None:
+    def _start_following(self) -> None:
+        self._watch = watch.watch(self.dir, self._ring)
+        self._thread = threading.Thread(target=self._follow_loop, name=f"hollow-follow-{self.namespace}", daemon=True)
+        self._thread.start()
+
+    def _ring(self) -> None:
+        bell = self._doorbell
+        if bell is not None:
+            bell.ring()
+
+    def _stop_following(self) -> None:
+        bell, thread, w = self._doorbell, self._thread, self._watch
+        self._thread = self._watch = None
+        if w is not None:
+            w.close()
+        if thread is not None and bell is not None:
+            bell.ring()
+            thread.join()
+        self._doorbell = None
+        if bell is not None:
+            bell.close()
+
+    def _follow_loop(self) -> None:
+        bell = self._doorbell
+        while bell is not None and not self._stopped():
+            bell.wait(self.poll_interval)
+            if self._stopped():
+                return
+            try:
+                self._refresh()
+            except Error as e:
+                log.error("hollow: %s: cannot follow: %s", self.namespace, e)
+            except Exception:  # keep following whatever one refresh did
+                log.exception("hollow: %s: follower error", self.namespace)
+
+    def _now(self) -> _Attached:
+        """The current version; on a non-following dataset, after a cheap check of the announcement."""
+        if self._generation != _Fork.generation:
+            self._after_fork()
+        self._check()
+        if not self.follow and self._pinned is None:
+            self._refresh()
+        current = self._current
+        if current is None:
+            raise ClosedError(f"dataset {self.namespace!r} is closed")
+        return current
+
+    def _stopped(self) -> bool:
+        return self._closed  # a call, so that type checkers do not assume it cannot change
+
+    def _check(self) -> None:
         if self._closed:
             raise ClosedError(f"dataset {self.namespace!r} is closed")
 
-    def _refresh(self) -> StateFile:
-        """The attached announced version; re-reads the announcement only when its file changed.
+    def _refresh(self, *, initial: bool = False) -> None:
+        """Move to the announced version if it changed.
 
         A version that cannot be attached (corrupt, truncated, foreign) is not
         fatal once this process has a good one: it stays on that one, logs the
-        error, keeps it in :attr:`last_error`, and tries again only when the
+        error, keeps it in :attr:`last_error`, and tries again when the
         announcement changes (DESIGN.md invariant 5).
         """
-        self._check_open()
         try:
             st = os.stat(self.dir / layout.ANNOUNCED)
             stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except FileNotFoundError:
             stamp = None
-        current = self._current
-        if current is not None and stamp == self._announce_stamp:
-            return current
-        with self._lock:
+        if not initial and stamp == self._announce_stamp:
+            return
+        with self._refreshing:
+            if self._pinned is not None or self._closed:
+                return
             try:
-                current = self._follow_announcement(current)
+                att, pinned = self._follow_announcement()
             except (CorruptStateError, VersionNotFoundError) as e:
                 if self._current is None:
                     raise
                 self.last_error = e
                 log.error("hollow: %s; staying on version %d", e, self._current.version)
-                current = self._current
-            else:
-                self.last_error = None
+                self._announce_stamp = stamp
+                return
+            self.last_error = None
             self._announce_stamp = stamp
-            return current
+            if att is None:
+                return
+            with self._changed:
+                if self._pinned is not None or self._stopped():
+                    self._release_unused(att)
+                    return
+                self._on_pin = pinned
+                self._switch(att)
+        self._notify(att.version)
 
-    def _follow_announcement(self, current: StateFile | None) -> StateFile:
+    def _follow_announcement(self) -> tuple[_Attached | None, bool]:
+        """(the newly attached announced version or None if nothing changed, whether it is pinned)."""
         for attempt in range(_RACE_RETRIES):
             announcement = layout.read_announcement(self.dir)
             if announcement is None:
                 raise NamespaceNotFoundError(f"namespace {self.namespace!r} has nothing announced yet")
-            if current is not None and current.version == announcement.version:
-                return current
+            current = self._current
+            if current is not None:
+                if current.version == announcement.version:
+                    self._on_pin = announcement.pinned
+                    return None, announcement.pinned
+                if announcement.version < current.version and not (announcement.pinned or self._on_pin):
+                    log.warning(
+                        "hollow: %s: announced version %d is older than %d and not pinned; staying",
+                        self.namespace,
+                        announcement.version,
+                        current.version,
+                    )
+                    return None, False
             try:
-                self._current = self._attach(announcement.version)
-                return self._current
+                return self._attach(announcement.version), announcement.pinned
             except VersionNotFoundError:
-                # Reclaimed between reading the announcement and opening it:
+                # Reclaimed between reading the announcement and leasing it:
                 # the announcement has moved on since; read it again.
                 if attempt == _RACE_RETRIES - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attach(self, version: int) -> StateFile:
+    def _switch(self, att: _Attached) -> None:
+        """Make *att* current (caller holds the lock); release the old one if no snapshot uses it."""
+        old, self._current = self._current, att
+        if old is not None and old is not att and old.users == 0:
+            self._drop(old)
+        self._changed.notify_all()
+
+    def _notify(self, version: int) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(version)
+            except Exception:
+                log.exception("hollow: %s: on_update callback failed", self.namespace)
+
+    # -- attaching and releasing versions ----------------------------------
+
+    def _attach(self, version: int) -> _Attached:
+        with self._lock:
+            att = self._attached.get(version)
+            if att is not None:
+                return att
+        lease = _lease(self.dir, version)
         path = self.dir / layout.state_name(version)
         try:
-            return StateFile(path, namespace=self.namespace, reader_schema=self._reader_schema)
-        except VersionNotFoundError:
-            raise VersionNotFoundError(f"{self.namespace} version {version} does not exist at {path}") from None
+            state = StateFile(path, namespace=self.namespace, reader_schema=self._reader_schema)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        att = _Attached(state, lease)
+        with self._lock:
+            existing = self._attached.setdefault(version, att)
+        if existing is not att and lease is not None:
+            lease.release()  # another thread attached it first
+        return existing
+
+    def _release(self, att: _Attached) -> None:
+        with self._lock:
+            att.users -= 1
+            if att.users <= 0 and att is not self._current:
+                self._drop(att)
+
+    def _release_unused(self, att: _Attached) -> None:
+        if att.users <= 0 and att is not self._current:
+            self._drop(att)
+
+    def _drop(self, att: _Attached) -> None:
+        """Forget a version no snapshot uses (caller holds the lock)."""
+        if self._attached.get(att.version) is att:
+            del self._attached[att.version]
+        if att.lease is not None:
+            att.lease.release()
+
+    def _after_fork(self) -> None:
+        """In a forked child: leases, doorbell, watch and thread of our own (see the module docstring)."""
+        with self._lock:
+            self._generation = _Fork.generation
+            for att in self._attached.values():
+                if att.lease is not None:
+                    att.lease.forget()
+                    att.lease = None
+            if self._doorbell is not None:
+                self._doorbell.close(unlink=False)  # the parent's semaphore
+            self._doorbell = None
+            self._watch = None
+            self._thread = None
+            for att in list(self._attached.values()):
+                with contextlib.suppress(VersionNotFoundError):
+                    att.lease = _lease(self.dir, att.version)
+        if self._closed:
+            return
+        self._announce_stamp = None
+        if self.follow:
+            self._doorbell = Doorbell(self.root, self.namespace)
+        self._refresh()
+        if self.follow:
+            self._start_following()
+
+
+def _lease(ns_dir: Any, version: int) -> Lease | None:
+    """A lease on *version*; None for a state file that has no lockfile (written by hand, not by hollowd)."""
+    try:
+        return Lease(ns_dir, version)
+    except VersionNotFoundError:
+        if (ns_dir / layout.state_name(version)).exists() and not (ns_dir / f"{version}.lock").exists():
+            return None
+        raise
 
 
 def _reader_schema(schema_arg: Any) -> Any:
@@ -211,12 +500,16 @@ def open(  # noqa: A001 - hollow.open mirrors lmdb.open
     *,
     root: str | os.PathLike[str] | None = None,
     schema: str | os.PathLike[str] | Any = None,
+    follow: bool = True,
+    poll_interval: float = POLL_INTERVAL,
 ) -> Dataset:
     """Open *namespace* for reading.
 
     *root* defaults to ``$HOLLOW_ROOT`` or ``/dev/shm/hollow``. *schema* is
     optional: the data's own schema travels in every state file; pass your
     own ``.capnp`` (path or compiled module), older or newer, to read through
-    it under Cap'n Proto's evolution rules.
+    it under Cap'n Proto's evolution rules. With *follow* (the default) the
+    dataset moves to each newly announced version in the background; without
+    it, each ``snapshot()`` checks the announcement itself (one stat).
     """
-    return Dataset(namespace, root=root, schema=schema)
+    return Dataset(namespace, root=root, schema=schema, follow=follow, poll_interval=poll_interval)

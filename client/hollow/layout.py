@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +37,15 @@ MAGIC = b"\x89HOLLOW\n"
 HEADER_SIZE = 128
 DEFAULT_ROOT = "/dev/shm/hollow"  # noqa: S108 - the shared-memory root is the point
 ANNOUNCED = "announced"
-NAMESPACE_MAX_BYTES = 40
+NAMESPACE_MAX_BYTES = 32
 
 M64 = (1 << 64) - 1
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # magic, format, header size, flags, version, parent, schema fingerprint,
-# envelope offset, envelope length, file length, content hash, namespace,
-# published-at ns; then the header checksum over everything before it.
-_HEADER = struct.Struct("<8sHHIQQQQQQQ40sq")
+# envelope offset, envelope length, file length, content hash, envelope hash,
+# namespace, published-at ns; then the header checksum over everything before it.
+_HEADER = struct.Struct("<8sHHIQQQQQQQQ32sq")
 _CHECKSUM = struct.Struct("<Q")
 assert _HEADER.size + _CHECKSUM.size == HEADER_SIZE
 
@@ -101,6 +102,7 @@ class Header:
     envelope_length: int
     file_length: int
     content_hash: int
+    envelope_hash: int
     namespace: str
     published_at_ns: int
     format_version: int = FORMAT_VERSION
@@ -118,6 +120,7 @@ class Header:
             self.envelope_length,
             self.file_length,
             self.content_hash,
+            self.envelope_hash,
             self.namespace.encode(),
             self.published_at_ns,
         )
@@ -152,8 +155,9 @@ class Header:
             envelope_length=fields[8],
             file_length=fields[9],
             content_hash=fields[10],
-            namespace=fields[11].rstrip(b"\0").decode(errors="replace"),
-            published_at_ns=fields[12],
+            envelope_hash=fields[11],
+            namespace=fields[12].rstrip(b"\0").decode(errors="replace"),
+            published_at_ns=fields[13],
             format_version=fields[1],
         )
         if header.file_length != size:
@@ -163,6 +167,10 @@ class Header:
         end = header.envelope_offset + header.envelope_length
         if header.envelope_offset < HEADER_SIZE or header.envelope_offset % 8 or end > size:
             raise CorruptStateError(f"{what}: envelope out of bounds")
+        # The envelope is small (the schema and a few hundred bytes per type) and pycapnp
+        # trusts schema nodes, so it is checked whole; the sections are bounds-checked by capnp.
+        if xxhash.xxh3_64_intdigest(buf[header.envelope_offset : end]) != header.envelope_hash:
+            raise CorruptStateError(f"{what}: envelope checksum mismatch")
         return header
 
 
@@ -217,11 +225,18 @@ def read_announcement(ns_dir: Path) -> Announcement | None:
     """The namespace's announcement, or None when nothing was announced yet."""
     path = ns_dir / ANNOUNCED
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted here must not hang the reader; O_NOFOLLOW: nor a symlink redirect it.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise CorruptStateError(f"{path}: cannot open the announcement ({e.strerror}); is it a symlink?") from e
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptStateError(f"{path}: the announcement is not a regular file")
         data = os.read(fd, 4096)
+    except OSError as e:
+        raise CorruptStateError(f"{path}: cannot read the announcement ({e.strerror})") from e
     finally:
         os.close(fd)
     return Announcement.loads(data, what=str(path))

@@ -35,7 +35,8 @@ class StateFile:
         self.path = path
         what = str(path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted under a version's name must not hang the reader.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError as e:
             raise VersionNotFoundError(f"{what}: no such version (never published, or reclaimed)") from e
         except OSError as e:
@@ -54,6 +55,9 @@ class StateFile:
         header = layout.Header.unpack(view, what=what, size=st.st_size)
         if header.namespace != namespace:
             raise CorruptStateError(f"{what}: belongs to namespace {header.namespace!r}, not {namespace!r}")
+        named = layout.parse_state_name(path.name)
+        if named is not None and named != header.version:
+            raise CorruptStateError(f"{what}: holds version {header.version}, not {named}")
         self.header = header
         self.version = header.version
         self.published_at_ns = header.published_at_ns

@@ -76,11 +76,12 @@ def produce(root: Path) -> Path:
 
 def normalized(data: bytes) -> bytes:
     """The file with what depends on the clock zeroed: publication time (header and
-    envelope), the content hash over the envelope, and the header checksum."""
+    envelope), the content and envelope hashes over it, and the header checksum."""
     header = layout.Header.unpack(data, what="golden", size=len(data))
     stamp = header.published_at_ns.to_bytes(8, "little", signed=True)
     body = bytearray(data)
     body[64:72] = bytes(8)  # content hash (covers the envelope's publication time)
+    body[72:80] = bytes(8)  # envelope hash (covers the envelope's publication time)
     body[112:128] = bytes(16)  # published-at and the checksum over it
     return bytes(body[:128]) + bytes(body[128:]).replace(stamp, bytes(8))
 

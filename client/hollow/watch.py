@@ -1,0 +1,116 @@
+"""The second path for announcements: inotify on the namespace directory, through watchdog.
+
+One watchdog observer (one inotify instance, one thread) serves every Dataset
+of the process; each Dataset schedules its namespace directory and gets called
+when ``announced`` is replaced. inotify(7) coalesces and can overflow, and
+writes through mmap produce no event at all, so an event only says "look":
+the caller re-reads the announcement. Publishing by rename gives IN_MOVED_TO,
+which watchdog delivers as ``on_moved`` with the new name as ``dest_path``
+(PITFALLS.md 14).
+
+inotify instances are limited (fs.inotify.max_user_instances, 128 per user by
+default). When none can be had, :func:`watch` logs a warning and returns None;
+the Dataset still follows through its doorbell and the safety poll.
+
+Threads do not survive fork(2): a child gets a fresh observer on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from hollow import layout
+
+log = logging.getLogger("hollow")
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = str(getattr(event, "dest_path", "") or event.src_path)
+        if os.path.basename(path) == layout.ANNOUNCED:
+            self.callback()
+
+
+class _Shared:
+    """The process's observer and how many watches it serves."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.observer: Any = None
+        self.users = 0
+        self.pid = os.getpid()
+
+
+_shared = _Shared()
+
+
+def _after_fork_in_child() -> None:
+    global _shared
+    _shared = _Shared()  # the parent's observer thread does not exist here
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Watch:
+    """One scheduled watch; :meth:`close` unschedules it (and stops the observer with the last one)."""
+
+    def __init__(self, shared: _Shared, handle: Any) -> None:
+        self._shared = shared
+        self._handle = handle
+
+    def close(self) -> None:
+        shared, handle = self._shared, self._handle
+        self._handle = None
+        if handle is None or shared is not _shared:
+            return  # inherited across fork: the observer it belonged to is not in this process
+        with shared.lock:
+            observer = shared.observer
+            if observer is None:
+                return
+            with contextlib.suppress(KeyError):
+                observer.unschedule(handle)
+            shared.users -= 1
+            if shared.users == 0:
+                shared.observer = None
+                observer.stop()
+                observer.join()
+
+
+def watch(ns_dir: Path, callback: Callable[[], None]) -> Watch | None:
+    """Call *callback* whenever ``ns_dir/announced`` is replaced; None if inotify is unavailable."""
+    shared = _shared
+    with shared.lock:
+        try:
+            if shared.observer is None:
+                observer = Observer()
+                observer.daemon = True
+                observer.start()
+                shared.observer = observer
+            handle = shared.observer.schedule(_Handler(callback), str(ns_dir), recursive=False)
+        except OSError as e:
+            log.warning(
+                "hollow: no inotify watch on %s (%s); following through the doorbell and the safety poll only. "
+                "Raise fs.inotify.max_user_instances or max_user_watches if this is unexpected.",
+                ns_dir,
+                e,
+            )
+            if shared.observer is not None and shared.users == 0:
+                shared.observer.stop()
+                shared.observer.join()
+                shared.observer = None
+            return None
+        shared.users += 1
+        return Watch(shared, handle)
