@@ -521,7 +521,7 @@ class _Columns:
                 d_starts, d_lens = self._write_strings(list(distinct))
                 which = np.fromiter(map(distinct.__getitem__, col), dtype=np.int64, count=len(col))
                 starts, lens = d_starts[which], d_lens[which]
-        except TypeError:
+        except (TypeError, UnicodeEncodeError):
             raise _Fallback from None
         self._pointer_column(slot, starts, lens + 1, 2, null)
 
@@ -535,7 +535,7 @@ class _Columns:
             lens = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
             sizes = ((lens >> 3) + 1) << 3  # room for the NUL, rounded up to a word
             raw = "".join(map(str.ljust, strings, sizes.tolist(), repeat("\0"))).encode()
-        except TypeError:
+        except (TypeError, UnicodeEncodeError):
             raise _Fallback from None
         if len(raw) != int(sizes.sum()):  # some text is not ASCII: byte lengths differ
             return self._write_blobs(list(map(str.encode, strings)))
@@ -570,7 +570,7 @@ class _Columns:
         strings = [s for s in dict.fromkeys(chain.from_iterable(distinct)) if s not in self.tcache]
         try:
             s_starts, s_lens = self._write_blobs(list(map(str.encode, strings)))
-        except TypeError:
+        except (TypeError, UnicodeEncodeError):
             raise _Fallback from None
         self.tcache.update(zip(strings, zip(s_starts.tolist(), (s_lens + 1).tolist(), strict=True), strict=True))
         tc, buf = self.tcache, self.buf
@@ -907,7 +907,13 @@ def _check_value(typ: Any, schema: Any, value: Any, where: str) -> tuple[str, st
     if kind == "bool":
         return None if type(value) is bool else (where, f"expected Bool, {got}")
     if kind == "text":
-        return None if isinstance(value, str) else (where, f"expected Text (a str), {got}")
+        if not isinstance(value, str):
+            return (where, f"expected Text (a str), {got}")
+        try:
+            value.encode()
+        except UnicodeEncodeError as e:
+            return (where, f"not encodable as UTF-8 ({e.reason} at character {e.start}), {got}")
+        return None
     if kind == "data":
         return None if isinstance(value, (bytes, bytearray, memoryview)) else (where, f"expected Data (bytes), {got}")
     if kind == "enum":

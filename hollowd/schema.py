@@ -20,6 +20,7 @@ import xxhash
 
 from hollow import layout
 from hollow import schema as reader_schema
+from hollow.errors import InvalidSchemaError
 from hollowd.errors import SchemaError, UnsupportedSchemaError
 
 _INT_TYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
@@ -79,6 +80,8 @@ class NamespaceSchema:
             self.module = reader_schema.load_schema_file(self.path)
         except OSError as e:
             raise SchemaError(f"schema {path}: cannot read it ({e.strerror})") from e
+        except InvalidSchemaError as e:
+            raise SchemaError(str(e)) from e
         except capnp.KjException as e:
             raise SchemaError(f"schema {path}: does not compile: {e.description}") from e
         if not primary_keys:

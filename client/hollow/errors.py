@@ -28,6 +28,10 @@ class CorruptStateError(Error):
     """A state or announcement file is truncated, foreign or damaged."""
 
 
+class InvalidSchemaError(Error):
+    """A schema file that does not compile (the message carries the compiler's)."""
+
+
 class SchemaMismatchError(Error):
     """The schema a reader brought does not describe the data (different type ids)."""
 

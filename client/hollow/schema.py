@@ -20,6 +20,8 @@ Three pycapnp facts shape this module (see PITFALLS.md):
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 
 import capnp
 
-from hollow.errors import CorruptStateError, SchemaMismatchError
+from hollow.errors import CorruptStateError, InvalidSchemaError, SchemaMismatchError
 
 #: Effectively unlimited: state files are immutable and bounds-checked by capnp itself.
 TRAVERSAL_LIMIT = 1 << 62
@@ -41,29 +43,48 @@ _embedded: dict[int, dict[int, Any]] = {}
 _envelope: Any = None
 
 
-def load_schema_file(path: str | os.PathLike[str], imports: Iterable[str] = ()) -> Any:
+def load_schema_file(path: str | os.PathLike[str], imports: Iterable[str] = (), *, trusted: bool = False) -> Any:
     """Compile a ``.capnp`` file with a parser of its own and return its module.
 
-    Cached by (real path, mtime, size): the same unchanged file gives the same module.
+    Cached by (real path, mtime, size): the same unchanged file gives the same
+    module. pycapnp aborts the whole process on a compile error (C++
+    ``terminate``; no Python exception), so an untrusted file is first compiled
+    in a child process: a bad schema is then an :class:`InvalidSchemaError`
+    carrying the compiler's message, not the end of the caller.
     """
     real = os.path.realpath(path)
     st = os.stat(real)
     key = (real, st.st_mtime_ns, st.st_size)
+    dirs = [os.path.dirname(real), *imports, CAPNP_IMPORT_DIR]
     with _lock:
         hit = _parsers.get(key)
         if hit is None:
+            if not trusted:
+                _compile_in_child(real, dirs)
             parser = capnp.SchemaParser()
-            dirs = [os.path.dirname(real), *imports, CAPNP_IMPORT_DIR]
             module = parser.load(real, imports=dirs)
             hit = _parsers[key] = (parser, module)
     return hit[1]
+
+
+_COMPILE = "import capnp, sys; capnp.SchemaParser().load(sys.argv[1], imports=sys.argv[2:])"
+
+
+def _compile_in_child(path: str, dirs: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE, path, *dirs], capture_output=True, text=True, timeout=120, check=False
+    )
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if "failed:" in ln or "error" in ln.lower()]
+        detail = "; ".join(lines) or proc.stderr.strip()[-500:] or f"exit status {proc.returncode}"
+        raise InvalidSchemaError(f"schema {path} does not compile: {detail}")
 
 
 def envelope() -> Any:
     """The module compiled from ``hollow.capnp`` (loaded once per process)."""
     global _envelope
     if _envelope is None:
-        _envelope = load_schema_file(ENVELOPE_FILE)
+        _envelope = load_schema_file(ENVELOPE_FILE, trusted=True)
     return _envelope
 
 
@@ -106,15 +127,48 @@ def embedded_types(fingerprint: int, nodes: Iterable[bytes], *, what: str) -> di
         try:
             readers = [read_message(bytes(b)).get_root(node_type) for b in nodes]
             for node in readers:
+                _check_node(node, what)
+            for node in readers:
                 loader.load_dynamic(node)
             for node in readers:
                 if node.which() == "struct" and not node.struct.isGroup:
                     structs[node.id] = loader.get(node.id).as_struct()
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: embedded schema does not load ({e.description})") from e
+        except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise CorruptStateError(f"{what}: embedded schema is malformed ({type(e).__name__})") from e
         structs[-1] = loader  # keep the loader alive as long as its schemas
         _embedded[fingerprint] = structs
         return structs
+
+
+def _check_node(node: Any, what: str) -> None:
+    """Read every part of an embedded node that SchemaLoader will use, so that a malformed one
+    raises here. SchemaLoader crashes the process (not an exception) on some malformed nodes:
+    names that are not UTF-8, lists of the wrong element size, kinds hollowd never embeds
+    (found by fuzzing the envelope). ``to_dict`` is not enough: it skips a union member it
+    cannot read."""
+    _ = (node.id, node.displayName, node.displayNamePrefixLength, node.scopeId, node.isGeneric)
+    kind = node.which()
+    if kind == "enum":
+        _ = [(e.name, e.codeOrder) for e in node.enum.enumerants]
+        return
+    if kind != "struct":
+        raise CorruptStateError(f"{what}: embedded schema holds a {kind} node")
+    s = node.struct
+    _ = (s.dataWordCount, s.pointerCount, s.discriminantCount, s.discriminantOffset, s.isGroup)
+    for f in s.fields:
+        _ = (f.name, f.codeOrder, f.discriminantValue, f.ordinal.which())
+        if f.which() == "group":
+            _ = f.group.typeId
+            continue
+        slot = f.slot
+        _ = (slot.offset, slot.hadExplicitDefault, slot.defaultValue.which())
+        typ = slot.type
+        while typ.which() == "list":
+            typ = typ.list.elementType
+        if typ.which() in ("struct", "enum"):
+            _ = getattr(typ, typ.which()).typeId
 
 
 def user_struct(module: Any, name: str, type_id: int, *, what: str) -> Any:

@@ -70,6 +70,9 @@ class StateFile:
             self.schema_source = root.userSchema.source
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: damaged envelope ({e.description})") from e
+        except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            # pycapnp's ways of saying a pointer or a name in the envelope makes no sense
+            raise CorruptStateError(f"{what}: malformed envelope ({type(e).__name__}: {e})") from e
         if root.version != header.version:
             raise CorruptStateError(f"{what}: envelope says version {root.version}, header {header.version}")
 
