@@ -25,9 +25,10 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from hollow import layout, schema, watch
 from hollow.doorbell import Doorbell
@@ -52,10 +53,14 @@ class _Fork:
     """Counts forks, so a Dataset can tell it is running in a child (os.register_at_fork)."""
 
     generation = 0
+    datasets: ClassVar[weakref.WeakSet[Dataset]] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     _Fork.generation += 1
+    for ds in list(_Fork.datasets):
+        # A lock held by a parent's thread at fork time would stay locked forever here.
+        ds._new_locks()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -151,10 +156,7 @@ class Dataset:
         self.follow = follow
         self.poll_interval = poll_interval
         self._reader_schema = _reader_schema(schema)
-        # Reentrant: Snapshot.__del__ may run (GC) while this thread holds it.
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._refreshing = threading.Lock()
+        self._new_locks()
         self._attached: dict[int, _Attached] = {}
         self._current: _Attached | None = None
         self._on_pin = False  # the current version came from an operator pin
@@ -168,6 +170,7 @@ class Dataset:
         self._thread: threading.Thread | None = None
         #: The error that kept this process from following the last announcement, if any.
         self.last_error: Error | None = None
+        _Fork.datasets.add(self)
         if not self.dir.is_dir():
             raise NamespaceNotFoundError(
                 f"namespace {namespace!r} does not exist under {self.root} "
@@ -323,6 +326,12 @@ class Dataset:
         if current is None:
             raise ClosedError(f"dataset {self.namespace!r} is closed")
         return current
+
+    def _new_locks(self) -> None:
+        # Reentrant: Snapshot.__del__ may run (GC) while this thread holds it.
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._refreshing = threading.Lock()
 
     def _stopped(self) -> bool:
         return self._closed  # a call, so that type checkers do not assume it cannot change
