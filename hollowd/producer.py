@@ -235,9 +235,9 @@ def _read_memory(path: Path, namespace: str, schema: NamespaceSchema, with_recor
         raise PublishError(f"cannot read back the latest version to continue from it: {e}") from e
     memory: dict[str, TypeMemory] = {}
     for name, rtype in schema.types.items():
-        if name not in state.types:
+        if name not in state.type_names:
             continue
-        view = state.types[name]
+        view = state.type(name)
         holes = sorted(view._holes.tolist())
         hole_set = set(holes)
         fields = rtype.primary.fields
@@ -262,7 +262,7 @@ def _read_memory(path: Path, namespace: str, schema: NamespaceSchema, with_recor
 
 
 def _content_hash(state: StateFile, name: str) -> int:
-    return state.types[name].content_hash
+    return state.type(name).content_hash
 
 
 def _lock_namespace(ns_dir: Path) -> int:

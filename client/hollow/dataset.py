@@ -102,7 +102,7 @@ class Snapshot:
     @property
     def types(self) -> list[str]:
         """Names of the record types in this version."""
-        return sorted(self._live().types)
+        return self._live().type_names
 
     @property
     def published_at_ns(self) -> int:

@@ -29,7 +29,19 @@ from hollow.view import IndexTable, TypeView, section
 class StateFile:
     """One attached version of a namespace: its header, envelope and type views."""
 
-    __slots__ = ("_mm", "header", "path", "published_at_ns", "schema_file", "schema_source", "types", "version")
+    __slots__ = (
+        "_envelope",
+        "_mm",
+        "_structs",
+        "_type_states",
+        "_view",
+        "_views",
+        "_what",
+        "header",
+        "path",
+        "published_at_ns",
+        "version",
+    )
 
     def __init__(self, path: Path, *, namespace: str, reader_schema: Any = None) -> None:
         self.path = path
@@ -62,57 +74,76 @@ class StateFile:
         self.version = header.version
         self.published_at_ns = header.published_at_ns
         start = header.envelope_offset
+        self._view = view
+        self._what = what
+        self._views: dict[str, TypeView] = {}
         try:
             env = schema.read_message(view[start : start + header.envelope_length])
             root = env.get_root(schema.envelope().State)
-            self.types = self._attach_types(root, view, header, what, reader_schema)
-            self.schema_file = root.userSchema.fileName
-            self.schema_source = root.userSchema.source
+            if root.version != header.version:
+                raise CorruptStateError(f"{what}: envelope says version {root.version}, header {header.version}")
+            self._type_states = {ts.name: ts for ts in root.types}
+            if reader_schema is None:
+                self._structs = schema.embedded_types(header.schema_fingerprint, root.userSchema.nodes, what=what)
+            else:  # checked now, so a mismatch is an attach error, not a surprise at first use
+                self._structs = {
+                    ts.typeId: schema.user_struct(reader_schema, name, ts.typeId, what=what)
+                    for name, ts in self._type_states.items()
+                }
+            self._envelope = root
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: damaged envelope ({e.description})") from e
         except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             # pycapnp's ways of saying a pointer or a name in the envelope makes no sense
             raise CorruptStateError(f"{what}: malformed envelope ({type(e).__name__}: {e})") from e
-        if root.version != header.version:
-            raise CorruptStateError(f"{what}: envelope says version {root.version}, header {header.version}")
 
-    @staticmethod
-    def _attach_types(
-        root: Any, view: memoryview, header: layout.Header, what: str, reader_schema: Any
-    ) -> dict[str, TypeView]:
-        if reader_schema is None:
-            structs = schema.embedded_types(header.schema_fingerprint, root.userSchema.nodes, what=what)
-        types: dict[str, TypeView] = {}
-        size = header.file_length
-        for ts in root.types:
-            name = ts.name
-            if reader_schema is None:
-                struct = structs.get(ts.typeId)
-                if struct is None:
-                    raise CorruptStateError(f"{what}: type {name} ({ts.typeId:#x}) missing from the embedded schema")
-            else:
-                struct = schema.user_struct(reader_schema, name, ts.typeId, what=what)
-            rec = ts.records
-            layout.check_section(rec.offset, rec.length, size, what=f"{what}: {name} records")
-            msg = schema.read_message(view[rec.offset : rec.offset + rec.length])
-            records = msg.get_root(schema.envelope().Records).list.as_list(capnp._ListSchema(struct))
-            if len(records) != ts.ordinals:
-                raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ts.ordinals}")
-            # the section is padded to a whole word: take exactly (ordinals - count) holes
-            holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")[: ts.ordinals - ts.count]
-            if ts.count > ts.ordinals or len(holes) != ts.ordinals - ts.count:
-                raise CorruptStateError(f"{what}: {name} holes do not match its counts")
-            primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
-            secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
-            types[name] = TypeView(
-                name, records, ts.count, holes, primary, secondary, content_hash=ts.contentHash, what=what
-            )
-        return types
+    @property
+    def schema_file(self) -> str:
+        """The name of the schema file the producer used."""
+        return str(self._envelope.userSchema.fileName)
+
+    @property
+    def schema_source(self) -> str:
+        """The text of the schema the producer used (read on demand: it can be long)."""
+        return str(self._envelope.userSchema.source)
+
+    @property
+    def type_names(self) -> list[str]:
+        return sorted(self._type_states)
 
     def type(self, name: str) -> TypeView:
-        try:
-            return self.types[name]
-        except KeyError:
-            raise UnknownTypeError(
-                f"version {self.version} has no record type {name!r}; it has: {', '.join(sorted(self.types))}"
-            ) from None
+        """The view of one record type, set up on first use (attach itself stays O(1) in types too)."""
+        view = self._views.get(name)
+        if view is None:
+            ts = self._type_states.get(name)
+            if ts is None:
+                raise UnknownTypeError(
+                    f"version {self.version} has no record type {name!r}; it has: {', '.join(self.type_names)}"
+                )
+            try:
+                view = self._views[name] = self._attach_type(ts)
+            except capnp.KjException as e:
+                raise CorruptStateError(f"{self._what}: {name}: damaged ({e.description})") from e
+            except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+                raise CorruptStateError(f"{self._what}: {name}: malformed ({type(e).__name__}: {e})") from e
+        return view
+
+    def _attach_type(self, ts: Any) -> TypeView:
+        what, view, size, name = self._what, self._view, self.header.file_length, ts.name
+        struct = self._structs.get(ts.typeId)
+        if struct is None:
+            raise CorruptStateError(f"{what}: type {name} ({ts.typeId:#x}) missing from the embedded schema")
+        rec = ts.records
+        layout.check_section(rec.offset, rec.length, size, what=f"{what}: {name} records")
+        msg = schema.read_message(view[rec.offset : rec.offset + rec.length])
+        records = msg.get_root(schema.envelope().Records).list.as_list(capnp._ListSchema(struct))
+        count, ordinals = ts.count, ts.ordinals
+        if len(records) != ordinals:
+            raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ordinals}")
+        # the section is padded to a whole word: take exactly (ordinals - count) holes
+        holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")[: ordinals - count]
+        if count > ordinals or len(holes) != ordinals - count:
+            raise CorruptStateError(f"{what}: {name} holes do not match its counts")
+        primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
+        secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
+        return TypeView(name, records, count, holes, primary, secondary, content_hash=ts.contentHash, what=what)
