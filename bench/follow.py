@@ -30,8 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import hollow
+from hollow import layout
+from hollowd import Producer
+
 ROOT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT_DIR))
 
 SCHEMA = ROOT_DIR / "schemas" / "movies.capnp"
 
@@ -46,8 +49,6 @@ def _records(version: int, n: int = 100) -> list[dict[str, Any]]:
 
 def follower(root: str, stop_file: str) -> None:
     """Record when each version arrives; print them as JSON when *stop_file* appears."""
-    import hollow
-
     seen: list[tuple[int, int]] = []
     ds = hollow.open("movies", root=root)
     ds.on_update(lambda v: seen.append((v, time.time_ns())))
@@ -60,8 +61,6 @@ def follower(root: str, stop_file: str) -> None:
 
 def poller(root: str, stop_file: str) -> None:
     """Hollow's way: look at the announcement once a second."""
-    from hollow import layout
-
     ns = Path(root) / "movies"
     seen: list[tuple[int, int]] = []
     last = 0
@@ -77,8 +76,6 @@ def poller(root: str, stop_file: str) -> None:
 
 def snapshot_loop(root: str, stop_file: str) -> None:
     """Take snapshots in a loop; every record must belong to the snapshot's version."""
-    import hollow
-
     ds = hollow.open("movies", root=root)
     snaps = errors = 0
     versions: set[int] = set()
@@ -135,9 +132,6 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def measure_switch(root: Path, followers: int, announcements: int, pollers: int) -> dict[str, Any]:
-    from hollow import layout
-    from hollowd import Producer
-
     stop = root / "stop"
     producer = Producer("movies", schema=SCHEMA, primary_keys={"Movie": "id"}, root=root, retain=3)
     producer.run_cycle(lambda s: s.add_all("Movie", _records(1)))
@@ -148,7 +142,8 @@ def measure_switch(root: Path, followers: int, announcements: int, pollers: int)
     for k in range(2, announcements + 2):
         v = producer.run_cycle(lambda s, k=k: s.add_all("Movie", _records(k)))
         a = layout.read_announcement(producer.dir)
-        assert a is not None and a.version == v
+        assert a is not None
+        assert a.version == v
         announced[v] = a.announced_at_ns
         time.sleep(0.05)
     time.sleep(1.5)  # let the pollers see the last one
@@ -182,8 +177,6 @@ def measure_switch(root: Path, followers: int, announcements: int, pollers: int)
 
 
 def measure_continuous(root: Path, readers: int, seconds: float, rate: float, retain: int) -> dict[str, Any]:
-    from hollowd import Producer
-
     stop = root / "stop"
     producer = Producer("movies", schema=SCHEMA, primary_keys={"Movie": "id"}, root=root, retain=retain)
     producer.run_cycle(lambda s: s.add_all("Movie", _records(1)))
@@ -234,9 +227,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nannounce -> switch, {switch['followers']} followers, {switch['announcements']} announcements")
     print(f"{'':32}{'p50 ms':>10}{'p99 ms':>10}")
-    print(
-        f"{'hollowd: all readers switched':32}{switch['all_switched_p50_ms']:>10.2f}{switch['all_switched_p99_ms']:>10.2f}"
-    )
+    p50, p99 = switch["all_switched_p50_ms"], switch["all_switched_p99_ms"]
+    print(f"{'hollowd: all readers switched':32}{p50:>10.2f}{p99:>10.2f}")
     print(f"{'hollowd: per reader':32}{switch['per_reader_p50_ms']:>10.2f}{switch['per_reader_p99_ms']:>10.2f}")
     if switch["polling_p50_ms"] is not None:
         print(f"{'polling once a second':32}{switch['polling_p50_ms']:>10.2f}{switch['polling_p99_ms']:>10.2f}")
