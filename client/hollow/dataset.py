@@ -290,6 +290,15 @@ class Dataset:
         if bell is not None:
             bell.ring()
 
+    def _new_doorbell(self, old: Doorbell) -> Doorbell:
+        """Replace a doorbell whose name was removed under us (RemoveIPC; PITFALLS.md 17)."""
+        log.warning("hollow: %s: doorbell %s was removed; making a new one", self.namespace, old.name)
+        bell = Doorbell(self.root, self.namespace)
+        with self._lock:
+            self._doorbell = bell
+        old.close(unlink=False)
+        return bell
+
     def _stop_following(self) -> None:
         bell, thread, w = self._doorbell, self._thread, self._watch
         self._thread = self._watch = None
@@ -297,17 +306,22 @@ class Dataset:
             w.close()
         if thread is not None and bell is not None:
             bell.ring()
-            thread.join()
-        self._doorbell = None
+            while thread.is_alive():
+                thread.join(0.1)
+                self._ring()  # the thread may have replaced its doorbell meanwhile
+        with self._lock:
+            bell, self._doorbell = self._doorbell, None
         if bell is not None:
             bell.close()
 
     def _follow_loop(self) -> None:
         bell = self._doorbell
         while bell is not None and not self._stopped():
-            bell.wait(self.poll_interval)
+            rung = bell.wait(self.poll_interval)
             if self._stopped():
                 return
+            if not rung and not bell.present():
+                bell = self._new_doorbell(bell)
             try:
                 self._refresh()
             except Error as e:

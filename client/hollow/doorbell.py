@@ -77,6 +77,10 @@ class Doorbell:
                 sem.acquire(0)
         return True
 
+    def present(self) -> bool:
+        """Whether our semaphore still has its name (systemd's RemoveIPC may have removed it)."""
+        return (SEM_DIR / f"sem.{self.name[1:]}").exists()
+
     def ring(self) -> None:
         """Wake our own waiter (used by the inotify path and by close)."""
         if self._sem is not None:
