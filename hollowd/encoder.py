@@ -567,6 +567,9 @@ class _Columns:
             raise _Fallback
         keys = list(map(tuple, col)) if None not in col else [tuple(v) if v is not None else () for v in col]
         distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        if len(distinct) > len(keys) // 4:
+            self._text_lists_in_place(slot, col, keys)
+            return
         strings = [s for s in dict.fromkeys(chain.from_iterable(distinct)) if s not in self.tcache]
         try:
             s_starts, s_lens = self._write_blobs(list(map(str.encode, strings)))
@@ -587,6 +590,29 @@ class _Columns:
         which = np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=len(keys))
         null = np.fromiter((v is None for v in col), dtype=bool, count=len(col)) if None in col else None
         self._pointer_column(slot, where[which, 0], where[which, 1], 6, null)
+
+    def _text_lists_in_place(self, slot: int, col: list[Any], keys: list[tuple[Any, ...]]) -> None:
+        """Lists of Text that are mostly distinct: each record's list written whole, as vectors.
+
+        Strings are still interned; the lists' pointer words are computed with numpy
+        instead of one Python loop per distinct list."""
+        flat = list(chain.from_iterable(keys))
+        strings = {s: i for i, s in enumerate(dict.fromkeys(flat))}
+        try:
+            s_starts, s_lens = self._write_strings(list(strings))
+        except TypeError:
+            raise _Fallback from None
+        counts = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+        which = np.fromiter(map(strings.__getitem__, flat), dtype=np.int64, count=len(flat))
+        area = len(self.buf)
+        self.buf.extend(bytes(8 * len(flat)))
+        at = area + 8 * np.arange(len(flat), dtype=np.int64)
+        offsets = ((s_starts[which] - at) >> 3) - 1
+        words = ((offsets & _OFFSET_MASK) << 2).astype(np.uint64) | np.uint64(0x200000001)
+        words |= (s_lens[which] + 1).astype(np.uint64) << np.uint64(35)
+        np.frombuffer(self.buf, dtype="<u8", count=len(flat), offset=area)[:] = words
+        null = np.fromiter((v is None for v in col), dtype=bool, count=len(col)) if None in col else None
+        self._pointer_column(slot, area + 8 * (np.cumsum(counts) - counts), counts, 6, null)
 
     def _row_pointers(self, slot: int, col: list[Any], fn: Any) -> None:
         base = 24 + (self.top.data_words + slot) * 8

@@ -52,6 +52,7 @@ class Doorbell:
     """The semaphore a following reader waits on."""
 
     def __init__(self, root: Path, namespace: str) -> None:
+        sweep()
         self.name = f"/{prefix(root, namespace)}{os.getpid()}.{next(_serial)}"
         self._sem: posix_ipc.Semaphore | None = posix_ipc.Semaphore(
             self.name, posix_ipc.O_CREX, mode=0o666, initial_value=0
@@ -128,6 +129,23 @@ def ring_all(root: Path, namespace: str) -> tuple[int, int]:
         finally:
             sem.close()
     return rung, removed
+
+
+def sweep() -> int:
+    """Remove the doorbells of dead processes under any root (those a producer never visits
+    again once its root is gone). Only our own user's can be removed: /dev/shm is sticky."""
+    removed = 0
+    try:
+        names = [n for n in os.listdir(SEM_DIR) if n.startswith("sem.hollow.")]
+    except FileNotFoundError:
+        return 0
+    for entry in names:
+        pid = _pid_of(entry)
+        if pid is not None and not _alive(pid):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                (SEM_DIR / entry).unlink()
+                removed += 1
+    return removed
 
 
 def followers(root: Path, namespace: str) -> list[int]:

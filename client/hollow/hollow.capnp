@@ -1,4 +1,4 @@
-# The envelope of a hollowd state file (format version 1).
+# The envelope of a hollowd state file (format version 2).
 #
 # A state file is: a 128-byte fixed header (see hollow/layout.py), then this
 # envelope as an unpacked single-segment Cap'n Proto message, then the

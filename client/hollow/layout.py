@@ -32,7 +32,7 @@ import xxhash
 
 from hollow.errors import CorruptStateError, InvalidNameError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"\x89HOLLOW\n"
 HEADER_SIZE = 128
 DEFAULT_ROOT = "/dev/shm/hollow"  # noqa: S108 - the shared-memory root is the point
@@ -139,10 +139,15 @@ class Header:
         fields = _HEADER.unpack_from(raw)
         if fields[0] != MAGIC:
             raise CorruptStateError(f"{what}: not a hollow state file (bad magic {fields[0]!r})")
-        if fields[1] != FORMAT_VERSION:
+        if fields[1] > FORMAT_VERSION:
             raise CorruptStateError(
                 f"{what}: state file format {fields[1]}, this reader knows format {FORMAT_VERSION}; "
-                "upgrade the hollowd package on this host"
+                "upgrade the hollowd package of this reader"
+            )
+        if fields[1] != FORMAT_VERSION:
+            raise CorruptStateError(
+                f"{what}: state file format {fields[1]} is older than this reader's ({FORMAT_VERSION}); "
+                "publish it again with the producer of this hollowd version"
             )
         (checksum,) = _CHECKSUM.unpack_from(raw, _HEADER.size)
         if checksum != xxhash.xxh3_64_intdigest(raw[: _HEADER.size]):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from hollow import layout
@@ -99,7 +99,11 @@ def watch(ns_dir: Path, callback: Callable[[], None]) -> Watch | None:
                 observer.daemon = True
                 observer.start()
                 shared.observer = observer
-            handle = shared.observer.schedule(_Handler(callback), str(ns_dir), recursive=False)
+            # Only moves and creations: without a filter inotify reports every open and close in
+            # the directory, and each reader's attach would wake every follower's thread.
+            handle = shared.observer.schedule(
+                _Handler(callback), str(ns_dir), recursive=False, event_filter=[FileMovedEvent, FileCreatedEvent]
+            )
         except OSError as e:
             log.warning(
                 "hollow: no inotify watch on %s (%s); following through the doorbell and the safety poll only. "
