@@ -331,8 +331,6 @@ class Dataset:
 
     def _now(self) -> _Attached:
         """The current version; on a non-following dataset, after a cheap check of the announcement."""
-        if self._generation != _Fork.generation:
-            self._after_fork()
         self._check()
         if not self.follow and self._pinned is None:
             self._refresh()
@@ -351,8 +349,11 @@ class Dataset:
         return self._closed  # a call, so that type checkers do not assume it cannot change
 
     def _check(self) -> None:
+        """Every public call starts here: closed is an error; a forked child re-arms first."""
         if self._closed:
             raise ClosedError(f"dataset {self.namespace!r} is closed")
+        if self._generation != _Fork.generation:
+            self._after_fork()
 
     def _refresh(self, *, initial: bool = False) -> None:
         """Move to the announced version if it changed.
