@@ -349,8 +349,12 @@ class RecordEncoder:
         self.top = self.plans[schema.node.id]
         self.enums = enums
 
-    def encode(self, records: list[Mapping[str, Any] | None]) -> tuple[bytes, bytearray]:
+    def encode(
+        self, records: list[Mapping[str, Any] | None], columns: ColumnCache | None = None
+    ) -> tuple[bytes, bytearray]:
         """Return (segment table, segment). Raises :class:`EncodeError` for the first bad record.
+
+        *columns*, when given, caches columns of this very list (see :class:`ColumnCache`).
 
         Tries the columnar path first (whole columns through ``array`` and
         numpy); any record it cannot take makes the whole list go record by
@@ -363,7 +367,7 @@ class RecordEncoder:
             raise OverflowError(f"{n} records of {top.name} exceed one Cap'n Proto segment")
         buf = self._start(n)
         try:
-            _Columns(self, buf, records).encode()
+            _Columns(self, buf, records, columns).encode()
         except _Fallback:
             buf = self._start(n)
             self._encode_rows(buf, records)
@@ -397,6 +401,26 @@ class RecordEncoder:
             pos += size
 
 
+class ColumnCache:
+    """Whole columns of a list of record dicts, each taken once (one C-level pass per field).
+
+    ``get(name)`` is None when some record lacks the field or is not a dict.
+    Shared by key checking, index building and the encoder's columnar path.
+    """
+
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
+        self._columns: dict[str, list[Any] | None] = {}
+
+    def get(self, name: str) -> list[Any] | None:
+        if name not in self._columns:
+            try:
+                self._columns[name] = list(map(itemgetter(name), self.records))
+            except (KeyError, TypeError):
+                self._columns[name] = None
+        return self._columns[name]
+
+
 class _Fallback(Exception):  # noqa: N818 - control flow
     """The columnar path cannot take this input; encode record by record."""
 
@@ -411,7 +435,13 @@ class _Columns:
     per-record encoders, one column at a time.
     """
 
-    def __init__(self, encoder: RecordEncoder, buf: bytearray, records: list[Mapping[str, Any] | None]) -> None:
+    def __init__(
+        self,
+        encoder: RecordEncoder,
+        buf: bytearray,
+        records: list[Mapping[str, Any] | None],
+        columns: ColumnCache | None = None,
+    ) -> None:
         self.enc, self.buf, self.top = encoder, buf, encoder.top
         self.n = len(records)
         holes = records.count(None)
@@ -421,6 +451,7 @@ class _Columns:
         else:
             self.ordinals = np.arange(self.n, dtype=np.int64)
             self.records = records  # type: ignore[assignment]
+        self.columns = columns if columns is not None and not holes else ColumnCache(self.records)
 
     def encode(self) -> None:
         top, recs = self.top, self.records
@@ -430,10 +461,9 @@ class _Columns:
             raise _Fallback  # not all plain dicts with exactly the schema's fields
         pointer_cols: list[tuple[int, int, list[Any]]] = []
         for (i, field), name in zip(top.columns, top.getter, strict=True):
-            try:
-                col = list(map(itemgetter(name), recs))  # one pass per field beats rows + transpose
-            except KeyError:
-                raise _Fallback from None
+            col = self.columns.get(name)  # one pass per field beats rows + transpose
+            if col is None:
+                raise _Fallback
             if field.kind == "data":
                 self._scalars(field, col)
             elif field.kind == "bool":
@@ -562,47 +592,21 @@ class _Columns:
         self._put((self.top.data_words + slot) * 8, "<u8", words)
 
     def _text_lists(self, slot: int, col: list[Any]) -> None:
-        """Write a List(Text) column, each distinct list (and each distinct string in them) once."""
+        """Write a List(Text) column: each distinct list once, each distinct string once.
+
+        The lists' pointer words are computed as one vector over all distinct lists
+        (a Python loop per distinct list cost seconds when most lists differ)."""
         if not set(map(type, col)) <= {list, tuple, type(None)}:
             raise _Fallback
         keys = list(map(tuple, col)) if None not in col else [tuple(v) if v is not None else () for v in col]
         distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-        if len(distinct) > len(keys) // 4:
-            self._text_lists_in_place(slot, col, keys)
-            return
-        strings = [s for s in dict.fromkeys(chain.from_iterable(distinct)) if s not in self.tcache]
-        try:
-            s_starts, s_lens = self._write_blobs(list(map(str.encode, strings)))
-        except (TypeError, UnicodeEncodeError):
-            raise _Fallback from None
-        self.tcache.update(zip(strings, zip(s_starts.tolist(), (s_lens + 1).tolist(), strict=True), strict=True))
-        tc, buf = self.tcache, self.buf
-        where = np.zeros((len(distinct), 2), dtype=np.int64)
-        for key, i in distinct.items():
-            lpos = len(buf)
-            buf.extend(bytes(8 * len(key)))
-            ptrs = [
-                (((((tc[x][0] - p) >> 3) - 1) & _OFFSET_MASK) << 2) | 0x200000001 | (tc[x][1] << 35)
-                for p, x in zip(range(lpos, lpos + 8 * len(key), 8), key, strict=True)
-            ]
-            struct.pack_into(f"<{len(key)}Q", buf, lpos, *ptrs)
-            where[i] = (lpos, len(key))
-        which = np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=len(keys))
-        null = np.fromiter((v is None for v in col), dtype=bool, count=len(col)) if None in col else None
-        self._pointer_column(slot, where[which, 0], where[which, 1], 6, null)
-
-    def _text_lists_in_place(self, slot: int, col: list[Any], keys: list[tuple[Any, ...]]) -> None:
-        """Lists of Text that are mostly distinct: each record's list written whole, as vectors.
-
-        Strings are still interned; the lists' pointer words are computed with numpy
-        instead of one Python loop per distinct list."""
-        flat = list(chain.from_iterable(keys))
+        flat = list(chain.from_iterable(distinct))
         strings = {s: i for i, s in enumerate(dict.fromkeys(flat))}
         try:
             s_starts, s_lens = self._write_strings(list(strings))
         except TypeError:
             raise _Fallback from None
-        counts = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+        counts = np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct))
         which = np.fromiter(map(strings.__getitem__, flat), dtype=np.int64, count=len(flat))
         area = len(self.buf)
         self.buf.extend(bytes(8 * len(flat)))
@@ -610,9 +614,12 @@ class _Columns:
         offsets = ((s_starts[which] - at) >> 3) - 1
         words = ((offsets & _OFFSET_MASK) << 2).astype(np.uint64) | np.uint64(0x200000001)
         words |= (s_lens[which] + 1).astype(np.uint64) << np.uint64(35)
-        np.frombuffer(self.buf, dtype="<u8", count=len(flat), offset=area)[:] = words
+        if flat:
+            np.frombuffer(self.buf, dtype="<u8", count=len(flat), offset=area)[:] = words
+        list_at = area + 8 * (np.cumsum(counts) - counts)
+        per_record = np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=len(keys))
         null = np.fromiter((v is None for v in col), dtype=bool, count=len(col)) if None in col else None
-        self._pointer_column(slot, area + 8 * (np.cumsum(counts) - counts), counts, 6, null)
+        self._pointer_column(slot, list_at[per_record], counts[per_record], 6, null)
 
     def _row_pointers(self, slot: int, col: list[Any], fn: Any) -> None:
         base = 24 + (self.top.data_words + slot) * 8
@@ -833,7 +840,8 @@ class BuilderEncoder:
     def __init__(self, schema: Any) -> None:
         self.schema = schema
 
-    def encode(self, records: list[Mapping[str, Any] | None]) -> tuple[bytes, bytes]:
+    def encode(self, records: list[Mapping[str, Any] | None], columns: Any = None) -> tuple[bytes, bytes]:
+        del columns  # builders take whole records
         env = reader_schema.envelope()
         message = env.Records.new_message()
         lst = message.list.init_as_list(capnp._ListSchema(self.schema), len(records))

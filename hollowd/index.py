@@ -30,9 +30,7 @@ class BuiltIndex:
 
     spec: IndexSpec
     capacity: int
-    keys: Any  # uint64[capacity]
-    slots: Any  # uint32[capacity]
-    counts: Any  # uint32[capacity], non-unique only
+    slots: Any  # uint64[capacity, 2]: key or hash, value (0: empty)
     postings: Any  # uint32[n], non-unique only
     distinct: int
 
@@ -89,30 +87,25 @@ def place(home: Any, capacity: int) -> Any:
 
 
 def build_unique(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
-    """A primary-key table: slot -> ordinal + 1. *fps* must be distinct."""
+    """A primary-key table: slot -> (key, ordinal + 1). *fps* must be distinct."""
     n = len(fps)
     cap = capacity_for(n)
     pos = place(home_slots(spec.kind, fps, cap), cap)
-    keys = np.zeros(cap, dtype=np.uint64)
-    slots = np.zeros(cap, dtype=np.uint32)
-    keys[pos] = fps
-    slots[pos] = ordinals.astype(np.uint32) + 1
-    empty = np.zeros(0, dtype=np.uint32)
-    return BuiltIndex(spec, cap, keys, slots, empty, empty, n)
+    slots = np.zeros((cap, 2), dtype=np.uint64)
+    slots[pos, 0] = fps
+    slots[pos, 1] = ordinals.astype(np.uint64) + np.uint64(1)
+    return BuiltIndex(spec, cap, slots, np.zeros(0, dtype=np.uint32), n)
 
 
 def build_multi(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
-    """A secondary table: slot -> (start in postings + 1, count); postings ordered by ordinal per key."""
+    """A secondary table: slot -> (hash, start in postings + 1 | count << 32); postings by ordinal per key."""
     order = np.lexsort((ordinals, fps))
     sorted_fps = fps[order]
     postings = ordinals[order].astype(np.uint32)
     distinct, starts, counts = np.unique(sorted_fps, return_index=True, return_counts=True)
     cap = capacity_for(len(distinct))
     pos = place(home_slots(spec.kind, distinct, cap), cap)
-    keys = np.zeros(cap, dtype=np.uint64)
-    slots = np.zeros(cap, dtype=np.uint32)
-    cnt = np.zeros(cap, dtype=np.uint32)
-    keys[pos] = distinct
-    slots[pos] = starts.astype(np.uint32) + 1
-    cnt[pos] = counts.astype(np.uint32)
-    return BuiltIndex(spec, cap, keys, slots, cnt, postings, len(distinct))
+    slots = np.zeros((cap, 2), dtype=np.uint64)
+    slots[pos, 0] = distinct
+    slots[pos, 1] = (starts.astype(np.uint64) + np.uint64(1)) | (counts.astype(np.uint64) << np.uint64(32))
+    return BuiltIndex(spec, cap, slots, postings, len(distinct))

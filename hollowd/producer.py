@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hollow import layout
+from hollow import doorbell, layout
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import encoder, publish
@@ -74,6 +74,7 @@ class Producer:
         self.mode = mode
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
         self._lock_fd: int | None = _lock_namespace(self.dir)
+        self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
         self._memory: dict[str, TypeMemory] | None = None
         self._memory_version = 0
@@ -128,9 +129,9 @@ class Producer:
         self._memory_version = version
         current = layout.read_announcement(self.dir)
         if current is not None and current.pinned:  # followers stay on the pin; record the new latest
-            publish.announce(self.dir, layout.Announcement(current.version, True, version, time.time_ns()))
+            self._announce(layout.Announcement(current.version, True, version, time.time_ns()))
         else:
-            publish.announce(self.dir, self._announcement(version, pinned=False), mode=self.mode)
+            self._announce(self._announcement(version, pinned=False))
         self.reclaim()
         return version
 
@@ -154,13 +155,13 @@ class Producer:
         """Announce *version* and keep every follower on it until :meth:`unpin`; publishing goes on."""
         if not (self.dir / layout.state_name(version)).exists():
             raise VersionNotFoundError(f"{self.namespace} version {version} does not exist (have: {self.versions()})")
-        publish.announce(self.dir, layout.Announcement(version, True, self._last_version, time.time_ns()))
+        self._announce(layout.Announcement(version, True, self._last_version, time.time_ns()))
 
     def unpin(self) -> None:
         """Announce the latest version again."""
         latest = self._last_version
         if latest:
-            publish.announce(self.dir, self._announcement(latest, pinned=False), mode=self.mode)
+            self._announce(self._announcement(latest, pinned=False))
 
     # -- housekeeping ---------------------------------------------------------
 
@@ -192,6 +193,7 @@ class Producer:
 
     def close(self) -> None:
         """Release the namespace (other producers may then take it)."""
+        self._ringer.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -203,6 +205,9 @@ class Producer:
         self.close()
 
     # -- internals ------------------------------------------------------------
+
+    def _announce(self, announcement: layout.Announcement) -> None:
+        publish.announce(self.dir, announcement, mode=self.mode, ringer=self._ringer)
 
     def _announcement(self, version: int, *, pinned: bool) -> layout.Announcement:
         return layout.Announcement(version, pinned, self._last_version, time.time_ns())
@@ -261,12 +266,12 @@ def _read_memory(path: Path, namespace: str, schema: NamespaceSchema, with_recor
             if with_records:
                 records.append(rec.to_dict())
         memory[name] = TypeMemory(
-            ordinal_of=ordinal_of,
             holes=holes,
             size=len(view._records),
             content_hash=_content_hash(state, name),
-            keys=list(ordinal_of) if with_records else None,
+            keys=list(ordinal_of),
             records=records if with_records else None,
+            _ordinal_of=ordinal_of,
         )
     return memory
 

@@ -82,9 +82,7 @@ def _index_message(ix: Any, built: BuiltIndex, place: _Layout) -> None:
     ix.unique = spec.unique
     ix.capacity = built.capacity
     ix.distinct = built.distinct
-    _set_section(ix.keys, place.add(built.keys))
-    _set_section(ix.slots, place.add(_padded(built.slots)))
-    _set_section(ix.counts, place.add(_padded(built.counts)))
+    _set_section(ix.slots, place.add(built.slots))
     _set_section(ix.postings, place.add(_padded(built.postings)))
 
 
@@ -269,14 +267,16 @@ def verify(path: Path, namespace: str, version: int, types: list[BuiltType]) -> 
             if len(view) != built.count or len(view._records) != built.size:
                 raise PublishError(f"{path}: {built.rtype.name} reads back {len(view)} records, built {built.count}")
             if built.count:
-                ordinal = int(np.flatnonzero(built.primary.slots)[0])
-                record = view._records[int(built.primary.slots[ordinal]) - 1]
+                values = built.primary.slots[:, 1]
+                record = view._records[int(values[np.flatnonzero(values)[0]]) - 1]
                 record.to_dict()  # walks one whole record through the embedded schema
     except ReaderError as e:
         raise PublishError(f"{path} does not read back: {e}") from e
 
 
-def announce(ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640) -> None:
+def announce(
+    ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640, ringer: doorbell.Ringer | None = None
+) -> None:
     """Replace ``announced`` by rename, so readers see the old or the new one, never a mix."""
     tmp = ns_dir / f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666)
@@ -291,4 +291,7 @@ def announce(ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o6
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    doorbell.ring_all(ns_dir.parent, ns_dir.name)
+    if ringer is not None:
+        ringer.ring()
+    else:
+        doorbell.ring_all(ns_dir.parent, ns_dir.name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -126,12 +125,22 @@ class TypeMemory:
     an incremental cycle starts from); None when rebuilt from a file without them.
     """
 
-    ordinal_of: dict[Any, int]
     holes: list[int]
     size: int
     content_hash: int
     keys: list[Any] | None = None
     records: list[dict[str, Any]] | None = None
+    ordinals: Any = None  # numpy array, the ordinal of each of *keys*
+    _ordinal_of: dict[Any, int] | None = None
+
+    @property
+    def ordinal_of(self) -> dict[Any, int]:
+        """Key → ordinal; built when first needed (by the next cycle that changes something)."""
+        if self._ordinal_of is None:
+            keys = self.keys or []
+            ordinals = self.ordinals.tolist() if self.ordinals is not None else []
+            self._ordinal_of = dict(zip(keys, ordinals, strict=True))
+        return self._ordinal_of
 
     def by_key(self) -> dict[Any, dict[str, Any]]:
         if self.keys is None or self.records is None:
@@ -164,7 +173,8 @@ def build_type(
     keep_records: bool,
 ) -> BuiltType:
     """Check, order, encode and index the records of one type. Raises :class:`ValidationError`."""
-    keys = _keys(rtype, records)
+    columns = encoder.ColumnCache(records)
+    keys = _keys(rtype, records, columns)
     fps = _fingerprints(rtype, records, keys)
     _check_unique(rtype, keys, fps)
     ordinals, size, holes = _ordinals(keys, previous)
@@ -178,7 +188,7 @@ def build_type(
     if enc is None:
         enc = encoders[rtype.name] = encoder.encoder_for(rtype.schema)
     try:
-        table, segment = enc.encode(by_ordinal)
+        table, segment = enc.encode(by_ordinal, columns if by_ordinal is records else None)
     except encoder.EncodeError as e:
         raise _record_error(rtype, by_ordinal[e.position], e.cause) from e.cause
     holes_arr = np.array(holes, dtype=np.uint32)
@@ -186,14 +196,16 @@ def build_type(
     for part in (table, segment, holes_arr.tobytes()):
         h.update(part)
     primary = index.build_unique(rtype.primary, fps, ordinals)
-    secondary = [index.build_multi(spec, _secondary_fps(rtype, spec, records), ordinals) for spec in rtype.indexes]
+    secondary = [
+        index.build_multi(spec, _secondary_fps(rtype, spec, records, columns), ordinals) for spec in rtype.indexes
+    ]
     memory = TypeMemory(
-        ordinal_of=dict(zip(keys, ordinals.tolist(), strict=True)),
         holes=holes,
         size=size,
         content_hash=h.intdigest(),
-        keys=keys if keep_records else None,
+        keys=keys,
         records=records if keep_records else None,
+        ordinals=ordinals,
     )
     return BuiltType(
         rtype, len(records), size, table, segment, holes_arr, memory.content_hash, primary, secondary, memory
@@ -207,13 +219,12 @@ def _object_array(items: list[Any]) -> Any:
     return arr
 
 
-def _keys(rtype: RecordType, records: list[dict[str, Any]]) -> list[Any]:
+def _keys(rtype: RecordType, records: list[dict[str, Any]], columns: encoder.ColumnCache) -> list[Any]:
     fields = rtype.primary.fields
     if len(fields) == 1:
         name = fields[0]
-        try:
-            keys = list(map(itemgetter(name), records))
-        except (KeyError, TypeError):
+        keys = columns.get(name)
+        if keys is None:
             keys = [d.get(name) if isinstance(d, Mapping) else None for d in records]
         if None in keys:
             _hashable_key(rtype, None, keys.index(None))
@@ -289,11 +300,11 @@ def _ordinals(keys: list[Any], previous: TypeMemory | None) -> tuple[Any, int, l
     return np.array(old, dtype=np.int64), size, holes
 
 
-def _secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]]) -> Any:
+def _secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]], columns: encoder.ColumnCache) -> Any:
     defaults = [_field_default(rtype, f) for f in spec.fields]
     if len(spec.fields) == 1:
         name, default = spec.fields[0], defaults[0]
-        values: list[Any] = [d.get(name) for d in records]
+        values: list[Any] = columns.get(name) or [d.get(name) for d in records]
         if None in values:
             values = [default if v is None else v for v in values]
     else:

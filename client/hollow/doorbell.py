@@ -98,37 +98,66 @@ class Doorbell:
         sem.close()
 
 
-def ring_all(root: Path, namespace: str) -> tuple[int, int]:
-    """Post every follower's doorbell for *namespace* under *root*; remove dead ones.
+class Ringer:
+    """The producer's side: posts every follower's doorbell of one namespace.
 
-    Returns (rung, removed).
+    Keeps the semaphores it opened between announcements (sem_open maps a page
+    each time), drops those whose name is gone, and removes those of dead
+    processes and files that are not 32 bytes.
     """
-    start = "sem." + prefix(root, namespace)
-    rung = removed = 0
-    try:
-        names = [n for n in os.listdir(SEM_DIR) if n.startswith(start)]
-    except FileNotFoundError:
-        return 0, 0
-    for entry in names:
-        pid = _pid_of(entry)
-        path = SEM_DIR / entry
-        if pid is None:
-            continue
-        if not _alive(pid) or _corrupt(path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            removed += 1
-            continue
+
+    def __init__(self, root: Path, namespace: str) -> None:
+        self.start = "sem." + prefix(root, namespace)
+        self._open: dict[str, posix_ipc.Semaphore] = {}
+
+    def ring(self) -> tuple[int, int]:
+        """Post every live follower; returns (rung, removed)."""
+        try:
+            names = {n for n in os.listdir(SEM_DIR) if n.startswith(self.start)}
+        except FileNotFoundError:
+            names = set()
+        for gone in set(self._open) - names:
+            self._open.pop(gone).close()
+        rung = removed = 0
+        for entry in names:
+            pid = _pid_of(entry)
+            if pid is None:
+                continue
+            if not _alive(pid) or (entry not in self._open and _corrupt(SEM_DIR / entry)):
+                stale = self._open.pop(entry, None)
+                if stale is not None:
+                    stale.close()
+                with contextlib.suppress(FileNotFoundError):
+                    (SEM_DIR / entry).unlink()
+                removed += 1
+                continue
+            sem = self._open.get(entry) or self._adopt(entry)
+            if sem is not None:
+                sem.release()
+                rung += 1
+        return rung, removed
+
+    def _adopt(self, entry: str) -> posix_ipc.Semaphore | None:
         try:
             sem = posix_ipc.Semaphore("/" + entry[len("sem.") :])
         except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
-            continue  # closed meanwhile, or not ours to post
-        try:
-            sem.release()
-            rung += 1
-        finally:
+            return None  # closed meanwhile, or not ours to post
+        self._open[entry] = sem
+        return sem
+
+    def close(self) -> None:
+        for sem in self._open.values():
             sem.close()
-    return rung, removed
+        self._open.clear()
+
+
+def ring_all(root: Path, namespace: str) -> tuple[int, int]:
+    """Post every follower's doorbell for *namespace* under *root* once; returns (rung, removed)."""
+    ringer = Ringer(root, namespace)
+    try:
+        return ringer.ring()
+    finally:
+        ringer.close()
 
 
 def sweep() -> int:

@@ -1,4 +1,4 @@
-# The envelope of a hollowd state file (format version 2).
+# The envelope of a hollowd state file (format version 3).
 #
 # A state file is: a 128-byte fixed header (see hollow/layout.py), then this
 # envelope as an unpacked single-segment Cap'n Proto message, then the
@@ -61,19 +61,19 @@ enum KeyType {
   bool @3;
 }
 
-# An open-addressed hash table with linear probing, laid out as flat arrays
-# that a reader probes in place. `capacity` slots; a slot is empty when its
-# entry in `slots` is 0.
+# An open-addressed hash table with linear probing, laid out as one flat
+# array that a reader probes in place: `capacity` slots of two UInt64 each,
+# the key (or its hash) and the value, side by side so that a probe touches
+# one cache line. A slot is empty when its value is 0.
 struct Index {
   fields @0 :List(Text);
   fieldTypes @1 :List(KeyType);
   kind @2 :KeyKind;
   unique @3 :Bool;               # primary key: one record per key
   capacity @4 :UInt64;
-  keys @5 :Section;              # UInt64 x capacity: the key or its hash
-  slots @6 :Section;             # UInt32 x capacity: unique: ordinal + 1;
-                                 # otherwise: start in `postings` + 1
-  counts @7 :Section;            # UInt32 x capacity (non-unique only)
-  postings @8 :Section;          # UInt32 ordinals grouped by key (non-unique only)
-  distinct @9 :UInt64;           # number of distinct keys
+  slots @5 :Section;             # capacity x (UInt64 key, UInt64 value); value:
+                                 # unique: ordinal + 1; otherwise
+                                 # (start in `postings` + 1) | count << 32
+  postings @6 :Section;          # UInt32 ordinals grouped by key (non-unique only)
+  distinct @7 :UInt64;           # number of distinct keys
 }

@@ -32,7 +32,7 @@ import xxhash
 
 from hollow.errors import CorruptStateError, InvalidNameError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MAGIC = b"\x89HOLLOW\n"
 HEADER_SIZE = 128
 DEFAULT_ROOT = "/dev/shm/hollow"  # noqa: S108 - the shared-memory root is the point

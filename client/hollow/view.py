@@ -36,18 +36,20 @@ def section(view: memoryview, sec: Any, size: int, fmt: str, *, what: str) -> me
 
 
 class IndexTable:
-    """One hash index of a type, probed in place (see ``Index`` in hollow.capnp)."""
+    """One hash index of a type, probed in place (see ``Index`` in hollow.capnp).
 
-    __slots__ = ("capacity", "counts", "fields", "key_types", "keys", "kind", "postings", "slots", "unique")
+    ``slots`` is the table as UInt64s: slot *s* is ``slots[2s]`` (key or hash)
+    and ``slots[2s + 1]`` (its value; 0 when the slot is empty).
+    """
+
+    __slots__ = ("capacity", "fields", "key_types", "kind", "postings", "slots", "unique")
 
     fields: tuple[str, ...]
     key_types: tuple[int, ...]
     kind: int
     unique: bool
     capacity: int
-    keys: memoryview
     slots: memoryview
-    counts: memoryview
     postings: memoryview
 
     @classmethod
@@ -58,28 +60,27 @@ class IndexTable:
         self.kind = layout.KIND_EXACT_INT if str(ix.kind) == "exactInt" else layout.KIND_HASHED
         self.unique = ix.unique
         self.capacity = ix.capacity
-        self.keys = section(view, ix.keys, size, "Q", what=what)
-        self.slots = section(view, ix.slots, size, "I", what=what)
-        self.counts = section(view, ix.counts, size, "I", what=what)
+        self.slots = section(view, ix.slots, size, "Q", what=what)
         self.postings = section(view, ix.postings, size, "I", what=what)
         n = self.capacity
-        if len(self.keys) != n or len(self.slots) < n or (not self.unique and len(self.counts) < n) or n == 0:
-            raise CorruptStateError(f"{what}: index tables do not match capacity {n}")
+        if len(self.slots) != 2 * n or n == 0:
+            raise CorruptStateError(f"{what}: index table does not match capacity {n}")
         return self
 
     def fingerprint(self, key: Any) -> int:
         return layout.key_fingerprint(self.kind, self.key_types, key)
 
     def probe(self, fp: int) -> Iterator[int]:
-        """Slots whose stored key equals *fp*, in probe order (one for a unique index)."""
+        """Values of the slots whose stored key equals *fp*, in probe order (one for a unique index)."""
         cap = self.capacity
-        keys, slots = self.keys, self.slots
+        slots = self.slots
         s = layout.slot_of(self.kind, fp, cap)
         for _ in range(cap):
-            if not slots[s]:
+            value = slots[2 * s + 1]
+            if not value:
                 return
-            if keys[s] == fp:
-                yield s
+            if slots[2 * s] == fp:
+                yield value
             s += 1
             if s == cap:
                 s = 0
@@ -128,7 +129,6 @@ class TypeView:
         "_cap",
         "_exact",
         "_holes",
-        "_keys",
         "_records",
         "_slots",
         "_text_field",
@@ -164,7 +164,6 @@ class TypeView:
         single_text = primary.key_types == (layout.KEY_TEXT,)
         self._text_field = primary.fields[0] if single_text else None
         self._cap = primary.capacity
-        self._keys = primary.keys
         self._slots = primary.slots
 
     # -- primary key --------------------------------------------------------
@@ -181,12 +180,11 @@ class TypeView:
             cap = self._cap
             s = key % cap
             slots = self._slots
-            keys = self._keys
             while True:
-                o = slots[s]
+                o = slots[2 * s + 1]
                 if not o:
                     return default
-                if keys[s] == key:
+                if slots[2 * s] == key:
                     return self._records[o - 1]
                 s += 1
                 if s == cap:
@@ -197,12 +195,11 @@ class TypeView:
             cap = self._cap
             s = fp % cap
             slots = self._slots
-            keys = self._keys
             while True:
-                o = slots[s]
+                o = slots[2 * s + 1]
                 if not o:
                     return default
-                if keys[s] == fp:
+                if slots[2 * s] == fp:
                     record = self._records[o - 1]
                     if record._get(self._text_field) == key:
                         return record
@@ -217,8 +214,8 @@ class TypeView:
             fp = primary.fingerprint(key)
         except TypeError as e:
             raise TypeError(f"{self.name} primary key is {self._key_signature(primary)}: {e}") from None
-        for s in primary.probe(fp):
-            record = self._records[primary.slots[s] - 1]
+        for value in primary.probe(fp):
+            record = self._records[value - 1]
             if self._matches(record, primary.fields, key):
                 return record
         return default
@@ -246,9 +243,9 @@ class TypeView:
             fp = index.fingerprint(key)
         except TypeError as e:
             raise TypeError(f"{self.name} index on {', '.join(index.fields)}: {e}") from None
-        for s in index.probe(fp):
-            start = index.slots[s] - 1
-            ordinals = index.postings[start : start + index.counts[s]]
+        for value in index.probe(fp):
+            start = (value & 0xFFFFFFFF) - 1
+            ordinals = index.postings[start : start + (value >> 32)]
             if ordinals and self._matches(self._records[ordinals[0]], index.fields, key):
                 return RecordList(self._records, ordinals)
         return _EMPTY
