@@ -269,7 +269,9 @@ class Built:
         """The files in /dev/shm that readers of *system* share (they cost memory once)."""
         if system == "hollowd":  # the version readers use; the older one is only there for the attach test
             ns = self.hollow_root / NAMESPACE
-            return [p for p in (self.state_file, ns / f"{self.version}.lock", ns / "announced") if p.exists()]
+            return [
+                p for p in (self.state_file, ns / f"{self.version}.lock", ns / "announce" / "announced") if p.exists()
+            ]
         if system == "lmdb":
             return sorted(self.lmdb_dir.iterdir())
         if system == "sqlite":

@@ -162,7 +162,13 @@ def measure_switch(root: Path, followers: int, announcements: int, pollers: int)
             per_reader.append((got[v] - t0) / 1e6)
             last_switch[v] = max(last_switch.get(v, 0), got[v])
     every = [(last_switch[v] - announced[v]) / 1e6 for v in announced if v in last_switch]
-    polled = [(t - announced[v]) / 1e6 for seen in poll_out for v, t in seen if v in announced]
+    # A poller skips versions: each announcement waits until the poller sees it or a later one.
+    polled = []
+    for seen in poll_out:
+        for v, t0 in announced.items():
+            first = next((t for got, t in seen if got >= v), None)
+            if first is not None:
+                polled.append((first - t0) / 1e6)
     return {
         "followers": followers,
         "announcements": announcements,

@@ -278,15 +278,17 @@ def announce(
     ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640, ringer: doorbell.Ringer | None = None
 ) -> None:
     """Replace ``announced`` by rename, so readers see the old or the new one, never a mix."""
-    tmp = ns_dir / f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
+    where = ns_dir / layout.ANNOUNCE_DIR
+    where.mkdir(mode=0o755 if mode & 0o004 else 0o750, exist_ok=True)
+    tmp = where / f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666)
     try:
         os.write(fd, announcement.dumps())
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.rename(tmp, ns_dir / layout.ANNOUNCED)
-    dfd = os.open(ns_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.rename(tmp, where / layout.ANNOUNCED)
+    dfd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dfd)
     finally:

@@ -80,9 +80,9 @@ def plant(ns_dir: Path, name: str, data: bytes) -> Path:
 
 
 def announce(ns_dir: Path, content: bytes) -> None:
-    tmp = ns_dir / ".announced.test.tmp"
+    tmp = ns_dir / layout.ANNOUNCE_DIR / ".announced.test.tmp"
     tmp.write_bytes(content)
-    os.rename(tmp, ns_dir / layout.ANNOUNCED)
+    os.rename(tmp, layout.announcement_path(ns_dir))
 
 
 def good_bytes(ns_dir: Path) -> bytes:
@@ -357,14 +357,14 @@ def test_announced_corrupt_version_is_corrupt(root: Path, ns_dir: Path) -> None:
 def test_symlink_as_announcement_is_not_followed(root: Path, ns_dir: Path, tmp_path: Path) -> None:
     target = tmp_path / "announced"
     target.write_text(json.dumps({"version": 1}))
-    os.unlink(ns_dir / layout.ANNOUNCED)
-    os.symlink(target, ns_dir / layout.ANNOUNCED)
+    os.unlink(layout.announcement_path(ns_dir))
+    os.symlink(target, layout.announcement_path(ns_dir))
     assert read(root, "announced")["error"] == "CorruptStateError"
 
 
 def test_directory_as_announcement_is_corrupt(root: Path, ns_dir: Path) -> None:
-    os.unlink(ns_dir / layout.ANNOUNCED)
-    (ns_dir / layout.ANNOUNCED).mkdir()
+    os.unlink(layout.announcement_path(ns_dir))
+    (layout.announcement_path(ns_dir)).mkdir()
     assert read(root, "announced")["error"] == "CorruptStateError"
 
 
@@ -381,10 +381,10 @@ root, ns, how = sys.argv[1], sys.argv[2], sys.argv[3]
 d = os.path.join(root, ns)
 
 def announce(content):
-    tmp = os.path.join(d, ".announced.test.tmp")
+    tmp = os.path.join(d, "announce", ".announced.test.tmp")
     with open(tmp, "wb") as f:
         f.write(content)
-    os.rename(tmp, os.path.join(d, "announced"))
+    os.rename(tmp, os.path.join(d, "announce", "announced"))
 
 def plant(name, data):
     with open(os.path.join(d, name), "xb") as f:
@@ -414,8 +414,8 @@ with hollow.open(ns, root=root, follow=False) as ds:
     elif how == "symlinked-announcement":
         with open(os.path.join(root, "elsewhere"), "w") as f:
             f.write('{"version": 1}')
-        os.unlink(os.path.join(d, "announced"))
-        os.symlink(os.path.join(root, "elsewhere"), os.path.join(d, "announced"))
+        os.unlink(os.path.join(d, "announce", "announced"))
+        os.symlink(os.path.join(root, "elsewhere"), os.path.join(d, "announce", "announced"))
     try:
         with ds.snapshot() as snap:
             out["after"] = [snap.version, snap["Movie"][7].title]
@@ -444,10 +444,10 @@ root, follow = sys.argv[1], sys.argv[2] == "follow"
 d = os.path.join(root, "movies")
 
 def announce(content):
-    tmp = os.path.join(d, ".announced.test.tmp")
+    tmp = os.path.join(d, "announce", ".announced.test.tmp")
     with open(tmp, "wb") as f:
         f.write(content)
-    os.rename(tmp, os.path.join(d, "announced"))
+    os.rename(tmp, os.path.join(d, "announce", "announced"))
 
 out = {}
 with hollow.open("movies", root=root, follow=follow) as ds:

@@ -44,7 +44,8 @@ def _install(root: Path, golden: Path) -> None:
     data = golden.read_bytes()
     version = int.from_bytes(data[16:24], "little")  # where every format so far keeps it
     (ns / str(version)).write_bytes(data)
-    (ns / "announced").write_bytes(layout.Announcement(version).dumps())
+    layout.announcement_path(ns).parent.mkdir()
+    layout.announcement_path(ns).write_bytes(layout.Announcement(version).dumps())
 
 
 def _same(value: Any, expected: Any) -> bool:

@@ -39,7 +39,7 @@ def disk(root: Path, ns: str = "movies") -> list[tuple[str, int, int]]:
 
 
 def announcement(root: Path, ns: str = "movies") -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((root / ns / layout.ANNOUNCED).read_bytes())
+    doc: dict[str, Any] = json.loads((layout.announcement_path(root / ns)).read_bytes())
     return doc
 
 

@@ -281,7 +281,7 @@ class Dataset:
     # -- following ----------------------------------------------------------
 
     def _start_following(self) -> None:
-        self._watch = watch.watch(self.dir, self._ring)
+        self._watch = watch.watch(self.dir / layout.ANNOUNCE_DIR, self._ring)
         self._thread = threading.Thread(target=self._follow_loop, name=f"hollow-follow-{self.namespace}", daemon=True)
         self._thread.start()
 
@@ -364,7 +364,7 @@ class Dataset:
         announcement changes (DESIGN.md invariant 5).
         """
         try:
-            st = os.stat(self.dir / layout.ANNOUNCED)
+            st = os.stat(layout.announcement_path(self.dir))
             stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except FileNotFoundError:
             stamp = None

@@ -10,7 +10,8 @@ Layout of a namespace directory (``<root>/<namespace>/``)::
 
     <version>         one immutable state file per live version (decimal name)
     .<version>.<pid>.tmp   a state file being written; never opened by readers
-    announced         JSON: the version readers should be on, and the pin
+    <version>.lock    its lockfile, on which readers hold leases (hollow.lease)
+    announce/announced   JSON: the version readers should be on, and the pin
 
 A state file is a 128-byte header (:class:`Header`), an unpacked Cap'n Proto
 envelope (``hollow.capnp`` ``State``) and the sections the envelope points at,
@@ -37,6 +38,9 @@ MAGIC = b"\x89HOLLOW\n"
 HEADER_SIZE = 128
 DEFAULT_ROOT = "/dev/shm/hollow"  # noqa: S108 - the shared-memory root is the point
 ANNOUNCED = "announced"
+#: The announcement lives alone in its own directory, so that inotify on that
+#: directory reports announcements and nothing else (not every publish's files).
+ANNOUNCE_DIR = "announce"
 NAMESPACE_MAX_BYTES = 32
 
 M64 = (1 << 64) - 1
@@ -226,9 +230,14 @@ class Announcement:
             raise CorruptStateError(f"{what}: unreadable announcement ({e})") from e
 
 
+def announcement_path(ns_dir: Path) -> Path:
+    """``<ns>/announce/announced``."""
+    return ns_dir / ANNOUNCE_DIR / ANNOUNCED
+
+
 def read_announcement(ns_dir: Path) -> Announcement | None:
     """The namespace's announcement, or None when nothing was announced yet."""
-    path = ns_dir / ANNOUNCED
+    path = announcement_path(ns_dir)
     try:
         # O_NONBLOCK: a FIFO planted here must not hang the reader; O_NOFOLLOW: nor a symlink redirect it.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

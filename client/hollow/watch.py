@@ -1,4 +1,4 @@
-"""The second path for announcements: inotify on the namespace directory, through watchdog.
+"""The second path for announcements: inotify on ``<ns>/announce/``, through watchdog.
 
 One watchdog observer (one inotify instance, one thread) serves every Dataset
 of the process; each Dataset schedules its namespace directory and gets called
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileCreatedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.events import FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from hollow import layout
@@ -89,8 +89,8 @@ class Watch:
                 observer.join()
 
 
-def watch(ns_dir: Path, callback: Callable[[], None]) -> Watch | None:
-    """Call *callback* whenever ``ns_dir/announced`` is replaced; None if inotify is unavailable."""
+def watch(announce_dir: Path, callback: Callable[[], None]) -> Watch | None:
+    """Call *callback* whenever ``announce_dir/announced`` is replaced; None if inotify is unavailable."""
     shared = _shared
     with shared.lock:
         try:
@@ -99,16 +99,16 @@ def watch(ns_dir: Path, callback: Callable[[], None]) -> Watch | None:
                 observer.daemon = True
                 observer.start()
                 shared.observer = observer
-            # Only moves and creations: without a filter inotify reports every open and close in
-            # the directory, and each reader's attach would wake every follower's thread.
+            # Moves only (an announcement is a rename): without a filter inotify reports every
+            # open and close in the directory, and each attach would wake every follower.
             handle = shared.observer.schedule(
-                _Handler(callback), str(ns_dir), recursive=False, event_filter=[FileMovedEvent, FileCreatedEvent]
+                _Handler(callback), str(announce_dir), recursive=False, event_filter=[FileMovedEvent]
             )
         except OSError as e:
             log.warning(
                 "hollow: no inotify watch on %s (%s); following through the doorbell and the safety poll only. "
                 "Raise fs.inotify.max_user_instances or max_user_watches if this is unexpected.",
-                ns_dir,
+                announce_dir,
                 e,
             )
             if shared.observer is not None and shared.users == 0:
