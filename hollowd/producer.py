@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from hollowd.schema import NamespaceSchema
 from hollowd.state import BuiltType, Delta, IncrementalFn, PopulateFn, TypeMemory, WriteState, build_type
 
 LOCK_FILE = ".producer.lock"
+log = logging.getLogger("hollowd")
 
 
 @contextlib.contextmanager
@@ -237,7 +239,15 @@ class Producer:
             return memory
         if not latest:
             return {}
-        self._memory = _read_memory(self.dir / layout.state_name(latest), self.namespace, self.schema, with_records)
+        path = self.dir / layout.state_name(latest)
+        try:
+            self._memory = _read_memory(path, self.namespace, self.schema, with_records)
+        except PublishError as e:
+            if with_records:
+                raise  # an incremental cycle cannot start from a version it cannot read
+            # Written by an older hollowd, or damaged: start afresh (new ordinals), keep numbering up.
+            log.warning("hollowd: %s; the next version starts afresh from its source", str(e))
+            self._memory = {}
         self._memory_version = latest
         return self._memory
 

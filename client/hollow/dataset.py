@@ -325,7 +325,7 @@ class Dataset:
             try:
                 self._refresh()
             except Error as e:
-                log.error("hollow: %s: cannot follow: %s", self.namespace, e)
+                log.error("hollow: %s: cannot follow: %s", self.namespace, str(e))
             except Exception:  # keep following whatever one refresh did
                 log.exception("hollow: %s: follower error", self.namespace)
 
@@ -378,8 +378,9 @@ class Dataset:
             except (CorruptStateError, VersionNotFoundError) as e:
                 if self._current is None:
                     raise
-                self.last_error = e
-                log.error("hollow: %s; staying on version %d", e, self._current.version)
+                # Kept and logged without its traceback: its frames would keep the bad file mapped.
+                self.last_error = _detached(e)
+                log.error("hollow: %s; staying on version %d", str(e), self._current.version)
                 self._announce_stamp = stamp
                 return
             self.last_error = None
@@ -499,6 +500,12 @@ class Dataset:
         self._refresh()
         if self.follow:
             self._start_following()
+
+
+def _detached(e: Error) -> Error:
+    """*e* without traceback or chained causes (whose frames hold mappings and fds)."""
+    e.__cause__ = e.__context__ = None
+    return e.with_traceback(None)
 
 
 def _lease(ns_dir: Any, version: int) -> Lease | None:
