@@ -25,22 +25,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileMovedEvent, FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from hollow import layout
 
 log = logging.getLogger("hollow")
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self.callback = callback
+def _handler(callback: Callable[[], None]) -> Any:
+    """A watchdog handler calling *callback* when ``announced`` is replaced.
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        path = str(getattr(event, "dest_path", "") or event.src_path)
-        if os.path.basename(path) == layout.ANNOUNCED:
-            self.callback()
+    watchdog is imported here, on the first watch, not with ``hollow``: it costs
+    about 25 ms of import time that processes which never follow need not pay.
+    """
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            path = str(getattr(event, "dest_path", "") or event.src_path)
+            if os.path.basename(path) == layout.ANNOUNCED:
+                callback()
+
+    return Handler()
 
 
 class _Shared:
@@ -91,6 +95,9 @@ class Watch:
 
 def watch(announce_dir: Path, callback: Callable[[], None]) -> Watch | None:
     """Call *callback* whenever ``announce_dir/announced`` is replaced; None if inotify is unavailable."""
+    from watchdog.events import FileMovedEvent  # noqa: PLC0415 - see _handler
+    from watchdog.observers import Observer  # noqa: PLC0415
+
     shared = _shared
     with shared.lock:
         try:
@@ -102,7 +109,7 @@ def watch(announce_dir: Path, callback: Callable[[], None]) -> Watch | None:
             # Moves only (an announcement is a rename): without a filter inotify reports every
             # open and close in the directory, and each attach would wake every follower.
             handle = shared.observer.schedule(
-                _Handler(callback), str(announce_dir), recursive=False, event_filter=[FileMovedEvent]
+                _handler(callback), str(announce_dir), recursive=False, event_filter=[FileMovedEvent]
             )
         except OSError as e:
             log.warning(
