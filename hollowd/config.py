@@ -1,0 +1,429 @@
+"""The daemon's configuration: a TOML file (stdlib ``tomllib``), each setting declared once.
+
+Every setting is a :class:`Setting` with its name, default, check and
+description; parsing, validation and the README's configuration reference all
+come from those declarations (``python -m hollowd.config`` prints the
+reference). A bad file fails at start with a :class:`ConfigError` that names the
+file, the line (where it can be found) and the key, and says how to fix it.
+
+Layout::
+
+    [daemon]                      # settings of the daemon as a whole
+    root = "/dev/shm/hollow"
+
+    [namespaces.<name>]           # one table per namespace
+    schema = "schemas/airports.capnp"
+    source = "examples.airports.source:populate"   # or a path to JSON, JSON Lines or CSV
+    [namespaces.<name>.types.<Type>]
+    primary_key = ["icao"]
+    indexes = [["country"]]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hollow import layout
+from hollowd.errors import Error
+
+#: Exit status for a configuration error (systemd: RestartPreventExitStatus=).
+EXIT_CONFIG = 78  # EX_CONFIG, sysexits(3)
+
+
+class ConfigError(Error):
+    """The configuration file is unreadable or holds a bad setting; the message says where and how to fix it."""
+
+    exit_status = EXIT_CONFIG
+
+
+# --- checks ---------------------------------------------------------------------------
+# Each takes the raw TOML value and returns the checked one, or raises ValueError
+# with the reason (the caller adds the file, line and key).
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _path(v: Any) -> Path:
+    return Path(_text(v)).expanduser()
+
+
+def _optional_path(v: Any) -> Path | None:
+    return None if v == "" else _path(v)
+
+
+def _positive_int(v: Any) -> int:
+    if type(v) is not int or v < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {v!r}")
+    return v
+
+
+def _port(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= 65535:
+        raise ValueError(f"expected a TCP port 1-65535, or 0 for off, got {v!r}")
+    return v
+
+
+def _mode(v: Any) -> int:
+    if type(v) is not int or not 0 <= v <= 0o777:
+        raise ValueError(f"expected permission bits such as 0o640 (TOML octal), got {v!r}")
+    return v
+
+
+def _seconds(v: Any) -> float:
+    if type(v) not in (int, float) or v <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {v!r}")
+    return float(v)
+
+
+def _percent(v: Any) -> float:
+    if type(v) not in (int, float) or not 0 <= v <= 100:
+        raise ValueError(f"expected a percentage 0-100, got {v!r}")
+    return float(v)
+
+
+def _log_level(v: Any) -> str:
+    levels = ("debug", "info", "warning", "error")
+    if v not in levels:
+        raise ValueError(f"expected one of {', '.join(levels)}, got {v!r}")
+    return str(v)
+
+
+_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _callable_ref(v: Any) -> str:
+    if not isinstance(v, str) or not _CALLABLE.fullmatch(v):
+        raise ValueError(f"expected 'module:function', got {v!r}")
+    return v
+
+
+def _fields(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str) and v:
+        return (v,)
+    if not isinstance(v, list) or not v or not all(isinstance(f, str) for f in v):
+        raise ValueError(f"expected a field name or a list of field names, got {v!r}")
+    return tuple(v)
+
+
+def _index_list(v: Any) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of indexes (each a field name or a list of names), got {v!r}")
+    return tuple(_fields(ix) for ix in v)
+
+
+def _per_type_number(check: Callable[[Any], Any]) -> Callable[[Any], dict[str, Any]]:
+    def per_type(v: Any) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise ValueError(f"expected a table of type name = value, got {v!r}")
+        return {str(k): check(x) for k, x in v.items()}
+
+    return per_type
+
+
+def _callables(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list of 'module:function', got {v!r}")
+    return tuple(_callable_ref(x) for x in v)
+
+
+def _formats(v: Any) -> str:
+    formats = ("auto", "json", "jsonl", "csv")
+    if v not in formats:
+        raise ValueError(f"expected one of {', '.join(formats)}, got {v!r}")
+    return str(v)
+
+
+# --- declarations ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it lives, its default, how it is checked, what it means."""
+
+    section: str  # "daemon", "namespace", "type" or "validators"
+    name: str
+    default: Any
+    check: Callable[[Any], Any]
+    help: str
+    required: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("daemon", "root", layout.DEFAULT_ROOT, _path, "Shared-memory directory the state files are published in."),
+    Setting(
+        "daemon",
+        "state_dir",
+        "/var/lib/hollowd",
+        _path,
+        "Durable directory for the latest good state, the version counter and any pin (survives reboots).",
+    ),
+    Setting("daemon", "control_socket", "/run/hollowd/control.sock", _path, "Unix socket the `hollow` CLI talks to."),
+    Setting("daemon", "socket_mode", 0o660, _mode, "Permission bits of the control socket."),
+    Setting("daemon", "socket_group", "", _text, "Group owning the control socket (empty: the daemon's)."),
+    Setting("daemon", "metrics_port", 0, _port, "Prometheus metrics on this loopback port; 0 turns them off."),
+    Setting("daemon", "log_level", "info", _log_level, "Least severe log level written to stderr (journald)."),
+    Setting("namespace", "schema", None, _path, "The namespace's Cap'n Proto schema file.", required=True),
+    Setting(
+        "namespace",
+        "source",
+        None,
+        _text,
+        "Where records come from: 'module:function' (a populate callable), or a JSON, JSON Lines or CSV "
+        "file or directory, watched for changes.",
+        required=True,
+    ),
+    Setting("namespace", "format", "auto", _formats, "Format of a file source: auto (by extension), json, jsonl, csv."),
+    Setting("namespace", "type", "", _text, "Record type of a file source's records (needed with several types)."),
+    Setting("namespace", "interval", 300.0, _seconds, "Seconds between cycles of a callable source."),
+    Setting("namespace", "debounce", 0.5, _seconds, "Seconds a file source must stay unchanged before a cycle."),
+    Setting("namespace", "retain", 5, _positive_int, "How many versions to keep besides announced, pinned and leased."),
+    Setting("namespace", "mode", 0o640, _mode, "Permission bits of published files (readers need read access)."),
+    Setting("type", "primary_key", None, _fields, "Field, or list of fields, that identify a record.", required=True),
+    Setting("type", "indexes", (), _index_list, "Secondary hash indexes: a list of field names or lists of names."),
+    Setting(
+        "validators",
+        "min_records",
+        {},
+        _per_type_number(_positive_int),
+        "Per type: the fewest records a version may have.",
+    ),
+    Setting(
+        "validators",
+        "max_change_percent",
+        {},
+        _per_type_number(_percent),
+        "Per type: the most the record count may change from one version to the next, in percent.",
+    ),
+    Setting("validators", "custom", (), _callables, "Your validators: 'module:function' taking the candidate state."),
+)
+
+_BY_SECTION: dict[str, dict[str, Setting]] = {}
+for _s in SETTINGS:
+    _BY_SECTION.setdefault(_s.section, {})[_s.name] = _s
+
+
+@dataclass(frozen=True)
+class TypeConfig:
+    name: str
+    primary_key: tuple[str, ...]
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    name: str
+    schema: Path
+    source: str
+    types: dict[str, TypeConfig]
+    format: str = "auto"
+    type: str = ""
+    interval: float = 300.0
+    debounce: float = 0.5
+    retain: int = 5
+    mode: int = 0o640
+    validators: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source_is_callable(self) -> bool:
+        """A 'module:function' source (anything else is a path, made absolute when loaded)."""
+        return bool(_CALLABLE.fullmatch(self.source))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    root: Path
+    state_dir: Path
+    control_socket: Path
+    socket_mode: int
+    socket_group: str
+    metrics_port: int
+    log_level: str
+    namespaces: dict[str, NamespaceConfig]
+
+
+class _Reader:
+    """Checks one parsed file against the declarations, naming file, line and key on error."""
+
+    def __init__(self, path: Path | None, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def fail(self, key: str, why: str) -> ConfigError:
+        where = str(self.path) if self.path else "<config>"
+        line = self._line_of(key)
+        at = f"{where}:{line}" if line else where
+        return ConfigError(f"{at}: {key}: {why}")
+
+    def _line_of(self, key: str) -> int | None:
+        """The line that sets *key* (a dotted path): its own table header, or ``name =`` in its table."""
+        parts = key.split(".")
+        dotted = r"\s*\.\s*".join(map(re.escape, parts))
+        own = re.compile(r"^\s*\[\s*" + dotted + r"\s*[\].]")
+        for n, raw in enumerate(self.lines, 1):
+            if own.match(raw):
+                return n
+        name, table = parts[-1], parts[:-1]
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(map(re.escape, table)) + r"\s*\]") if table else None
+        in_table = header is None
+        for n, raw in enumerate(self.lines, 1):
+            if raw.lstrip().startswith("["):
+                in_table = bool(header and header.match(raw))
+                continue
+            if in_table and re.match(rf"^\s*{re.escape(name)}\s*=", raw):
+                return n
+        if header is not None:  # not set here (missing): point at its table
+            for n, raw in enumerate(self.lines, 1):
+                if header.match(raw):
+                    return n
+        return None
+
+    def section(self, section: str, table: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        known = _BY_SECTION[section]
+        for key in table:
+            if key not in known:
+                raise self.fail(f"{prefix}.{key}", f"unknown setting; known here: {', '.join(sorted(known))}")
+        out: dict[str, Any] = {}
+        for name, setting in known.items():
+            if name not in table:
+                if setting.required:
+                    raise self.fail(f"{prefix}.{name}", f"missing; {setting.help}")
+                out[name] = setting.default
+                continue
+            try:
+                out[name] = setting.check(table[name])
+            except ValueError as e:
+                raise self.fail(f"{prefix}.{name}", str(e)) from None
+        return out
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read and check the configuration at *path*; None gives the built-in defaults and no namespaces."""
+    if path is None:
+        return parse("", None)
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the configuration ({e.strerror})") from e
+    return parse(text, p)
+
+
+def parse(text: str, path: Path | None = None) -> Config:
+    """Check configuration *text* (from *path*, for messages and relative paths)."""
+    reader = _Reader(path, text)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path or '<config>'}: not valid TOML: {e}") from e
+    for key in doc:
+        if key not in ("daemon", "namespaces"):
+            raise reader.fail(key, "unknown table; the file has [daemon] and [namespaces.<name>] tables")
+    base = path.parent if path else Path.cwd()
+    daemon = reader.section("daemon", _table(reader, doc, "daemon"), "daemon")
+    namespaces: dict[str, NamespaceConfig] = {}
+    for name, table in _table(reader, doc, "namespaces").items():
+        namespaces[name] = _namespace(reader, name, table, base)
+    return Config(
+        path=path,
+        root=base / daemon["root"],
+        state_dir=base / daemon["state_dir"],
+        control_socket=base / daemon["control_socket"],
+        socket_mode=daemon["socket_mode"],
+        socket_group=daemon["socket_group"],
+        metrics_port=daemon["metrics_port"],
+        log_level=daemon["log_level"],
+        namespaces=namespaces,
+    )
+
+
+def _table(reader: _Reader, doc: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise reader.fail(key, "expected a table")
+    return value
+
+
+def _namespace(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceConfig:
+    prefix = f"namespaces.{name}"
+    try:
+        layout.check_namespace(name)
+    except ValueError as e:
+        raise reader.fail(prefix, str(e)) from None
+    if not isinstance(table, dict):
+        raise reader.fail(prefix, "expected a table")
+    types_table = table.get("types")
+    validators_table = table.get("validators", {})
+    plain = {k: v for k, v in table.items() if k not in ("types", "validators")}
+    settings = reader.section("namespace", plain, prefix)
+    if not isinstance(types_table, dict) or not types_table:
+        raise reader.fail(f"{prefix}.types", "declare at least one [namespaces.NAME.types.TYPE] with its primary_key")
+    types = {}
+    for type_name, t in types_table.items():
+        if not isinstance(t, dict):
+            raise reader.fail(f"{prefix}.types.{type_name}", "expected a table")
+        checked = reader.section("type", t, f"{prefix}.types.{type_name}")
+        types[type_name] = TypeConfig(type_name, checked["primary_key"], checked["indexes"])
+    if not isinstance(validators_table, dict):
+        raise reader.fail(f"{prefix}.validators", "expected a table")
+    validators = reader.section("validators", validators_table, f"{prefix}.validators")
+    for setting in ("min_records", "max_change_percent"):
+        for type_name in validators[setting]:
+            if type_name not in types:
+                raise reader.fail(f"{prefix}.validators.{setting}", f"no record type {type_name!r} in this namespace")
+    source = settings["source"]
+    if not _CALLABLE.fullmatch(source):
+        source = str(base / source)
+    return NamespaceConfig(
+        name=name,
+        schema=base / settings["schema"],
+        source=source,
+        types=types,
+        format=settings["format"],
+        type=settings["type"],
+        interval=settings["interval"],
+        debounce=settings["debounce"],
+        retain=settings["retain"],
+        mode=settings["mode"],
+        validators=validators,
+    )
+
+
+def reference() -> str:
+    """The configuration reference, in Markdown, from the declarations (README's section)."""
+    titles = {
+        "daemon": "`[daemon]`",
+        "namespace": "`[namespaces.NAME]`",
+        "type": "`[namespaces.NAME.types.TYPE]`",
+        "validators": "`[namespaces.NAME.validators]`",
+    }
+    out = []
+    for section, settings in _BY_SECTION.items():
+        out.append(f"#### {titles[section]}\n\n| setting | default | meaning |\n|---|---|---|")
+        for s in settings.values():
+            default = "required" if s.required else _show(s.default)
+            out.append(f"| `{s.name}` | {default} | {s.help} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0o640, 0o660):
+        return f"`{value:#o}`"
+    if value in ((), {}, ""):
+        return "none"
+    return f'`"{value}"`' if isinstance(value, str) else f"`{value}`"
+
+
+if __name__ == "__main__":
+    print(reference())
