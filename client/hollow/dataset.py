@@ -444,8 +444,16 @@ class Dataset:
             att = self._attached.get(version)
             if att is not None:
                 return att
-        lease = _lease(self.dir, version)
         path = self.dir / layout.state_name(version)
+        try:
+            lease = _lease(self.dir, version)
+        except VersionNotFoundError as e:
+            if path.exists():
+                raise  # being reclaimed right now
+            have = ", ".join(map(str, layout.list_versions(self.dir))) or "none"
+            raise VersionNotFoundError(
+                f"{self.namespace} version {version} does not exist under {self.root} (versions: {have})"
+            ) from e
         try:
             state = StateFile(path, namespace=self.namespace, reader_schema=self._reader_schema)
         except BaseException:

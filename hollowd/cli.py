@@ -1,0 +1,193 @@
+"""``hollow``: the operator's and reader's command line.
+
+The read-only commands read /dev/shm directly and need no daemon::
+
+    hollow status NS            versions, sizes, announced/pinned/latest, leases, followers
+    hollow versions NS          the versions and their sizes
+    hollow get NS TYPE KEY      one record (KEY: a value, or JSON for a composite key)
+    hollow inspect NS [VERSION] types, counts, indexes, sizes and the schema
+
+Human tables by default, ``--json`` for scripts. Exit status: 0 done, 1 not
+found (namespace, version, type or record), 2 usage, 3 a damaged file.
+The commands that change things (pin, unpin, cycle) come with the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hollow
+from hollow import layout
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CORRUPT = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="hollow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--root", type=Path, help="shared-memory root (default: $HOLLOW_ROOT or /dev/shm/hollow)")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("status", help="versions, announcement, leases and followers of a namespace")
+    p.add_argument("namespace")
+    p = sub.add_parser("versions", help="the versions of a namespace and their sizes")
+    p.add_argument("namespace")
+    p = sub.add_parser("get", help="one record by primary key")
+    p.add_argument("namespace")
+    p.add_argument("type")
+    p.add_argument("key", help="the key: a number or text as is; JSON list for a composite key")
+    p.add_argument("--version", type=int, help="read this version instead of the announced one")
+    p = sub.add_parser("inspect", help="types, counts, indexes, sizes and schema of a version")
+    p.add_argument("namespace")
+    p.add_argument("version", nargs="?", type=int)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(_COMMANDS[args.command](args))
+    except (hollow.NamespaceNotFoundError, hollow.VersionNotFoundError, hollow.UnknownTypeError) as e:
+        print(f"hollow: {e}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except hollow.CorruptStateError as e:
+        print(f"hollow: {e}", file=sys.stderr)
+        return EXIT_CORRUPT
+    except (hollow.InvalidNameError, TypeError, ValueError) as e:
+        print(f"hollow: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:
+    print(json.dumps(doc, indent=1, default=str) if args.json else human)
+
+
+def _status(args: argparse.Namespace) -> int:
+    st = hollow.status(args.namespace, root=args.root)
+    rows = [
+        (
+            str(v.version),
+            f"{v.bytes:,}",
+            " ".join(f for f, on in (("announced", v.announced), ("pinned", v.pinned), ("latest", v.latest)) if on),
+            ", ".join(map(str, v.leases)) or "-",
+        )
+        for v in st.versions
+    ]
+    human = (
+        f"{st.namespace} at {st.root}: announced {st.announced}"
+        + (f" (pinned; latest {st.latest})" if st.pinned else "")
+        + f", {len(st.followers)} following process(es)\n"
+        + _table(("version", "bytes", "", "leases (pids)"), rows)
+    )
+    _emit(args, st.to_dict(), human)
+    return EXIT_OK
+
+
+def _versions(args: argparse.Namespace) -> int:
+    st = hollow.status(args.namespace, root=args.root)
+    doc = [{"version": v.version, "bytes": v.bytes, "announced": v.announced} for v in st.versions]
+    rows = [(str(v.version), f"{v.bytes:,}", "*" if v.announced else "") for v in st.versions]
+    _emit(args, doc, _table(("version", "bytes", "announced"), rows))
+    return EXIT_OK
+
+
+def _get(args: argparse.Namespace) -> int:
+    with hollow.open(args.namespace, root=args.root, follow=False) as ds:
+        snap = ds.attach(args.version) if args.version else ds.snapshot()
+        with snap:
+            view = snap[args.type]
+            record = view.get(_key(view, args.key))
+            if record is None:
+                print(f"hollow: {args.type} {args.key!r} not found in version {snap.version}", file=sys.stderr)
+                return EXIT_NOT_FOUND
+            doc = record.to_dict()
+            _emit(args, {"version": snap.version, "type": args.type, "record": doc}, _record(doc))
+    return EXIT_OK
+
+
+def _key(view: hollow.TypeView, text: str) -> Any:
+    """The command line's key as the type's primary key wants it."""
+    types = view.primary.key_types
+    if len(types) > 1:
+        parts = json.loads(text)
+        if not isinstance(parts, list) or len(parts) != len(types):
+            raise ValueError(f"{view.name} has a composite key of {len(types)} fields: pass a JSON list")
+        return tuple(_one(t, p) for t, p in zip(types, parts, strict=True))
+    return _one(types[0], text)
+
+
+def _one(key_type: int, value: Any) -> Any:
+    if key_type == layout.KEY_INT:
+        return int(value)
+    if key_type == layout.KEY_BOOL:
+        return value in (True, "true", "1", 1)
+    if key_type == layout.KEY_DATA:
+        return bytes.fromhex(value) if isinstance(value, str) else bytes(value)
+    return str(value)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    with hollow.open(args.namespace, root=args.root, follow=False) as ds:
+        snap = ds.attach(args.version) if args.version else ds.snapshot()
+        with snap:
+            types: list[dict[str, Any]] = []
+            for name in snap.types:
+                view = snap[name]
+                types.append(
+                    {
+                        "name": name,
+                        "records": len(view),
+                        "primary_key": list(view.primary.fields),
+                        "indexes": [list(ix.fields) for ix in view.indexes],
+                    }
+                )
+            path = ds.dir / layout.state_name(snap.version)
+            doc = {
+                "namespace": args.namespace,
+                "version": snap.version,
+                "bytes": path.stat().st_size,
+                "published_at_ns": snap.published_at_ns,
+                "types": types,
+                "schema": snap.schema_source,
+            }
+    rows = [
+        (t["name"], f"{t['records']:,}", ", ".join(t["primary_key"]), "; ".join(", ".join(i) for i in t["indexes"]))
+        for t in types
+    ]
+    human = (
+        f"{args.namespace} version {doc['version']}, {doc['bytes']:,} bytes\n"
+        + _table(("type", "records", "primary key", "indexes"), rows)
+        + "\n\n"
+        + str(doc["schema"]).rstrip()
+    )
+    _emit(args, doc, human)
+    return EXIT_OK
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows)]
+    return "\n".join(lines)
+
+
+def _record(doc: dict[str, Any], indent: str = "") -> str:
+    lines = []
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines.append(f"{indent}{k}:")
+            lines.append(_record(v, indent + "  "))
+        else:
+            lines.append(f"{indent}{k}: {v}")
+    return "\n".join(lines)
+
+
+_COMMANDS = {"status": _status, "versions": _versions, "get": _get, "inspect": _inspect}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The ``hollow`` command line: read-only commands, human and JSON, and exit codes scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hollowd import cli
+from tests.helpers import movie, movies_producer, populate
+
+
+@pytest.fixture
+def published(root: Path) -> Path:
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(20)))
+        p.run_cycle(
+            lambda s: (
+                s.add_all("Movie", [movie(i) for i in range(21)]),
+                s.add("Role", {"movieId": 3, "actorId": 7, "character": "Ripley"}),
+            )
+        )
+    return root
+
+
+def run(root: Path, *args: str, json_out: bool = False) -> tuple[int, str, str]:
+    argv = ["--root", str(root), *(["--json"] if json_out else []), *args]
+    proc = subprocess.run(
+        [sys.executable, "-m", "hollowd.cli", *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_status_human_and_json(published: Path) -> None:
+    rc, out, _ = run(published, "status", "movies")
+    assert rc == 0
+    assert "announced 2" in out
+    assert "announced latest" in out
+    rc, out, _ = run(published, "status", "movies", json_out=True)
+    doc = json.loads(out)
+    assert (rc, doc["announced"], doc["latest"], doc["pinned"]) == (0, 2, 2, None)
+    assert [v["version"] for v in doc["versions"]] == [1, 2]
+
+
+def test_versions(published: Path) -> None:
+    rc, out, _ = run(published, "versions", "movies", json_out=True)
+    doc = json.loads(out)
+    assert rc == 0
+    assert [(v["version"], v["announced"]) for v in doc] == [(1, False), (2, True)]
+    assert all(v["bytes"] == os.path.getsize(published / "movies" / str(v["version"])) for v in doc)
+
+
+def test_get_by_key_composite_key_and_version(published: Path) -> None:
+    rc, out, _ = run(published, "get", "movies", "Movie", "20", json_out=True)
+    assert rc == 0
+    assert json.loads(out)["record"]["title"] == "Movie 20"
+    rc, out, _ = run(published, "get", "movies", "Role", "[3, 7]", json_out=True)
+    assert (rc, json.loads(out)["record"]["character"]) == (0, "Ripley")
+    rc, out, _ = run(published, "get", "movies", "Movie", "5")
+    assert rc == 0
+    assert "title: Movie 5" in out
+    rc, _, err = run(published, "get", "--version", "1", "movies", "Movie", "20")
+    assert rc == cli.EXIT_NOT_FOUND
+    assert "not found in version 1" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "says"),
+    [
+        (("get", "nothere", "Movie", "1"), cli.EXIT_NOT_FOUND, "does not exist"),
+        (("get", "movies", "Nope", "1"), cli.EXIT_NOT_FOUND, "no record type 'Nope'"),
+        (("get", "movies", "Movie", "abc"), cli.EXIT_USAGE, "invalid literal"),
+        (("get", "movies", "Role", "3"), cli.EXIT_USAGE, "composite key"),
+        (("inspect", "movies", "9"), cli.EXIT_NOT_FOUND, "version 9 does not exist"),
+        (("status", "no/such"), cli.EXIT_USAGE, "invalid namespace name"),
+    ],
+)
+def test_errors_have_exit_codes(published: Path, args: tuple[str, ...], status: int, says: str) -> None:
+    rc, _, err = run(published, *args)
+    assert rc == status
+    assert says in err
+
+
+def test_corrupt_file_exit_code(published: Path) -> None:
+    (published / "movies" / "7").write_bytes(b"not a state file" * 20)
+    rc, _, err = run(published, "inspect", "movies", "7")
+    assert rc == cli.EXIT_CORRUPT
+    assert "magic" in err
+
+
+def test_inspect(published: Path) -> None:
+    rc, out, _ = run(published, "inspect", "movies", json_out=True)
+    doc = json.loads(out)
+    assert rc == 0
+    counts = {t["name"]: t["records"] for t in doc["types"]}
+    assert counts == {"Actor": 0, "Movie": 21, "Role": 1}
+    assert "struct Movie" in doc["schema"]
+    rc, out, _ = run(published, "inspect", "movies", "1")
+    assert rc == 0
+    assert "Movie" in out
+    assert "20" in out
