@@ -20,6 +20,7 @@ from hollowd.errors import (
     StorageFullError,
     UnsupportedSchemaError,
     ValidationError,
+    ValidationFailedError,
     VersionNotFoundError,
 )
 from hollowd.producer import Producer
@@ -37,6 +38,7 @@ __all__ = [
     "StorageFullError",
     "UnsupportedSchemaError",
     "ValidationError",
+    "ValidationFailedError",
     "VersionNotFoundError",
     "WriteState",
 ]

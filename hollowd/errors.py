@@ -42,6 +42,19 @@ class MissingKeyError(ValidationError):
     """A record lacks a primary-key field."""
 
 
+class ValidationFailedError(ValidationError):
+    """A validator rejected the candidate version; *validator* names it."""
+
+    def __init__(self, validator: str, reason: str) -> None:
+        super().__init__(f"validator {validator} rejected the version: {reason}")
+        self.validator = validator
+        self.reason = reason
+
+
+class ConfigurationError(Error):
+    """A producer or daemon setting that cannot work (an import that fails, a bad reference)."""
+
+
 class PublishError(Error):
     """The new version could not be written; the announced version is unchanged."""
 

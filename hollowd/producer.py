@@ -25,6 +25,7 @@ from hollow import doorbell, layout
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import encoder, publish
+from hollowd import validators as validation
 from hollowd.errors import ProducerLockedError, PublishError, ValidationError, VersionNotFoundError
 from hollowd.schema import NamespaceSchema
 from hollowd.state import BuiltType, Delta, IncrementalFn, PopulateFn, TypeMemory, WriteState, build_type
@@ -56,6 +57,7 @@ class Producer:
     :param root: defaults to ``$HOLLOW_ROOT`` or ``/dev/shm/hollow``.
     :param retain: how many versions to keep (the announced and pinned ones always stay).
     :param mode: permission bits of published files (made read-only); readers need read access.
+    :param validators: checks a candidate version must pass before it is published (hollowd.validators).
     """
 
     def __init__(
@@ -68,12 +70,14 @@ class Producer:
         root: str | os.PathLike[str] | None = None,
         retain: int = 5,
         mode: int = 0o640,
+        validators: Sequence[validation.Validator] = (),
     ) -> None:
         self.namespace = layout.check_namespace(namespace)
         self.schema = NamespaceSchema(schema, primary_keys, indexes)
         self.dir = layout.namespace_dir(namespace, root)
         self.retain = max(1, retain)
         self.mode = mode
+        self.validators = list(validators)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
         self._lock_fd: int | None = _lock_namespace(self.dir)
         self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
@@ -125,6 +129,17 @@ class Producer:
             self._memory = {name: b.memory for name, b in built.items()}
             return latest
         version = self._next_version()
+        if self.validators:
+            validation.run_all(
+                self.validators,
+                validation.Candidate(
+                    namespace=self.namespace,
+                    version=version,
+                    counts={name: b.count for name, b in built.items()},
+                    previous_counts={n: m.size - len(m.holes) for n, m in previous.items()} if previous else None,
+                    records=records,
+                ),
+            )
         publish.write_state_file(self.dir, self.namespace, version, latest, self.schema, built.values(), mode=self.mode)
         self._last_version = version
         self._memory = {name: b.memory for name, b in built.items()}
