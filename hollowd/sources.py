@@ -1,0 +1,180 @@
+"""Sources: where a namespace's records come from.
+
+* :class:`FileSource`: a JSON, JSON Lines or CSV file, or a directory of them
+  (read in name order). JSON holds a list of records, or an object mapping type
+  names to lists. A JSON Lines file must end with a newline: one that ends
+  mid-record is being written and is refused as incomplete (the daemon waits
+  for the writer and tries again). CSV cells are converted by the schema's field
+  types; an empty cell is an absent field; a list or struct cell holds JSON.
+* :class:`CallableSource`: ``module:function``, called with the cycle's state
+  (the same ``populate`` a Producer's ``run_cycle`` takes).
+
+A source that cannot be read raises :class:`SourceError`; the cycle fails and
+the announced version stays.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hollowd.errors import Error
+from hollowd.schema import NamespaceSchema
+from hollowd.state import WriteState
+from hollowd.validators import resolve
+
+FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+
+class SourceError(Error):
+    """A source that cannot be read now (missing, incomplete, malformed); the message says which and where."""
+
+
+class CallableSource:
+    """``module:function`` that populates the state."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self.populate: Callable[[WriteState], Any] = resolve(ref)
+
+    def __call__(self, state: WriteState) -> None:
+        self.populate(state)
+
+    def __repr__(self) -> str:
+        return f"<CallableSource {self.ref}>"
+
+
+class FileSource:
+    """Records from a file, or from every file of a directory."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], schema: NamespaceSchema, *, fmt: str = "auto", type_name: str = ""
+    ) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.format = fmt
+        if not type_name and len(schema.types) == 1:
+            type_name = next(iter(schema.types))
+        self.type_name = type_name
+
+    def files(self) -> list[Path]:
+        """The files this source reads now, in order."""
+        if self.path.is_dir():
+            return sorted(
+                p for p in self.path.iterdir() if p.is_file() and p.suffix in FORMATS and not p.name.startswith(".")
+            )
+        if not self.path.exists():
+            raise SourceError(f"{self.path}: no such file or directory")
+        return [self.path]
+
+    def __call__(self, state: WriteState) -> None:
+        for path in self.files():
+            for type_name, record in self._records(path):
+                state.add(type_name, record)
+
+    def _records(self, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+        fmt = self.format if self.format != "auto" else FORMATS.get(path.suffix)
+        if fmt is None:
+            raise SourceError(f"{path}: unknown format; name it .json, .jsonl or .csv, or set format")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise SourceError(f"{path}: cannot read ({e.strerror})") from e
+        if fmt == "json":
+            yield from self._json(path, data)
+        elif fmt == "jsonl":
+            yield from self._jsonl(path, data)
+        else:
+            yield from self._csv(path, data)
+
+    def _default_type(self, path: Path) -> str:
+        if not self.type_name:
+            raise SourceError(
+                f"{path}: the namespace has several types ({', '.join(sorted(self.schema.types))}); "
+                "set the source's type, or give JSON as an object of type name -> records"
+            )
+        return self.type_name
+
+    def _json(self, path: Path, data: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            doc = json.loads(data)
+        except ValueError as e:
+            raise SourceError(
+                f"{path}: not valid JSON ({e}); if it is being written, the next change will retry"
+            ) from e
+        if isinstance(doc, list):
+            type_name = self._default_type(path)
+            for i, rec in enumerate(doc):
+                yield type_name, _record(path, i, rec)
+        elif isinstance(doc, dict):
+            for type_name, recs in doc.items():
+                if not isinstance(recs, list):
+                    raise SourceError(f"{path}: {type_name!r} must map to a list of records")
+                for i, rec in enumerate(recs):
+                    yield type_name, _record(path, i, rec)
+        else:
+            raise SourceError(f"{path}: expected a list of records or an object of type -> records")
+
+    def _jsonl(self, path: Path, data: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+        if data and not data.endswith(b"\n"):
+            raise SourceError(f"{path}: ends mid-record (no final newline): still being written; retrying later")
+        type_name = self._default_type(path)
+        for n, line in enumerate(data.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as e:
+                raise SourceError(f"{path}:{n}: not valid JSON ({e})") from e
+            yield type_name, _record(path, n, rec)
+
+    def _csv(self, path: Path, data: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+        type_name = self._default_type(path)
+        fields = {f.proto.name: f.proto.slot.type.which() for f in self.schema.type(type_name).schema.fields_list}
+        try:
+            rows = list(csv.DictReader(data.decode().splitlines()))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise SourceError(f"{path}: not readable as UTF-8 CSV ({e})") from e
+        for n, row in enumerate(rows, 2):
+            rec: dict[str, Any] = {}
+            for name, cell in row.items():
+                if name is None:
+                    raise SourceError(f"{path}:{n}: more cells than header columns")
+                if cell is None or cell == "":
+                    continue
+                rec[name] = _cell(path, n, name, fields.get(name), cell)
+            yield type_name, rec
+
+
+def _record(path: Path, where: int, rec: Any) -> dict[str, Any]:
+    if not isinstance(rec, dict):
+        raise SourceError(f"{path}: record {where} is a {type(rec).__name__}, not an object")
+    return rec
+
+
+_INTS = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+
+
+def _cell(path: Path, line: int, name: str, kind: str | None, cell: str) -> Any:
+    """A CSV cell as the schema's field type wants it (unknown fields are left to validation)."""
+    try:
+        if kind in _INTS:
+            return int(cell)
+        if kind in ("float32", "float64"):
+            return float(cell)
+        if kind == "bool":
+            low = cell.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{cell!r} is not a boolean")
+            return low in ("true", "1", "yes")
+        if kind in ("list", "struct"):
+            return json.loads(cell)
+        if kind == "data":
+            return bytes.fromhex(cell)
+    except ValueError as e:
+        raise SourceError(f"{path}:{line}: column {name!r}: {e}") from e
+    return cell
