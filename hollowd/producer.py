@@ -17,7 +17,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,10 @@ class Producer:
     :param retain: how many versions to keep (the announced and pinned ones always stay).
     :param mode: permission bits of published files (made read-only); readers need read access.
     :param validators: checks a candidate version must pass before it is published (hollowd.validators).
+    :param versions_after: no version at or below this is minted (the daemon's persisted counter,
+        so that versions never go back even when /dev/shm was emptied).
+    :param reserve: called with each new version number before anything is written, to make
+        it durable first (the daemon's counter): a version number is never handed out twice.
     """
 
     def __init__(
@@ -71,6 +75,8 @@ class Producer:
         retain: int = 5,
         mode: int = 0o640,
         validators: Sequence[validation.Validator] = (),
+        versions_after: int = 0,
+        reserve: Callable[[int], None] | None = None,
     ) -> None:
         self.namespace = layout.check_namespace(namespace)
         self.schema = NamespaceSchema(schema, primary_keys, indexes)
@@ -78,13 +84,14 @@ class Producer:
         self.retain = max(1, retain)
         self.mode = mode
         self.validators = list(validators)
+        self._reserve = reserve
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
         self._lock_fd: int | None = _lock_namespace(self.dir)
         self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
         self._memory: dict[str, TypeMemory] | None = None
         self._memory_version = 0
-        self._last_version = max([*layout.list_versions(self.dir), self._announced_version()], default=0)
+        self._last_version = max([*layout.list_versions(self.dir), self._announced_version(), versions_after])
 
     # -- cycles ---------------------------------------------------------------
 
@@ -140,6 +147,8 @@ class Producer:
                     records=records,
                 ),
             )
+        if self._reserve is not None:
+            self._reserve(version)
         publish.write_state_file(self.dir, self.namespace, version, latest, self.schema, built.values(), mode=self.mode)
         self._last_version = version
         self._memory = {name: b.memory for name, b in built.items()}
@@ -165,6 +174,24 @@ class Producer:
             and all(previous[name].content_hash == b.content_hash for name, b in built.items())
             and self._schema_fingerprint_of(self._last_version) == self.schema.fingerprint
         )
+
+    def materialize(self, saved: Path, *, pinned: bool = False) -> int:
+        """Put a saved state file (the daemon's durable copy) back in place and announce it.
+
+        For a restart after /dev/shm was emptied: readers get the last good
+        version before any source is read. Returns its version. A version
+        already present is announced as it is.
+        """
+        data = saved.read_bytes()
+        header = layout.Header.unpack(data, what=str(saved), size=len(data))
+        if header.namespace != self.namespace:
+            raise PublishError(f"{saved} holds namespace {header.namespace!r}, not {self.namespace!r}")
+        version = header.version
+        if not (self.dir / layout.state_name(version)).exists():
+            publish.copy_state_file(self.dir, version, data, mode=self.mode, namespace=self.namespace)
+        self._last_version = max(self._last_version, version)
+        self._announce(layout.Announcement(version, pinned, self._last_version, time.time_ns()))
+        return version
 
     # -- pins -----------------------------------------------------------------
 

@@ -175,6 +175,22 @@ def write_state_file(
     return final
 
 
+def copy_state_file(ns_dir: Path, version: int, data: bytes, *, mode: int, namespace: str) -> Path:
+    """Publish the bytes of an existing state file (a durable copy) as *version*: same steps as a new one."""
+    final = ns_dir / layout.state_name(version)
+    tmp = ns_dir / f".{version}.{os.getpid()}.tmp"
+    _write(tmp, len(data), [_Piece(0, data)], mode)
+    try:
+        StateFile(tmp, namespace=namespace)  # refuse to put back a file that does not read
+        _create_lockfile(ns_dir, version, mode)
+        os.rename(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return final
+
+
 def _create_lockfile(ns_dir: Path, version: int, mode: int) -> None:
     """The version's lockfile (hollow.lease), readable by whoever may read the state file."""
     path = lease.lock_path(ns_dir, version)

@@ -1,0 +1,418 @@
+"""``hollowd``: the daemon. Keeps each configured namespace fresh from its source.
+
+The loop has the shape of gunicorn's arbiter: signal handlers only enqueue (or,
+for SIGTERM in the middle of a cycle, abandon it: publishing is atomic, so an
+abandoned cycle leaves nothing behind), and the main thread dispatches events
+and runs cycles one at a time. Each namespace:
+
+1. at start, re-materializes its last good version from the state directory if
+   /dev/shm lost it (a reboot), before any source is read, so readers are
+   served at once; versions never go back (the counter is kept there too);
+2. runs a cycle (populate → validate → publish → verify → announce) at start,
+   then whenever its source changes (files, debounced) or every ``interval``
+   seconds (callables);
+3. after each announced version, saves a durable copy of it.
+
+``READY=1`` goes to systemd once every namespace has an announced version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import hollow
+from hollow import layout
+from hollowd import systemd
+from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
+from hollowd.errors import ConfigurationError, Error, ProducerLockedError, SchemaError
+from hollowd.producer import Producer
+from hollowd.sources import CallableSource, FileSource
+from hollowd.validators import MinimumRecordCount, RecordCountVariance, Validator, resolve
+
+log = logging.getLogger("hollowd")
+EXIT_RUNNING = 75  # EX_TEMPFAIL: another daemon holds the state directory or a namespace
+
+
+class Stop(BaseException):
+    """Raised from the SIGTERM handler to abandon a cycle in flight."""
+
+
+class AlreadyRunningError(Error):
+    """Another daemon already owns the state directory or a namespace."""
+
+
+class StateStore:
+    """The durable side of a namespace: its last good state file, version counter and pin."""
+
+    def __init__(self, state_dir: Path, namespace: str) -> None:
+        self.dir = state_dir / namespace
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.saved = self.dir / "latest.state"
+
+    @property
+    def counter(self) -> int:
+        try:
+            return int((self.dir / "counter").read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    @property
+    def pin(self) -> int | None:
+        try:
+            return int((self.dir / "pin").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def save(self, state_file: Path) -> None:
+        """Keep a copy of the latest good *state_file* (write, fsync, rename: never half a copy)."""
+        self._replace(self.saved, state_file.read_bytes())
+
+    def save_counter(self, version: int) -> None:
+        """Make *version* durable before it is published: after any crash, numbering goes on above it."""
+        if version > self.counter:
+            self._replace(self.dir / "counter", f"{version}\n".encode())
+
+    def save_pin(self, version: int | None) -> None:
+        if version is None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / "pin").unlink()
+        else:
+            self._replace(self.dir / "pin", f"{version}\n".encode())
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+@dataclass
+class NamespaceRunner:
+    """One namespace: its producer, its source and when it next runs."""
+
+    config: NamespaceConfig
+    producer: Producer
+    source: Any
+    store: StateStore
+    due: float = 0.0  # monotonic time of the next cycle; inf: only when the source changes
+    watch: Any = None
+    last_error: str | None = None
+    last_good: float | None = None
+    saved_version: int = 0
+    cycles: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def _validators(cfg: NamespaceConfig) -> list[Validator]:
+    checks: list[Validator] = [MinimumRecordCount(t, n) for t, n in cfg.validators.get("min_records", {}).items()]
+    checks += [RecordCountVariance(t, p) for t, p in cfg.validators.get("max_change_percent", {}).items()]
+    checks += [resolve(ref) for ref in cfg.validators.get("custom", ())]
+    return checks
+
+
+class Daemon:
+    """The daemon's state and loop (see the module docstring)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.events: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.runners: dict[str, NamespaceRunner] = {}
+        self.in_cycle = False
+        self.stopping = False
+        self._lock_fd: int | None = None
+
+    # -- start ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._lock_state_dir()
+        for name, ns in self.cfg.namespaces.items():
+            self.runners[name] = self._runner(ns)
+        for runner in self.runners.values():
+            self._restore(runner)
+
+    def _lock_state_dir(self) -> None:
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        path = self.cfg.state_dir / "hollowd.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"another hollowd (PID {holder}) is running with state directory {self.cfg.state_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _runner(self, ns: NamespaceConfig) -> NamespaceRunner:
+        store = StateStore(self.cfg.state_dir, ns.name)
+        producer = Producer(
+            ns.name,
+            schema=ns.schema,
+            primary_keys={t.name: list(t.primary_key) for t in ns.types.values()},
+            indexes={t.name: [list(ix) for ix in t.indexes] for t in ns.types.values()},
+            root=self.cfg.root,
+            retain=ns.retain,
+            mode=ns.mode,
+            validators=_validators(ns),
+            versions_after=store.counter,
+            reserve=store.save_counter,
+        )
+        if ns.source_is_callable:
+            source: Any = CallableSource(ns.source)
+        else:
+            source = FileSource(ns.source, producer.schema, fmt=ns.format, type_name=ns.type)
+        return NamespaceRunner(ns, producer, source, store)
+
+    def _restore(self, runner: NamespaceRunner) -> None:
+        """Serve the last good version at once if /dev/shm lost it (a reboot, an emptied tmpfs)."""
+        ns_dir = runner.producer.dir
+        announced = layout.read_announcement(ns_dir)
+        present = announced is not None and (ns_dir / layout.state_name(announced.version)).exists()
+        if present or not runner.store.saved.exists():
+            return
+        try:
+            version = runner.producer.materialize(runner.store.saved, pinned=runner.store.pin is not None)
+        except (Error, hollow.Error, OSError) as e:
+            log.error("hollowd: %s: cannot restore the saved version: %s", runner.name, e)
+            return
+        log.info("hollowd: %s: restored version %d from %s", runner.name, version, runner.store.saved)
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, lambda *_: self.events.put(("hup", "")))
+        self.start()
+        announced = self._announced_all()
+        if announced:
+            systemd.ready(self._status())
+        for runner in self.runners.values():
+            self._watch(runner)
+            self.events.put(("cycle", runner.name))
+        ping = systemd.watchdog_interval()
+        next_ping = time.monotonic()
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if ping is not None and now >= next_ping:
+                    systemd.watchdog()
+                    next_ping = now + ping
+                timeout = min([r.due for r in self.runners.values()] + [next_ping if ping else now + 3600]) - now
+                try:
+                    kind, name = self.events.get(timeout=max(0.0, min(timeout, 3600)))
+                except queue.Empty:
+                    kind, name = "due", ""
+                self._dispatch(kind, name)
+                if not announced and self._announced_all():
+                    announced = True
+                    systemd.ready(self._status())
+        except Stop:
+            log.info("hollowd: stopping; the cycle in flight was abandoned, nothing partial was published")
+        systemd.stopping()
+        self.close()
+        return 0
+
+    def _dispatch(self, kind: str, name: str) -> None:
+        if kind == "cycle" and name in self.runners:
+            self._cycle(self.runners[name])
+        elif kind == "hup":
+            self._reload()
+        now = time.monotonic()
+        for runner in self.runners.values():
+            if runner.due <= now:
+                self._cycle(runner)
+
+    def _cycle(self, runner: NamespaceRunner) -> None:
+        ns = runner.config
+        runner.due = time.monotonic() + ns.interval if ns.source_is_callable else float("inf")
+        started = time.monotonic()
+        self.in_cycle = True
+        try:
+            version = runner.producer.run_cycle(runner.source)
+        except (Error, hollow.Error, OSError) as e:
+            runner.cycles["failed"] += 1
+            runner.last_error = str(e)
+            log.error("hollowd: %s: cycle failed, nothing announced: %s", runner.name, e)
+            return
+        finally:
+            self.in_cycle = False
+        runner.cycles["ok"] += 1
+        runner.last_error = None
+        runner.last_good = time.time()
+        path = runner.producer.dir / layout.state_name(version)
+        if version != runner.saved_version:
+            runner.store.save(path)
+            runner.saved_version = version
+        log.info("hollowd: %s: version %d in %.2f s", runner.name, version, time.monotonic() - started)
+        systemd.status(self._status())
+
+    def _watch(self, runner: NamespaceRunner) -> None:
+        """File sources: a change (create, modify, move, delete) schedules a cycle after the debounce."""
+        if runner.config.source_is_callable:
+            return
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
+        from watchdog.observers import Observer  # noqa: PLC0415
+
+        path = Path(runner.config.source)
+        directory = path if path.is_dir() else path.parent
+        daemon = self
+
+        class Changed(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                if (
+                    path.is_dir()
+                    or os.path.basename(str(getattr(event, "dest_path", "") or event.src_path)) == path.name
+                ):
+                    runner.due = time.monotonic() + runner.config.debounce
+                    daemon.events.put(("wake", runner.name))
+
+        observer = Observer()
+        observer.daemon = True
+        observer.schedule(Changed(), str(directory), recursive=False)
+        observer.start()
+        runner.watch = observer
+
+    def _reload(self) -> None:
+        """SIGHUP: read the configuration again; announced versions stay; a bad file changes nothing."""
+        try:
+            cfg = load(self.cfg.path) if self.cfg.path else self.cfg
+        except ConfigError as e:
+            log.error("hollowd: reload refused, keeping the running configuration: %s", e)
+            return
+        log.info("hollowd: configuration reloaded from %s", self.cfg.path)
+        for name in list(self.runners):
+            if name not in cfg.namespaces or cfg.namespaces[name] != self.runners[name].config:
+                self._close_runner(self.runners.pop(name))
+        self.cfg = cfg
+        for name, ns in cfg.namespaces.items():
+            if name not in self.runners:
+                try:
+                    self.runners[name] = runner = self._runner(ns)
+                except (Error, hollow.Error, OSError) as e:
+                    log.error("hollowd: %s: cannot set up: %s", name, e)
+                    continue
+                self._restore(runner)
+                self._watch(runner)
+                self.events.put(("cycle", name))
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        if self.in_cycle:
+            raise Stop
+        self.events.put(("term", ""))
+
+    # -- reporting --------------------------------------------------------------------
+
+    def _announced_all(self) -> bool:
+        return all(layout.read_announcement(r.producer.dir) is not None for r in self.runners.values())
+
+    def _status(self) -> str:
+        parts = []
+        for r in self.runners.values():
+            a = layout.read_announcement(r.producer.dir)
+            parts.append(f"{r.name} {a.version if a else '-'}" + (" (last cycle failed)" if r.last_error else ""))
+        return "serving " + ", ".join(parts) if parts else "no namespaces configured"
+
+    # -- stop -------------------------------------------------------------------------
+
+    def _close_runner(self, runner: NamespaceRunner) -> None:
+        if runner.watch is not None:
+            runner.watch.stop()
+            runner.watch.join()
+        runner.producer.close()
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            self._close_runner(runner)
+        self.runners.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def default_config(root: Path | None, state_dir: Path | None) -> Config:
+    """No --config: serve the bundled airports example (from a source checkout)."""
+    project = Path(__file__).resolve().parent.parent
+    text = f"""
+[namespaces.airports]
+schema = "{project / "schemas" / "airports.capnp"}"
+source = "examples.airports.source:populate"
+interval = 3600
+[namespaces.airports.types.Airport]
+primary_key = "icao"
+indexes = ["country"]
+"""
+    if str(project) not in sys.path:
+        sys.path.insert(0, str(project))
+    from hollowd.config import parse  # noqa: PLC0415
+
+    cfg = parse(text, None)
+    return _override(cfg, root, state_dir)
+
+
+def _override(cfg: Config, root: Path | None, state_dir: Path | None) -> Config:
+    from dataclasses import replace  # noqa: PLC0415
+
+    return replace(cfg, root=root or cfg.root, state_dir=state_dir or cfg.state_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hollowd", description="Serve versioned datasets in shared memory.")
+    ap.add_argument("--config", type=Path, help="TOML configuration (default: the bundled airports example)")
+    ap.add_argument("--root", type=Path, help="override the configuration's shared-memory root")
+    ap.add_argument("--state-dir", type=Path, help="override the configuration's state directory")
+    args = ap.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        cfg = (
+            _override(load(args.config), args.root, args.state_dir)
+            if args.config
+            else default_config(args.root, args.state_dir)
+        )
+    except ConfigError as e:
+        print(f"hollowd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.getLogger().setLevel(cfg.log_level.upper())
+    daemon = Daemon(cfg)
+    try:
+        return daemon.run()
+    except (AlreadyRunningError, ProducerLockedError) as e:
+        print(f"hollowd: {e}", file=sys.stderr)
+        daemon.close()
+        return EXIT_RUNNING
+    except (SchemaError, ConfigurationError) as e:
+        print(f"hollowd: configuration: {e}", file=sys.stderr)
+        daemon.close()
+        return EXIT_CONFIG
+    except (Error, hollow.Error) as e:
+        print(f"hollowd: {e}", file=sys.stderr)
+        daemon.close()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The daemon as a real subprocess: file sources, validators, restarts, signals and the notify protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import hollow
+from hollow import layout
+from hollowd.config import EXIT_CONFIG
+from hollowd.daemon import EXIT_RUNNING
+from tests.helpers import SCHEMAS, movie
+
+CONFIG = """\
+[daemon]
+root = "{root}"
+state_dir = "{state}"
+
+[namespaces.movies]
+schema = "{schema}"
+source = "{source}"
+type = "Movie"
+debounce = 0.2
+
+[namespaces.movies.types.Movie]
+primary_key = "id"
+indexes = ["genre"]
+
+[namespaces.movies.types.Actor]
+primary_key = "id"
+
+[namespaces.movies.types.Role]
+primary_key = ["movieId", "actorId"]
+
+[namespaces.movies.validators]
+min_records = {{ Movie = 3 }}
+"""
+
+
+class Daemon:
+    """hollowd in a subprocess, with a NOTIFY_SOCKET this test reads."""
+
+    def __init__(self, config: Path, tmp: Path) -> None:
+        self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.notify_path))
+        self.log = tmp / "daemon.log"
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log, env=env
+            )
+
+    def notifications(self, until: str, timeout: float = 60) -> list[str]:
+        """Messages received until one contains *until* (AssertionError on timeout or exit)."""
+        got: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.1, min(1.0, deadline - time.monotonic())))
+            try:
+                msg = self.sock.recv(4096).decode()
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log.read_text()}") from None
+                continue
+            got.append(msg)
+            if until in msg:
+                return got
+        raise AssertionError(f"no {until!r} within {timeout} s; got {got}; log: {self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the daemon, wait for it, and keep what it said on the way out in ``last_words``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=60)
+        self.sock.setblocking(False)
+        self.last_words: list[str] = []
+        while True:
+            try:
+                self.last_words.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+        self.sock.close()
+        return rc
+
+
+@pytest.fixture
+def setup(root: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    state = tmp_path / "state"
+    source = tmp_path / "movies.jsonl"
+    write_jsonl(source, [movie(i) for i in range(5)])
+    config = tmp_path / "hollowd.toml"
+    config.write_text(CONFIG.format(root=root, state=state, schema=SCHEMAS / "movies.capnp", source=source))
+    return config, source, state
+
+
+def write_jsonl(path: Path, records: list[dict[str, object]], *, partial: str = "") -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records) + partial)
+    os.replace(tmp, path)
+
+
+def announced(root: Path) -> int:
+    a = layout.read_announcement(root / "movies")
+    return a.version if a else 0
+
+
+def wait_until(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_ready_after_first_version_then_a_changed_file_is_followed(
+    root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, source, _ = setup
+    d = Daemon(config, tmp_path)
+    try:
+        msgs = d.notifications("READY=1")
+        assert "STATUS=serving movies 1" in msgs[-1]
+        with hollow.open("movies", root=root) as ds:
+            assert ds.version == 1
+            write_jsonl(source, [movie(i, title=f"new {i}") for i in range(6)])
+            assert ds.wait_for(2, timeout=60)
+            with ds.snapshot() as snap:
+                assert (len(snap["Movie"]), snap["Movie"][5].title) == (6, "new 5")
+    finally:
+        assert d.stop() == 0
+    assert "STOPPING=1" in d.last_words
+
+
+def test_half_written_file_and_failing_validator_announce_nothing(
+    root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, source, _ = setup
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        write_jsonl(source, [movie(i) for i in range(6)], partial='{"id": 99, "tit')
+        wait_until(lambda: "ends mid-record" in d.log.read_text())
+        write_jsonl(source, [movie(i) for i in range(2)])  # below min_records = 3
+        wait_until(lambda: "min_records[Movie]" in d.log.read_text())
+        assert announced(root) == 1
+        write_jsonl(source, [movie(i) for i in range(7)])  # good again: the next cycle proceeds
+        wait_until(lambda: announced(root) == 2)
+    finally:
+        assert d.stop() == 0
+
+
+def test_kill_9_then_restart_serves_the_last_good_version_and_counts_on(
+    root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, source, _ = setup
+    d = Daemon(config, tmp_path)
+    d.notifications("READY=1")
+    write_jsonl(source, [movie(i, title="second") for i in range(5)])
+    wait_until(lambda: announced(root) == 2)
+    assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        assert announced(root) == 2  # same data: the same version
+        write_jsonl(source, [movie(i, title="third") for i in range(5)])
+        wait_until(lambda: announced(root) == 3)
+    finally:
+        assert d.stop() == 0
+
+
+def test_emptied_shm_is_rematerialized_before_ready(root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    config, source, state = setup
+    d = Daemon(config, tmp_path)
+    d.notifications("READY=1")
+    write_jsonl(source, [movie(i, title="kept") for i in range(5)])
+    wait_until(lambda: announced(root) == 2)
+    assert d.stop() == 0
+    shutil.rmtree(root / "movies")  # a reboot
+    source.unlink()  # and the source is not there yet: readers must still be served
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        assert announced(root) == 2
+        with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+            assert snap["Movie"][4].title == "kept"
+        write_jsonl(source, [movie(i, title="after") for i in range(5)])
+        wait_until(lambda: announced(root) == 3)  # versions never go back
+    finally:
+        assert d.stop() == 0
+    assert (state / "movies" / "counter").read_text().strip() == "3"
+
+
+def test_second_daemon_is_refused_naming_the_pid(root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    config, _, _ = setup
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        second = subprocess.run(
+            [sys.executable, "-m", "hollowd.daemon", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == EXIT_RUNNING
+        assert f"PID {d.proc.pid}" in second.stderr
+    finally:
+        assert d.stop() == 0
+
+
+def test_sighup_reload_keeps_serving_and_a_bad_reload_changes_nothing(
+    root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, _, _ = setup
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        good = config.read_text()
+        config.write_text(good.replace("debounce = 0.2", "debounce = -1"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in d.log.read_text())
+        config.write_text(good.replace("min_records = { Movie = 3 }", "min_records = { Movie = 4 }"))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in d.log.read_text())
+        assert announced(root) == 1
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+
+
+def test_bad_config_exits_78_naming_the_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[daemon]\nmetrics_port = "x"\n')
+    out = subprocess.run(
+        [sys.executable, "-m", "hollowd.daemon", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == EXIT_CONFIG
+    assert f"{config}:2: daemon.metrics_port" in out.stderr
