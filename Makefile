@@ -1,4 +1,4 @@
-# make run   — set up, publish the bundled airports example and show readers using it
+# make run   — set up, start hollowd on the bundled airports example and show it serving
 # make test  — set up, lint (ruff), type-check (mypy) and run the tests
 # make bench — the benchmark table (bench/core.py)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m examples.airports.demo
+	$(PY) -m examples.airports.run
 
 lint: $(STAMP)
 	$(PY) -m ruff check client hollowd tests bench examples

@@ -1,9 +1,9 @@
-"""``make run``: publish the airports namespace, then let several processes read it.
+"""Publish the airports namespace (or, with --readers-only, use what a daemon published),
+then let several processes read it.
 
-Until the daemon exists (issue 4) this is the whole show: one producer cycle
-from the airportsdata package, then N reader processes that attach to the same
-shared-memory file and look airports up, each reporting what it saw and how
-long attaching and looking up took.
+N reader processes attach to the same shared-memory file and look airports
+up, each reporting what it saw and how long attaching and looking up took.
+``examples/airports/run.py`` (``make run``) runs this against a live daemon.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import hollow
 from examples.airports import source
 from hollowd import Producer
 
@@ -25,19 +26,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--root", default=None, help="shared-memory root (default $HOLLOW_ROOT or /dev/shm/hollow)")
     ap.add_argument("--readers", type=int, default=4)
+    ap.add_argument("--readers-only", action="store_true", help="do not publish: a daemon does")
     args = ap.parse_args()
-    t0 = time.perf_counter()
-    records = source.records()
-    with Producer(
-        "airports", schema=source.SCHEMA, primary_keys=source.PRIMARY_KEYS, indexes=source.INDEXES, root=args.root
-    ) as producer:
-        version = producer.run_cycle(lambda state: [state.add("Airport", r) for r in records])
-        path = producer.dir / str(version)
-    took = time.perf_counter() - t0
-    print(
-        f"published airports version {version}: {len(records):,} records, {path.stat().st_size:,} bytes "
-        f"at {path} in {took:.2f} s"
-    )
+    if args.readers_only:
+        version = hollow.status("airports", root=args.root).announced
+    else:
+        t0 = time.perf_counter()
+        records = source.records()
+        with Producer(
+            "airports", schema=source.SCHEMA, primary_keys=source.PRIMARY_KEYS, indexes=source.INDEXES, root=args.root
+        ) as producer:
+            version = producer.run_cycle(lambda state: [state.add("Airport", r) for r in records])
+            path = producer.dir / str(version)
+        took = time.perf_counter() - t0
+        print(
+            f"published airports version {version}: {len(records):,} records, {path.stat().st_size:,} bytes "
+            f"at {path} in {took:.2f} s"
+        )
     cmd = [sys.executable, "-m", "examples.airports.reader"] + ([args.root] if args.root else [])
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(args.readers)]
     reports = [json.loads(p.communicate()[0]) for p in procs]
