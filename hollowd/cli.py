@@ -7,15 +7,22 @@ The read-only commands read /dev/shm directly and need no daemon::
     hollow get NS TYPE KEY      one record (KEY: a value, or JSON for a composite key)
     hollow inspect NS [VERSION] types, counts, indexes, sizes and the schema
 
+The commands that change things ask the daemon, over its control socket::
+
+    hollow pin NS VERSION       every follower moves to VERSION and stays
+    hollow unpin NS             followers move back to the latest version
+    hollow cycle NS             run a cycle now
+
 Human tables by default, ``--json`` for scripts. Exit status: 0 done, 1 not
-found (namespace, version, type or record), 2 usage, 3 a damaged file.
-The commands that change things (pin, unpin, cycle) come with the daemon.
+found (namespace, version, type or record) or refused, 2 usage, 3 a damaged
+file, 4 no daemon answering.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +30,9 @@ from typing import Any
 
 import hollow
 from hollow import layout
+from hollowd import control
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CORRUPT = 0, 1, 2, 3
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CORRUPT, EXIT_NO_DAEMON = 0, 1, 2, 3, 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +54,19 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="types, counts, indexes, sizes and schema of a version")
     p.add_argument("namespace")
     p.add_argument("version", nargs="?", type=int)
+    p = sub.add_parser("pin", help="(daemon) move every follower to VERSION and keep them there")
+    p.add_argument("namespace")
+    p.add_argument("version", type=int)
+    p = sub.add_parser("unpin", help="(daemon) move every follower back to the latest version")
+    p.add_argument("namespace")
+    p = sub.add_parser("cycle", help="(daemon) run a cycle of NAMESPACE now")
+    p.add_argument("namespace")
+    ap.add_argument(
+        "--socket",
+        type=Path,
+        default=Path(os.environ.get("HOLLOWD_SOCKET", "/run/hollowd/control.sock")),
+        help="the daemon's control socket (default: $HOLLOWD_SOCKET or /run/hollowd/control.sock)",
+    )
     return ap
 
 
@@ -187,7 +208,38 @@ def _record(doc: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
-_COMMANDS = {"status": _status, "versions": _versions, "get": _get, "inspect": _inspect}
+def _daemon(args: argparse.Namespace) -> int:
+    """pin, unpin, cycle: requests to the daemon over its control socket."""
+    request: dict[str, Any] = {"command": args.command, "namespace": args.namespace}
+    if args.command == "pin":
+        request["version"] = args.version
+    try:
+        answer = control.call(args.socket, request)
+    except OSError as e:
+        print(
+            f"hollow: no hollowd answers at {args.socket} ({e.strerror or e}); is it running? (--socket)",
+            file=sys.stderr,
+        )
+        return EXIT_NO_DAEMON
+    if not answer.get("ok"):
+        print(f"hollow: {answer.get('error')}", file=sys.stderr)
+        return int(answer.get("code", 1))
+    human = f"{answer['namespace']}: announced {answer['announced']}" + (
+        f" (pinned; latest {answer['latest']})" if answer.get("pinned") else ""
+    )
+    _emit(args, answer, human)
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "status": _status,
+    "versions": _versions,
+    "get": _get,
+    "inspect": _inspect,
+    "pin": _daemon,
+    "unpin": _daemon,
+    "cycle": _daemon,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

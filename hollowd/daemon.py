@@ -36,6 +36,7 @@ import hollow
 from hollow import layout
 from hollowd import systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
+from hollowd.control import ControlSocket
 from hollowd.errors import ConfigurationError, Error, ProducerLockedError, SchemaError
 from hollowd.producer import Producer
 from hollowd.sources import CallableSource, FileSource
@@ -133,7 +134,8 @@ class Daemon:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.events: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.control: ControlSocket | None = None
         self.runners: dict[str, NamespaceRunner] = {}
         self.in_cycle = False
         self.stopping = False
@@ -205,6 +207,12 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, lambda *_: self.events.put(("hup", "")))
         self.start()
+        self.control = ControlSocket(
+            self.cfg.control_socket,
+            lambda request: self.events.put(("control", request)),
+            mode=self.cfg.socket_mode,
+            group=self.cfg.socket_group,
+        )
         announced = self._announced_all()
         if announced:
             systemd.ready(self._status())
@@ -221,10 +229,10 @@ class Daemon:
                     next_ping = now + ping
                 timeout = min([r.due for r in self.runners.values()] + [next_ping if ping else now + 3600]) - now
                 try:
-                    kind, name = self.events.get(timeout=max(0.0, min(timeout, 3600)))
+                    kind, arg = self.events.get(timeout=max(0.0, min(timeout, 3600)))
                 except queue.Empty:
-                    kind, name = "due", ""
-                self._dispatch(kind, name)
+                    kind, arg = "due", ""
+                self._dispatch(kind, arg)
                 if not announced and self._announced_all():
                     announced = True
                     systemd.ready(self._status())
@@ -234,15 +242,62 @@ class Daemon:
         self.close()
         return 0
 
-    def _dispatch(self, kind: str, name: str) -> None:
-        if kind == "cycle" and name in self.runners:
-            self._cycle(self.runners[name])
+    def _dispatch(self, kind: str, arg: Any) -> None:
+        if kind == "cycle" and arg in self.runners:
+            self._cycle(self.runners[arg])
         elif kind == "hup":
             self._reload()
+        elif kind == "control":
+            arg.reply(self._control(arg.doc))
         now = time.monotonic()
         for runner in self.runners.values():
             if runner.due <= now:
                 self._cycle(runner)
+
+    def _control(self, doc: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0911 - one answer per command
+        """Carry out one control-socket request (in the main thread)."""
+        command, name = doc.get("command"), doc.get("namespace")
+        if command == "status":
+            return {
+                "ok": True,
+                "namespaces": {n: self._report(r) for n, r in self.runners.items() if name in (None, n)},
+            }
+        runner = self.runners.get(str(name))
+        if runner is None:
+            return {"ok": False, "error": f"no namespace {name!r}; serving: {', '.join(self.runners)}", "code": 1}
+        try:
+            if command == "pin":
+                version = int(doc["version"])
+                runner.producer.pin(version)
+                runner.store.save_pin(version)
+            elif command == "unpin":
+                runner.producer.unpin()
+                runner.store.save_pin(None)
+            elif command == "cycle":
+                self._cycle(runner)
+                if runner.last_error:
+                    return {"ok": False, "error": runner.last_error, "code": 1, **self._report(runner)}
+            else:
+                return {"ok": False, "error": f"unknown command {command!r}", "code": 2}
+        except (KeyError, ValueError, TypeError) as e:
+            return {"ok": False, "error": f"bad request: {e}", "code": 2}
+        except (Error, hollow.Error) as e:
+            return {"ok": False, "error": str(e), "code": 1}
+        systemd.status(self._status())
+        return {"ok": True, **self._report(runner)}
+
+    def _report(self, runner: NamespaceRunner) -> dict[str, Any]:
+        a = layout.read_announcement(runner.producer.dir)
+        return {
+            "namespace": runner.name,
+            "announced": a.version if a else None,
+            "pinned": bool(a and a.pinned),
+            "latest": a.latest if a else None,
+            "cycles_ok": runner.cycles["ok"],
+            "cycles_failed": runner.cycles["failed"],
+            "last_error": runner.last_error,
+            "last_good": runner.last_good,
+        }
 
     def _cycle(self, runner: NamespaceRunner) -> None:
         ns = runner.config
@@ -346,6 +401,9 @@ class Daemon:
         runner.producer.close()
 
     def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         for runner in self.runners.values():
             self._close_runner(runner)
         self.runners.clear()
@@ -374,10 +432,15 @@ indexes = ["country"]
     return _override(cfg, root, state_dir)
 
 
-def _override(cfg: Config, root: Path | None, state_dir: Path | None) -> Config:
+def _override(cfg: Config, root: Path | None, state_dir: Path | None, socket_path: Path | None = None) -> Config:
     from dataclasses import replace  # noqa: PLC0415
 
-    return replace(cfg, root=root or cfg.root, state_dir=state_dir or cfg.state_dir)
+    return replace(
+        cfg,
+        root=root or cfg.root,
+        state_dir=state_dir or cfg.state_dir,
+        control_socket=socket_path or cfg.control_socket,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,14 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, help="TOML configuration (default: the bundled airports example)")
     ap.add_argument("--root", type=Path, help="override the configuration's shared-memory root")
     ap.add_argument("--state-dir", type=Path, help="override the configuration's state directory")
+    ap.add_argument("--socket", type=Path, help="override the configuration's control socket")
     args = ap.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        cfg = (
-            _override(load(args.config), args.root, args.state_dir)
-            if args.config
-            else default_config(args.root, args.state_dir)
-        )
+        base = load(args.config) if args.config else default_config(None, None)
+        cfg = _override(base, args.root, args.state_dir, args.socket)
     except ConfigError as e:
         print(f"hollowd: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -24,6 +24,7 @@ CONFIG = """\
 [daemon]
 root = "{root}"
 state_dir = "{state}"
+control_socket = "{state}/control.sock"
 
 [namespaces.movies]
 schema = "{schema}"
@@ -236,6 +237,55 @@ def test_sighup_reload_keeps_serving_and_a_bad_reload_changes_nothing(
         assert d.proc.poll() is None
     finally:
         assert d.stop() == 0
+
+
+def hollow_cli(state: Path, *args: str) -> tuple[int, dict[str, object] | str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "hollowd.cli", "--socket", str(state / "control.sock"), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return out.returncode, json.loads(out.stdout) if out.returncode == 0 else out.stderr
+
+
+def test_pin_unpin_and_cycle_through_the_control_socket(
+    root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, source, state = setup
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        write_jsonl(source, [movie(i, title="two") for i in range(5)])
+        wait_until(lambda: announced(root) == 2)
+        rc, answer = hollow_cli(state, "pin", "movies", "1")
+        assert rc == 0
+        assert isinstance(answer, dict)
+        assert (answer["announced"], answer["pinned"], answer["latest"]) == (1, True, 2)
+        assert (state / "movies" / "pin").read_text().strip() == "1"
+        rc, err = hollow_cli(state, "pin", "movies", "99")
+        assert rc == 1
+        assert "does not exist" in str(err)
+        write_jsonl(source, [movie(i, title="three") for i in range(5)])
+        wait_until(lambda: layout.read_announcement(root / "movies").latest == 3)  # type: ignore[union-attr]
+        assert announced(root) == 1  # still pinned while publishing goes on
+        rc, answer = hollow_cli(state, "unpin", "movies")
+        assert (rc, announced(root)) == (0, 3)
+        assert not (state / "movies" / "pin").exists()
+        write_jsonl(source, [movie(i) for i in range(2)])  # fails min_records; cycle says so
+        rc, err = hollow_cli(state, "cycle", "movies")
+        assert rc == 1
+        assert "min_records[Movie]" in str(err)
+        rc, err = hollow_cli(state, "cycle", "nope")
+        assert rc == 1
+        assert "no namespace 'nope'" in str(err)
+    finally:
+        assert d.stop() == 0
+    assert not (state / "control.sock").exists()
+    rc, err = hollow_cli(state, "cycle", "movies")
+    assert rc == 4
+    assert "is it running" in str(err)
 
 
 def test_bad_config_exits_78_naming_the_line(tmp_path: Path) -> None:

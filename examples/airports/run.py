@@ -32,7 +32,11 @@ def main() -> int:
         notify.bind(str(Path(tmp) / "notify"))
         notify.settimeout(120)
         env = {**os.environ, "NOTIFY_SOCKET": str(Path(tmp) / "notify"), "PYTHONPATH": str(PROJECT)}
-        daemon = subprocess.Popen([BIN / "hollowd", "--root", root, "--state-dir", str(state)], env=env)
+        sock = PROJECT / "var" / "hollowd.sock"
+        env["HOLLOWD_SOCKET"] = str(sock)  # for the hollow commands below
+        daemon = subprocess.Popen(
+            [BIN / "hollowd", "--root", root, "--state-dir", str(state), "--socket", str(sock)], env=env
+        )
         try:
             started = time.monotonic()
             while b"READY=1" not in notify.recv(4096):
@@ -41,7 +45,7 @@ def main() -> int:
             print("$ hollow get airports Airport NZAA", flush=True)
             subprocess.run([BIN / "hollow", "--root", root, "get", "airports", "Airport", "NZAA"], check=True)
             print("\n$ hollow status airports", flush=True)
-            subprocess.run([BIN / "hollow", "--root", root, "status", "airports"], check=True)
+            subprocess.run([BIN / "hollow", "--root", root, "status", "airports"], check=True, env=env)
             print(flush=True)
             subprocess.run(
                 [sys.executable, "-m", "examples.airports.demo", "--root", root, "--readers-only"],
