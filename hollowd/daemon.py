@@ -38,6 +38,7 @@ from hollowd import systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
 from hollowd.control import ControlSocket
 from hollowd.errors import ConfigurationError, Error, ProducerLockedError, SchemaError
+from hollowd.metrics import Metrics
 from hollowd.producer import Producer
 from hollowd.sources import CallableSource, FileSource
 from hollowd.validators import MinimumRecordCount, RecordCountVariance, Validator, resolve
@@ -136,6 +137,7 @@ class Daemon:
         self.cfg = cfg
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.control: ControlSocket | None = None
+        self.metrics = Metrics(lambda: list(self.runners.values()))
         self.runners: dict[str, NamespaceRunner] = {}
         self.in_cycle = False
         self.stopping = False
@@ -213,6 +215,8 @@ class Daemon:
             mode=self.cfg.socket_mode,
             group=self.cfg.socket_group,
         )
+        if self.cfg.metrics_port:
+            self.metrics.serve(self.cfg.metrics_port)
         announced = self._announced_all()
         if announced:
             systemd.ready(self._status())
@@ -309,11 +313,13 @@ class Daemon:
         except (Error, hollow.Error, OSError) as e:
             runner.cycles["failed"] += 1
             runner.last_error = str(e)
+            self.metrics.cycle(runner.name, ok=False, timings=runner.producer.last_timings)
             log.error("hollowd: %s: cycle failed, nothing announced: %s", runner.name, e)
             return
         finally:
             self.in_cycle = False
         runner.cycles["ok"] += 1
+        self.metrics.cycle(runner.name, ok=True, timings=runner.producer.last_timings)
         runner.last_error = None
         runner.last_good = time.time()
         path = runner.producer.dir / layout.state_name(version)
@@ -401,6 +407,7 @@ class Daemon:
         runner.producer.close()
 
     def close(self) -> None:
+        self.metrics.close()
         if self.control is not None:
             self.control.close()
             self.control = None

@@ -85,6 +85,8 @@ class Producer:
         self.mode = mode
         self.validators = list(validators)
         self._reserve = reserve
+        #: Seconds per stage of the last cycle (build, validate, publish, announce, reclaim).
+        self.last_timings: dict[str, float] = {}
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
         self._lock_fd: int | None = _lock_namespace(self.dir)
         self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
@@ -103,9 +105,13 @@ class Producer:
         announces nothing) when a record is bad.
         """
         with _gc_paused():
+            started = time.monotonic()
             state = WriteState(self.schema)
             populate(state)
-            return self._publish_records(state.records)
+            populated = time.monotonic() - started
+            version = self._publish_records(state.records)
+            self.last_timings = {"populate": populated, **self.last_timings}
+            return version
 
     def run_incremental(self, change: IncrementalFn) -> int:
         """Run a cycle from the announced version plus *change*'s ``upsert`` and ``remove`` calls."""
@@ -123,6 +129,15 @@ class Producer:
             return self._publish_records(records)
 
     def _publish_records(self, records: dict[str, list[dict[str, Any]]]) -> int:
+        timings = self.last_timings = {}
+        clock = time.monotonic()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            timings[stage] = now - clock
+            clock = now
+
         previous = self._remembered(with_records=False)
         latest = self._last_version
         if latest and self._memory_version == latest and self._same_input(records, previous):
@@ -131,6 +146,7 @@ class Producer:
             name: build_type(self.schema.types[name], recs, previous.get(name), self._encoders, keep_records=True)
             for name, recs in records.items()
         }
+        lap("build")
         latest = self._last_version
         if latest and self._memory_version == latest and self._unchanged(built, previous):
             self._memory = {name: b.memory for name, b in built.items()}
@@ -147,9 +163,11 @@ class Producer:
                     records=records,
                 ),
             )
+        lap("validate")
         if self._reserve is not None:
             self._reserve(version)
         publish.write_state_file(self.dir, self.namespace, version, latest, self.schema, built.values(), mode=self.mode)
+        lap("publish")
         self._last_version = version
         self._memory = {name: b.memory for name, b in built.items()}
         self._memory_version = version
@@ -158,7 +176,9 @@ class Producer:
             self._announce(layout.Announcement(current.version, True, version, time.time_ns()))
         else:
             self._announce(self._announcement(version, pinned=False))
+        lap("announce")
         self.reclaim()
+        lap("reclaim")
         return version
 
     @staticmethod

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,41 @@ def test_pin_unpin_and_cycle_through_the_control_socket(
     rc, err = hollow_cli(state, "cycle", "movies")
     assert rc == 4
     assert "is it running" in str(err)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_prometheus_metrics(root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    config, source, _ = setup
+    port = free_port()
+    config.write_text(config.read_text().replace("[daemon]\n", f"[daemon]\nmetrics_port = {port}\n"))
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        write_jsonl(source, [movie(i) for i in range(2)])  # rejected by min_records
+        wait_until(lambda: "min_records[Movie]" in d.log.read_text())
+        with hollow.open("movies", root=root) as ds, ds.snapshot():
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+            pid_leases = 'hollowd_leases{namespace="movies",version="1"} 1.0'
+            assert pid_leases in text
+    finally:
+        assert d.stop() == 0
+    for line in (
+        'hollowd_cycles_total{namespace="movies",result="ok"} 1.0',
+        'hollowd_cycles_total{namespace="movies",result="failed"} 1.0',
+        'hollowd_announced_version{namespace="movies"} 1.0',
+        'hollowd_pinned{namespace="movies"} 0.0',
+        'hollowd_records{namespace="movies",type="Movie"} 5.0',
+        'hollowd_cycle_stage_seconds_count{namespace="movies",stage="publish"} 1.0',
+    ):
+        assert line in text, line
+    shm = next(ln for ln in text.splitlines() if ln.startswith('hollowd_shm_bytes{namespace="movies"}'))
+    assert float(shm.split()[-1]) == (root / "movies" / "1").stat().st_size
+    assert "hollowd_seconds_since_last_good_cycle" in text
 
 
 def test_bad_config_exits_78_naming_the_line(tmp_path: Path) -> None:
