@@ -6,6 +6,9 @@ The read-only commands read /dev/shm directly and need no daemon::
     hollow versions NS          the versions and their sizes
     hollow get NS TYPE KEY      one record (KEY: a value, or JSON for a composite key)
     hollow inspect NS [VERSION] types, counts, indexes, sizes and the schema
+    hollow diff NS A B          records added, removed and changed (field by field) by primary key
+    hollow history NS           the versions present: when, parent, record counts
+    hollow schema check FILE [--namespace NS]   compiles? can it read NS's data (evolution rules)?
 
 The commands that change things ask the daemon, over its control socket::
 
@@ -15,7 +18,7 @@ The commands that change things ask the daemon, over its control socket::
 
 Human tables by default, ``--json`` for scripts. Exit status: 0 done, 1 not
 found (namespace, version, type or record) or refused, 2 usage, 3 a damaged
-file, 4 no daemon answering.
+file, 4 no daemon answering, 5 an incompatible schema.
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hollow
 from hollow import layout
+from hollow import schema as reader_schema
 from hollowd import control
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CORRUPT, EXIT_NO_DAEMON = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CORRUPT, EXIT_NO_DAEMON, EXIT_INCOMPATIBLE = 0, 1, 2, 3, 4, 5
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="types, counts, indexes, sizes and schema of a version")
     p.add_argument("namespace")
     p.add_argument("version", nargs="?", type=int)
+    p = sub.add_parser("diff", help="records added, removed and changed (field by field) between two versions")
+    p.add_argument("namespace")
+    p.add_argument("a", type=int)
+    p.add_argument("b", type=int)
+    p.add_argument("--limit", type=int, default=50, help="show at most this many records per type and kind")
+    p = sub.add_parser("history", help="the versions still present: when, from which parent, how many records")
+    p.add_argument("namespace")
+    p = sub.add_parser("schema", help="schema tools")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("file", type=Path)
+    p.add_argument("--namespace", help="also check that FILE can read this namespace's current data")
     p = sub.add_parser("pin", help="(daemon) move every follower to VERSION and keep them there")
     p.add_argument("namespace")
     p.add_argument("version", type=int)
@@ -80,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except hollow.CorruptStateError as e:
         print(f"hollow: {e}", file=sys.stderr)
         return EXIT_CORRUPT
-    except (hollow.InvalidNameError, TypeError, ValueError) as e:
+    except (hollow.InvalidNameError, hollow.InvalidSchemaError, TypeError, ValueError, OSError) as e:
         print(f"hollow: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -208,6 +224,113 @@ def _record(doc: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
+def _diff(args: argparse.Namespace) -> int:
+    with (
+        hollow.open(args.namespace, root=args.root, follow=False) as ds,
+        ds.attach(args.a) as a,
+        ds.attach(args.b) as b,
+    ):
+        doc: dict[str, Any] = {"namespace": args.namespace, "a": args.a, "b": args.b, "types": {}}
+        lines = [f"{args.namespace}: version {args.a} -> {args.b}"]
+        for name in sorted(set(a.types) | set(b.types)):
+            before = _by_key(a[name]) if name in a.types else {}
+            after = _by_key(b[name]) if name in b.types else {}
+            added = [k for k in after if k not in before]
+            removed = [k for k in before if k not in after]
+            changed = {k: _fields_changed(before[k], after[k]) for k in after if k in before and before[k] != after[k]}
+            doc["types"][name] = {
+                "added": [_jsonable(k) for k in added],
+                "removed": [_jsonable(k) for k in removed],
+                "changed": {json.dumps(_jsonable(k)): c for k, c in changed.items()},
+            }
+            lines.append(f"{name}: {len(added)} added, {len(removed)} removed, {len(changed)} changed")
+            lines += [f"  + {k!r}" for k in added[: args.limit]]
+            lines += [f"  - {k!r}" for k in removed[: args.limit]]
+            for k, fields in list(changed.items())[: args.limit]:
+                lines.append(f"  ~ {k!r}: " + "; ".join(f"{f}: {o!r} -> {n!r}" for f, (o, n) in fields.items()))
+    _emit(args, doc, "\n".join(lines))
+    return EXIT_OK
+
+
+def _by_key(view: hollow.TypeView) -> dict[Any, dict[str, Any]]:
+    fields = view.primary.fields
+    out = {}
+    for record in view:
+        d = record.to_dict()
+        out[d.get(fields[0]) if len(fields) == 1 else tuple(d.get(f) for f in fields)] = d
+    return out
+
+
+def _fields_changed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {f: (old.get(f), new.get(f)) for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)}
+
+
+def _jsonable(key: Any) -> Any:
+    return list(key) if isinstance(key, tuple) else key
+
+
+def _history(args: argparse.Namespace) -> int:
+    st = hollow.status(args.namespace, root=args.root)
+    rows, doc = [], []
+    with hollow.open(args.namespace, root=args.root, follow=False) as ds:
+        for v in st.versions:
+            try:
+                with ds.attach(v.version) as snap:
+                    counts = {t: len(snap[t]) for t in snap.types}
+                    published = snap.published_at_ns
+                    parent = snap.parent_version
+            except hollow.Error as e:
+                doc.append({"version": v.version, "error": str(e)})
+                rows.append((str(v.version), "-", "-", f"unreadable: {e}"))
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(published / 1e9))
+            doc.append({"version": v.version, "published_at_ns": published, "parent": parent, "records": counts})
+            rows.append((str(v.version), when, str(parent or "-"), ", ".join(f"{t} {n:,}" for t, n in counts.items())))
+    _emit(args, doc, _table(("version", "published", "parent", "records"), rows))
+    return EXIT_OK
+
+
+def _schema(args: argparse.Namespace) -> int:
+    """Compile FILE (in a child process: a bad schema aborts pycapnp) and, with --namespace, check evolution."""
+    module = reader_schema.load_schema_file(args.file)
+    structs = {n: getattr(module, n) for n in dir(module) if hasattr(getattr(module, n), "schema")}
+    problems: list[str] = []
+    if args.namespace:
+        with hollow.open(args.namespace, root=args.root, follow=False) as ds, ds.snapshot() as snap:
+            for type_name in snap.types:
+                problems += _evolution(type_name, snap[type_name], structs.get(type_name))
+    doc = {"file": str(args.file), "structs": sorted(structs), "problems": problems}
+    human = f"{args.file}: compiles; structs: {', '.join(sorted(structs)) or 'none'}"
+    if args.namespace:
+        human += "\n" + ("\n".join(f"  incompatible: {p}" for p in problems) or f"  can read {args.namespace}'s data")
+    _emit(args, doc, human)
+    return EXIT_INCOMPATIBLE if problems else EXIT_OK
+
+
+def _evolution(name: str, view: hollow.TypeView, new: Any) -> list[str]:
+    """Cap'n Proto's rules: a struct keeps its id; a field keeps its ordinal's type; none disappears."""
+    if new is None:
+        return [f"{name}: no struct of that name in the new schema"]
+    old_schema = view.schema
+    if old_schema.node.id != new.schema.node.id:
+        return [f"{name}: type id {new.schema.node.id:#x} differs from the data's {old_schema.node.id:#x}"]
+    new_fields = {f.proto.ordinal.explicit: f.proto for f in new.schema.fields_list if f.proto.which() == "slot"}
+    out = []
+    for f in old_schema.fields_list:
+        proto = f.proto
+        if proto.which() != "slot":
+            continue
+        ordinal = proto.ordinal.explicit
+        other = new_fields.get(ordinal)
+        if other is None:
+            out.append(f"{name}.{proto.name} (@{ordinal}) was removed")
+        elif other.slot.type.which() != proto.slot.type.which():
+            out.append(
+                f"{name}.{proto.name} (@{ordinal}) changes type {proto.slot.type.which()} -> {other.slot.type.which()}"
+            )
+    return out
+
+
 def _daemon(args: argparse.Namespace) -> int:
     """pin, unpin, cycle: requests to the daemon over its control socket."""
     request: dict[str, Any] = {"command": args.command, "namespace": args.namespace}
@@ -236,6 +359,9 @@ _COMMANDS = {
     "versions": _versions,
     "get": _get,
     "inspect": _inspect,
+    "diff": _diff,
+    "history": _history,
+    "schema": _schema,
     "pin": _daemon,
     "unpin": _daemon,
     "cycle": _daemon,

@@ -103,3 +103,55 @@ def test_inspect(published: Path) -> None:
     assert rc == 0
     assert "Movie" in out
     assert "20" in out
+
+
+def test_diff_field_by_field(published: Path) -> None:
+    rc, out, _ = run(published, "diff", "movies", "1", "2", json_out=True)
+    doc = json.loads(out)
+    assert rc == 0
+    assert doc["types"]["Movie"]["added"] == [20]
+    assert doc["types"]["Movie"]["removed"] == []
+    assert doc["types"]["Role"]["added"] == [[3, 7]]
+    rc, out, _ = run(published, "diff", "movies", "2", "1")
+    assert "Movie: 0 added, 1 removed, 0 changed" in out
+    assert "- 20" in out
+
+
+def test_diff_shows_changed_fields(root: Path) -> None:
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(3)))
+        p.run_cycle(populate([movie(0), movie(1, title="Changed", year=2001), movie(2)]))
+    rc, out, _ = run(root, "diff", "movies", "1", "2", json_out=True)
+    assert rc == 0
+    changed = json.loads(out)["types"]["Movie"]["changed"]
+    assert changed == {"1": {"title": ["Movie 1", "Changed"], "year": [1951, 2001]}}
+    rc, out, _ = run(root, "diff", "movies", "1", "2")
+    assert "~ 1: title: 'Movie 1' -> 'Changed'; year: 1951 -> 2001" in out
+
+
+def test_history(published: Path) -> None:
+    rc, out, _ = run(published, "history", "movies", json_out=True)
+    doc = json.loads(out)
+    assert rc == 0
+    assert [(d["version"], d["parent"], d["records"]["Movie"]) for d in doc] == [(1, 0, 20), (2, 1, 21)]
+    rc, out, _ = run(published, "history", "movies")
+    assert "Movie 21" in out
+
+
+def test_schema_check(published: Path, tmp_path: Path) -> None:
+    schema = (Path(__file__).resolve().parent.parent / "schemas" / "movies.capnp").read_text()
+    ok = tmp_path / "newer.capnp"
+    ok.write_text(schema.replace("  releasedAt @6 :Timestamp;", "  releasedAt @6 :Timestamp;\n  subtitle @7 :Text;"))
+    rc, out, _ = run(published, "schema", "check", str(ok), "--namespace", "movies")
+    assert rc == 0
+    assert "can read movies's data" in out
+    bad = tmp_path / "bad.capnp"
+    bad.write_text(schema.replace("year @2 :UInt16;", "year @2 :Text;"))
+    rc, out, _ = run(published, "schema", "check", str(bad), "--namespace", "movies", json_out=True)
+    assert rc == cli.EXIT_INCOMPATIBLE
+    assert json.loads(out)["problems"] == ["Movie.year (@2) changes type uint16 -> text"]
+    broken = tmp_path / "broken.capnp"
+    broken.write_text(schema.replace("UInt16", "NoSuchType"))
+    rc, _, err = run(published, "schema", "check", str(broken))
+    assert rc == cli.EXIT_USAGE
+    assert "does not compile" in err

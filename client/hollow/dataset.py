@@ -109,6 +109,11 @@ class Snapshot:
         return self._live().published_at_ns
 
     @property
+    def parent_version(self) -> int:
+        """The version this one was produced after (0 for a namespace's first)."""
+        return self._live().header.parent_version
+
+    @property
     def schema_source(self) -> str:
         """The text of the schema the producer published this version with."""
         return str(self._live().schema_source)

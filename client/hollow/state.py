@@ -146,4 +146,6 @@ class StateFile:
             raise CorruptStateError(f"{what}: {name} holes do not match its counts")
         primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
         secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
-        return TypeView(name, records, count, holes, primary, secondary, content_hash=ts.contentHash, what=what)
+        return TypeView(
+            name, records, count, holes, primary, secondary, content_hash=ts.contentHash, schema=struct, what=what
+        )

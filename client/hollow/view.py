@@ -137,6 +137,7 @@ class TypeView:
         "indexes",
         "name",
         "primary",
+        "schema",
         "what",
     )
 
@@ -150,10 +151,13 @@ class TypeView:
         indexes: list[IndexTable],
         *,
         content_hash: int = 0,
+        schema: Any = None,
         what: str,
     ) -> None:
         self.name = name
         self.content_hash = content_hash
+        #: The struct schema records are read through (the data's own, or the one the reader passed).
+        self.schema = schema
         self.count = count
         self.what = what
         self.primary = primary
