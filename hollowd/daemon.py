@@ -37,7 +37,7 @@ from hollow import layout
 from hollowd import systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
 from hollowd.control import ControlSocket
-from hollowd.errors import ConfigurationError, Error, ProducerLockedError, SchemaError
+from hollowd.errors import ConfigurationError, Error, ProducerLockedError, SchemaError, ValidationFailedError
 from hollowd.metrics import Metrics
 from hollowd.producer import Producer
 from hollowd.sources import CallableSource, FileSource
@@ -45,6 +45,8 @@ from hollowd.validators import MinimumRecordCount, RecordCountVariance, Validato
 
 log = logging.getLogger("hollowd")
 EXIT_RUNNING = 75  # EX_TEMPFAIL: another daemon holds the state directory or a namespace
+#: Seconds of start-up time asked of systemd before each cycle until ready (EXTEND_TIMEOUT_USEC).
+FIRST_BUILD_GRACE = 600.0
 
 
 class Stop(BaseException):
@@ -141,6 +143,7 @@ class Daemon:
         self.runners: dict[str, NamespaceRunner] = {}
         self.in_cycle = False
         self.stopping = False
+        self._ready_sent = False
         self._lock_fd: int | None = None
 
     # -- start ------------------------------------------------------------------------
@@ -198,9 +201,9 @@ class Daemon:
         try:
             version = runner.producer.materialize(runner.store.saved, pinned=runner.store.pin is not None)
         except (Error, hollow.Error, OSError) as e:
-            log.error("hollowd: %s: cannot restore the saved version: %s", runner.name, e)
+            log.error("hollowd: event=restore-failed namespace=%s error=%r", runner.name, str(e))
             return
-        log.info("hollowd: %s: restored version %d from %s", runner.name, version, runner.store.saved)
+        log.info("hollowd: event=restored namespace=%s version=%d from=%s", runner.name, version, runner.store.saved)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class Daemon:
             self.metrics.serve(self.cfg.metrics_port)
         announced = self._announced_all()
         if announced:
-            systemd.ready(self._status())
+            self._ready()
         for runner in self.runners.values():
             self._watch(runner)
             self.events.put(("cycle", runner.name))
@@ -239,12 +242,17 @@ class Daemon:
                 self._dispatch(kind, arg)
                 if not announced and self._announced_all():
                     announced = True
-                    systemd.ready(self._status())
+                    self._ready()
         except Stop:
             log.info("hollowd: stopping; the cycle in flight was abandoned, nothing partial was published")
         systemd.stopping()
         self.close()
         return 0
+
+    def _ready(self) -> None:
+        self._ready_sent = True
+        systemd.ready(self._status())
+        log.info("hollowd: event=ready status=%r", self._status())
 
     def _dispatch(self, kind: str, arg: Any) -> None:
         if kind == "cycle" and arg in self.runners:
@@ -304,6 +312,8 @@ class Daemon:
         }
 
     def _cycle(self, runner: NamespaceRunner) -> None:
+        if not self._ready_sent:
+            systemd.extend_timeout(FIRST_BUILD_GRACE)  # a first build of a big dataset may take minutes
         ns = runner.config
         runner.due = time.monotonic() + ns.interval if ns.source_is_callable else float("inf")
         started = time.monotonic()
@@ -314,7 +324,12 @@ class Daemon:
             runner.cycles["failed"] += 1
             runner.last_error = str(e)
             self.metrics.cycle(runner.name, ok=False, timings=runner.producer.last_timings)
-            log.error("hollowd: %s: cycle failed, nothing announced: %s", runner.name, e)
+            log.error(
+                "hollowd: event=cycle-failed namespace=%s error=%r (nothing announced)%s",
+                runner.name,
+                str(e),
+                f" validator={e.validator}" if isinstance(e, ValidationFailedError) else "",
+            )
             return
         finally:
             self.in_cycle = False
@@ -326,7 +341,12 @@ class Daemon:
         if version != runner.saved_version:
             runner.store.save(path)
             runner.saved_version = version
-        log.info("hollowd: %s: version %d in %.2f s", runner.name, version, time.monotonic() - started)
+        log.info(
+            "hollowd: event=cycle namespace=%s version=%d seconds=%.3f",
+            runner.name,
+            version,
+            time.monotonic() - started,
+        )
         systemd.status(self._status())
 
     def _watch(self, runner: NamespaceRunner) -> None:
@@ -450,6 +470,14 @@ def _override(cfg: Config, root: Path | None, state_dir: Path | None, socket_pat
     )
 
 
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def _priority(record: logging.LogRecord) -> bool:
+    record.priority = _PRIORITIES.get(record.levelno, 6)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hollowd", description="Serve versioned datasets in shared memory.")
     ap.add_argument("--config", type=Path, help="TOML configuration (default: the bundled airports example)")
@@ -457,7 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", type=Path, help="override the configuration's state directory")
     ap.add_argument("--socket", type=Path, help="override the configuration's control socket")
     args = ap.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(message)s")
+    # journald keeps stderr lines; the "<N>" prefix gives each its syslog priority (sd-daemon(3)).
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="<%(priority)s>%(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_priority)
     try:
         base = load(args.config) if args.config else default_config(None, None)
         cfg = _override(base, args.root, args.state_dir, args.socket)

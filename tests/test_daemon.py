@@ -51,12 +51,12 @@ min_records = {{ Movie = 3 }}
 class Daemon:
     """hollowd in a subprocess, with a NOTIFY_SOCKET this test reads."""
 
-    def __init__(self, config: Path, tmp: Path) -> None:
+    def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.notify_path))
         self.log = tmp / "daemon.log"
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify_path)}
+        env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify_path)}
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log, env=env
@@ -176,6 +176,33 @@ def test_kill_9_then_restart_serves_the_last_good_version_and_counts_on(
         assert announced(root) == 2  # same data: the same version
         write_jsonl(source, [movie(i, title="third") for i in range(5)])
         wait_until(lambda: announced(root) == 3)
+    finally:
+        assert d.stop() == 0
+
+
+def test_kill_9_mid_cycle_then_restart(root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    config, source, _ = setup
+    control = tmp_path / "control"
+    control.mkdir()
+    text = config.read_text().replace(f'source = "{source}"', 'source = "tests.slow_source:populate"')
+    config.write_text(text.replace("debounce = 0.2", "interval = 0.3"))
+    env = {"HOLLOW_TEST_CONTROL": str(control)}
+    d = Daemon(config, tmp_path, env)
+    d.notifications("READY=1")
+    assert announced(root) == 1
+    (control / "title").write_text("second")
+    (control / "slow").touch()
+    wait_until((control / "in-cycle").exists)  # the daemon is inside a cycle now
+    assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+    (control / "slow").unlink()
+    d = Daemon(config, tmp_path, env)
+    try:
+        d.notifications("READY=1")
+        assert announced(root) in (1, 2)  # the last good version at once, then the new one
+        wait_until(lambda: announced(root) == 2)
+        with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+            assert snap["Movie"][0].title == "second"
+        assert not list((root / "movies").glob(".*.tmp"))  # nothing partial left behind
     finally:
         assert d.stop() == 0
 
