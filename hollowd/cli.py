@@ -116,14 +116,31 @@ def _status(args: argparse.Namespace) -> int:
         )
         for v in st.versions
     ]
+    doc = st.to_dict()
     human = (
         f"{st.namespace} at {st.root}: announced {st.announced}"
         + (f" (pinned; latest {st.latest})" if st.pinned else "")
         + f", {len(st.followers)} following process(es)\n"
         + _table(("version", "bytes", "", "leases (pids)"), rows)
     )
-    _emit(args, st.to_dict(), human)
+    daemon = _daemon_view(args, st.namespace)
+    if daemon is not None:
+        doc["daemon"] = daemon
+        human += f"\ndaemon: {daemon['cycles_ok']} cycles ok, {daemon['cycles_failed']} failed"
+        if daemon.get("last_error"):
+            human += f"; the last failed: {daemon['last_error']}"
+    _emit(args, doc, human)
     return EXIT_OK
+
+
+def _daemon_view(args: argparse.Namespace, namespace: str) -> dict[str, Any] | None:
+    """What the daemon says of *namespace* (cycles, the last error), when one answers on the socket."""
+    try:
+        answer = control.call(args.socket, {"command": "status", "namespace": namespace}, timeout=10)
+    except (OSError, ValueError):
+        return None
+    view = answer.get("namespaces", {}).get(namespace) if answer.get("ok") else None
+    return view if isinstance(view, dict) else None
 
 
 def _versions(args: argparse.Namespace) -> int:

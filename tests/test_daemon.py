@@ -155,6 +155,23 @@ def test_half_written_file_and_failing_validator_announce_nothing(
         write_jsonl(source, [movie(i) for i in range(2)])  # below min_records = 3
         wait_until(lambda: "min_records[Movie]" in d.log.read_text())
         assert announced(root) == 1
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hollowd.cli",
+                "--root",
+                str(root),
+                "--socket",
+                str(setup[2] / "control.sock"),
+                "status",
+                "movies",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "the last failed: validator min_records[Movie] rejected the version" in status
         write_jsonl(source, [movie(i) for i in range(7)])  # good again: the next cycle proceeds
         wait_until(lambda: announced(root) == 2)
     finally:
@@ -349,6 +366,44 @@ def test_prometheus_metrics(root: Path, tmp_path: Path, setup: tuple[Path, Path,
     shm = next(ln for ln in text.splitlines() if ln.startswith('hollowd_shm_bytes{namespace="movies"}'))
     assert float(shm.split()[-1]) == (root / "movies" / "1").stat().st_size
     assert "hollowd_seconds_since_last_good_cycle" in text
+
+
+def test_watchdog_pings(root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    config, _, _ = setup
+    d = Daemon(config, tmp_path, {"WATCHDOG_USEC": "400000"})  # WatchdogSec=0.4: a ping every 0.2 s
+    try:
+        d.notifications("READY=1")
+        d.notifications("WATCHDOG=1", timeout=30)
+        d.notifications("WATCHDOG=1", timeout=30)
+    finally:
+        assert d.stop() == 0
+
+
+def test_pin_and_status_in_human_form(root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:
+    config, source, state = setup
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        write_jsonl(source, [movie(i, title="2") for i in range(5)])
+        wait_until(lambda: announced(root) == 2)
+        sock = ["--socket", str(state / "control.sock")]
+        out = subprocess.run(
+            [sys.executable, "-m", "hollowd.cli", *sock, "pin", "movies", "1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip() == "movies: announced 1 (pinned; latest 2)"
+        out = subprocess.run(
+            [sys.executable, "-m", "hollowd.cli", "--root", str(root), "status", "movies"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "announced 1 (pinned; latest 2)" in out
+        assert "announced pinned" in out
+    finally:
+        assert d.stop() == 0
 
 
 def test_bad_config_exits_78_naming_the_line(tmp_path: Path) -> None:
