@@ -2,9 +2,9 @@
 
 * :class:`FileSource`: a JSON, JSON Lines or CSV file, or a directory of them
   (read in name order). JSON holds a list of records, or an object mapping type
-  names to lists. A JSON Lines file must end with a newline: one that ends
-  mid-record is being written and is refused as incomplete (the daemon waits
-  for the writer and tries again). CSV cells are converted by the schema's field
+  names to lists. JSON Lines and CSV files must end with a newline: one that
+  ends mid-record is being written and is refused as incomplete (the daemon
+  waits for the writer and tries again); half a JSON document does not parse. CSV cells are converted by the schema's field
   types; an empty cell is an absent field; a list or struct cell holds JSON.
 * :class:`CallableSource`: ``module:function``, called with the cycle's state
   (the same ``populate`` a Producer's ``run_cycle`` takes).
@@ -138,6 +138,8 @@ class FileSource:
         raise SourceError(f"{path}: not valid JSON Lines")
 
     def _csv(self, path: Path, data: bytes) -> list[dict[str, Any]]:
+        if data and not data.endswith(b"\n"):  # its last row may be cut short: not a whole file yet
+            raise SourceError(f"{path}: ends mid-row (no final newline): still being written; retrying later")
         type_name = self._default_type(path)
         fields = {f.proto.name: f.proto.slot.type.which() for f in self.schema.type(type_name).schema.fields_list}
         try:

@@ -59,6 +59,9 @@ def test_csv_cells_follow_the_schema(producer, root: Path, tmp_path: Path) -> No
         heat, up = snap["Movie"][1], snap["Movie"][2]
         assert (heat.year, heat.genre, list(heat.tags)) == (1995, "Crime", ["heist"])
         assert (up.year, up.genre) == (0, "")  # empty cells are absent fields
+    f.write_text("id,title,year\n1,Heat,1995\n2,Up,20")  # the writer is mid-row: 20 is not 2009
+    with pytest.raises(SourceError, match="ends mid-row"):
+        producer.run_cycle(FileSource(f, producer.schema, type_name="Movie"))
     f.write_text("id,title,year\n1,Heat,nineteen\n")
     with pytest.raises(SourceError, match=r"movies.csv:2: column 'year'"):
         producer.run_cycle(FileSource(f, producer.schema, type_name="Movie"))
