@@ -4,8 +4,9 @@
   (read in name order). JSON holds a list of records, or an object mapping type
   names to lists. JSON Lines and CSV files must end with a newline: one that
   ends mid-record is being written and is refused as incomplete (the daemon
-  waits for the writer and tries again); half a JSON document does not parse. CSV cells are converted by the schema's field
-  types; an empty cell is an absent field; a list or struct cell holds JSON.
+  waits for the writer and tries again); half a JSON document does not parse.
+  CSV cells are converted by the schema's field types; an empty cell is an
+  absent field; a list or struct cell holds JSON.
 * :class:`CallableSource`: ``module:function``, called with the cycle's state
   (the same ``populate`` a Producer's ``run_cycle`` takes).
 
