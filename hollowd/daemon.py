@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import logging
 import os
 import queue
@@ -34,7 +33,7 @@ from typing import Any
 
 import hollow
 from hollow import layout
-from hollowd import systemd
+from hollowd import pidlock, systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
 from hollowd.control import ControlSocket
 from hollowd.errors import ConfigurationError, Error, ProducerLockedError, SchemaError, ValidationFailedError
@@ -157,19 +156,12 @@ class Daemon:
 
     def _lock_state_dir(self) -> None:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        path = self.cfg.state_dir / "hollowd.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+            self._lock_fd = pidlock.acquire(self.cfg.state_dir / "hollowd.lock", 0o640)
+        except pidlock.HeldError as e:
             raise AlreadyRunningError(
-                f"another hollowd (PID {holder}) is running with state directory {self.cfg.state_dir}"
+                f"another hollowd (PID {e.holder}) is running with state directory {self.cfg.state_dir}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
 
     def _runner(self, ns: NamespaceConfig) -> NamespaceRunner:
         store = StateStore(self.cfg.state_dir, ns.name)

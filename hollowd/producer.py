@@ -12,7 +12,6 @@ One producer owns a namespace at a time: it holds an exclusive flock(2) on
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any
 from hollow import doorbell, layout
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
-from hollowd import encoder, publish
+from hollowd import encoder, pidlock, publish
 from hollowd import validators as validation
 from hollowd.errors import ProducerLockedError, PublishError, ValidationError, VersionNotFoundError
 from hollowd.schema import NamespaceSchema
@@ -353,19 +352,12 @@ def _content_hash(state: StateFile, name: str) -> int:
 
 
 def _lock_namespace(ns_dir: Path) -> int:
-    path = ns_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+        return pidlock.acquire(ns_dir / LOCK_FILE)
+    except pidlock.HeldError as e:
         raise ProducerLockedError(
-            f"another producer (PID {holder}) owns {ns_dir}; stop it first, or use another namespace or root"
+            f"another producer (PID {e.holder}) owns {ns_dir}; stop it first, or use another namespace or root"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _tmp_owner_dead(name: str) -> bool:

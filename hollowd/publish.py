@@ -19,7 +19,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,28 +161,35 @@ def write_state_file(
         namespace=namespace,
         published_at_ns=now,
     )
-    final = ns_dir / layout.state_name(version)
-    tmp = ns_dir / f".{version}.{os.getpid()}.tmp"
-    _write(tmp, total, [_Piece(0, header.pack()), *place.pieces], mode)
-    try:
-        verify(tmp, namespace, version, types)
-        _create_lockfile(ns_dir, version, mode)  # before the state file appears: readers lease on sight
-        os.rename(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return final
+    return _install(
+        ns_dir,
+        version,
+        total,
+        [_Piece(0, header.pack()), *place.pieces],
+        mode,
+        lambda tmp: verify(tmp, namespace, version, types),
+    )
 
 
 def copy_state_file(ns_dir: Path, version: int, data: bytes, *, mode: int, namespace: str) -> Path:
     """Publish the bytes of an existing state file (a durable copy) as *version*: same steps as a new one."""
+
+    def check(tmp: Path) -> None:
+        StateFile(tmp, namespace=namespace)  # refuse to put back a file that does not read
+
+    return _install(ns_dir, version, len(data), [_Piece(0, data)], mode, check)
+
+
+def _install(
+    ns_dir: Path, version: int, total: int, pieces: list[_Piece], mode: int, check: Callable[[Path], None]
+) -> Path:
+    """Write under a temporary name, check, create the lockfile, rename into place (or leave nothing)."""
     final = ns_dir / layout.state_name(version)
     tmp = ns_dir / f".{version}.{os.getpid()}.tmp"
-    _write(tmp, len(data), [_Piece(0, data)], mode)
+    _write(tmp, total, pieces, mode)
     try:
-        StateFile(tmp, namespace=namespace)  # refuse to put back a file that does not read
-        _create_lockfile(ns_dir, version, mode)
+        check(tmp)
+        _create_lockfile(ns_dir, version, mode)  # before the state file appears: readers lease on sight
         os.rename(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
