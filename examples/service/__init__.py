@@ -1,0 +1,1 @@
+"""A small web service over the airports namespace (WSGI, gunicorn)."""

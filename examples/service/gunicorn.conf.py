@@ -1,0 +1,9 @@
+"""gunicorn config for the airports service: each worker attaches after the fork (two lines)."""
+
+from hollow.gunicorn import hooks
+
+post_worker_init, worker_exit = hooks("airports")
+
+bind = "127.0.0.1:8000"
+workers = 4
+preload_app = True  # safe: the dataset is opened per worker, after the fork

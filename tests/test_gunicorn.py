@@ -1,0 +1,90 @@
+"""Real gunicorn, real HTTP: every worker serves the shared version and follows a new one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from hollow import lease
+from tests.helpers import ROOT, movie, movies_producer, populate
+
+APP = """
+import hollow.wsgi, json, os
+
+def service(environ, start_response):
+    snap = environ["hollow.snapshot"]
+    m = snap["Movie"].get(int(environ["PATH_INFO"].strip("/") or 0))
+    body = json.dumps({"version": snap.version, "pid": os.getpid(), "title": m.title if m else None}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+app = hollow.wsgi.Middleware(service, "movies", root=os.environ["HOLLOW_TEST_ROOT"])
+"""
+
+CONF = """
+import os
+from hollow.gunicorn import hooks
+post_worker_init, worker_exit = hooks("movies", root=os.environ["HOLLOW_TEST_ROOT"])
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_workers_share_and_follow_versions(root: Path, tmp_path: Path, preload: bool) -> None:
+    (tmp_path / "gapp.py").write_text(APP)
+    (tmp_path / "gconf.py").write_text(CONF)
+    port = free_port()
+    env = {**os.environ, "HOLLOW_TEST_ROOT": str(root), "PYTHONPATH": f"{tmp_path}:{ROOT}/client:{ROOT}"}
+    with movies_producer(root) as producer:
+        producer.run_cycle(populate(movie(i, title="v1") for i in range(10)))
+        cmd = [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "gconf.py"), "-w", "3", "-b", f"127.0.0.1:{port}"]
+        cmd += ["--preload"] if preload else []
+        log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed in finally
+        proc = subprocess.Popen([*cmd, "gapp:app"], env=env, cwd=tmp_path, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    first = get(port, "/1")
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+                    time.sleep(0.2)
+            assert first == {"version": 1, "pid": first["pid"], "title": "v1"}
+            pids = {get(port, "/1")["pid"] for _ in range(60)}
+            assert len(pids) >= 2  # several workers answered, all from the one shared version
+            holders = set(lease.holders(lease.lock_path(root / "movies", 1)))
+            assert pids <= holders  # each worker holds its own lease (not the master's, inherited)
+            producer.run_cycle(populate(movie(i, title="v2") for i in range(10)))
+            deadline = time.monotonic() + 30
+            seen: dict[int, object] = {}
+            while set(seen.values()) != {2} or len(seen) < len(pids):
+                answer = get(port, "/1")
+                assert (answer["version"], answer["title"]) in ((1, "v1"), (2, "v2"))  # one version per request
+                seen[int(answer["pid"])] = answer["version"]
+                assert time.monotonic() < deadline, f"workers did not all move to version 2: {seen}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            log.close()
+    # workers exited through worker_exit: no lease and no doorbell of theirs remains
+    assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in pids)]
