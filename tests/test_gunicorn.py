@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -88,3 +89,64 @@ def test_workers_share_and_follow_versions(root: Path, tmp_path: Path, preload: 
             log.close()
     # workers exited through worker_exit: no lease and no doorbell of theirs remains
     assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in pids)]
+
+
+def start(root: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, TextIO]:
+    (tmp_path / "gapp.py").write_text(APP)
+    (tmp_path / "gconf.py").write_text(CONF)
+    port = free_port()
+    env = {**os.environ, "HOLLOW_TEST_ROOT": str(root), "PYTHONPATH": f"{tmp_path}:{ROOT}/client:{ROOT}"}
+    log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed by the caller
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(tmp_path / "gconf.py"), "-b", f"127.0.0.1:{port}", *extra]
+    proc = subprocess.Popen([*cmd, "gapp:app"], env=env, cwd=tmp_path, stderr=log)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            get(port, "/1")
+            return proc, port, log
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+            time.sleep(0.2)
+
+
+def test_recycled_workers_attach_again_and_leave_nothing(root: Path, tmp_path: Path) -> None:
+    with movies_producer(root) as producer:
+        producer.run_cycle(populate(movie(i, title="v1") for i in range(10)))
+        proc, port, log = start(root, tmp_path, "-w", "2", "--max-requests", "4")
+        try:
+            pids = set()
+            for _ in range(40):
+                answer = get(port, "/3")
+                assert (answer["version"], answer["title"]) == (1, "v1")
+                pids.add(int(answer["pid"]))
+            assert len(pids) > 2  # workers were recycled, and the new ones attached
+            lock = lease.lock_path(root / "movies", 1)
+            alive = {p for p in pids if Path(f"/proc/{p}").exists()}
+            assert set(lease.holders(lock)) - {proc.pid} <= alive  # no lease of a recycled worker
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            log.close()
+    gone = pids - alive
+    assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in gone)]
+
+
+def test_worker_killed_with_sigkill_leaves_no_lease(root: Path, tmp_path: Path) -> None:
+    with movies_producer(root) as producer:
+        producer.run_cycle(populate(movie(i, title="v1") for i in range(10)))
+        proc, port, log = start(root, tmp_path, "-w", "2")
+        try:
+            victim = int(get(port, "/1")["pid"])
+            lock = lease.lock_path(root / "movies", 1)
+            assert victim in lease.holders(lock)
+            os.kill(victim, 9)
+            deadline = time.monotonic() + 30
+            while victim in lease.holders(lock):
+                assert time.monotonic() < deadline, "the killed worker's lease stayed"
+                time.sleep(0.1)
+            answers = {int(get(port, "/1")["pid"]) for _ in range(30)}
+            assert victim not in answers  # the replacement worker serves, from the same version
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            log.close()
