@@ -62,8 +62,8 @@ def _is_prime(c: int) -> bool:
     return all(c % d for d in range(3, int(c**0.5) + 1, 2))
 
 
-def home_slots(kind: int, fps: Any, capacity: int) -> Any:
-    del kind  # every kind: fingerprint modulo a prime capacity (layout.slot_of)
+def home_slots(fps: Any, capacity: int) -> Any:
+    """Each fingerprint's first slot, as ``layout.slot_of`` computes it for readers."""
     return fps % np.uint64(capacity)
 
 
@@ -90,7 +90,7 @@ def build_unique(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
     """A primary-key table: slot -> (key, ordinal + 1). *fps* must be distinct."""
     n = len(fps)
     cap = capacity_for(n)
-    pos = place(home_slots(spec.kind, fps, cap), cap)
+    pos = place(home_slots(fps, cap), cap)
     slots = np.zeros((cap, 2), dtype=np.uint64)
     slots[pos, 0] = fps
     slots[pos, 1] = ordinals.astype(np.uint64) + np.uint64(1)
@@ -104,7 +104,7 @@ def build_multi(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
     postings = ordinals[order].astype(np.uint32)
     distinct, starts, counts = np.unique(sorted_fps, return_index=True, return_counts=True)
     cap = capacity_for(len(distinct))
-    pos = place(home_slots(spec.kind, distinct, cap), cap)
+    pos = place(home_slots(distinct, cap), cap)
     slots = np.zeros((cap, 2), dtype=np.uint64)
     slots[pos, 0] = distinct
     slots[pos, 1] = (starts.astype(np.uint64) + np.uint64(1)) | (counts.astype(np.uint64) << np.uint64(32))

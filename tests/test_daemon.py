@@ -105,6 +105,13 @@ def setup(root: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     return config, source, state
 
 
+def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` to completion (the CLI, or a daemon expected to refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def write_jsonl(path: Path, records: list[dict[str, object]], *, partial: str = "") -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records) + partial)
@@ -155,23 +162,9 @@ def test_half_written_file_and_failing_validator_announce_nothing(
         write_jsonl(source, [movie(i) for i in range(2)])  # below min_records = 3
         wait_until(lambda: "min_records[Movie]" in d.log.read_text())
         assert announced(root) == 1
-        status = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hollowd.cli",
-                "--root",
-                str(root),
-                "--socket",
-                str(setup[2] / "control.sock"),
-                "status",
-                "movies",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert "the last failed: validator min_records[Movie] rejected the version" in status
+        status = run("hollowd.cli", "--root", str(root), "--socket", str(setup[2] / "control.sock"), "status", "movies")
+        assert status.returncode == 0
+        assert "the last failed: validator min_records[Movie] rejected the version" in status.stdout
         write_jsonl(source, [movie(i) for i in range(7)])  # good again: the next cycle proceeds
         wait_until(lambda: announced(root) == 2)
     finally:
@@ -251,13 +244,7 @@ def test_second_daemon_is_refused_naming_the_pid(root: Path, tmp_path: Path, set
     d = Daemon(config, tmp_path)
     try:
         d.notifications("READY=1")
-        second = subprocess.run(
-            [sys.executable, "-m", "hollowd.daemon", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        second = run("hollowd.daemon", "--config", str(config))
         assert second.returncode == EXIT_RUNNING
         assert f"PID {d.proc.pid}" in second.stderr
     finally:
@@ -285,13 +272,7 @@ def test_sighup_reload_keeps_serving_and_a_bad_reload_changes_nothing(
 
 
 def hollow_cli(state: Path, *args: str) -> tuple[int, dict[str, object] | str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "hollowd.cli", "--socket", str(state / "control.sock"), "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = run("hollowd.cli", "--socket", str(state / "control.sock"), "--json", *args)
     return out.returncode, json.loads(out.stdout) if out.returncode == 0 else out.stderr
 
 
@@ -387,21 +368,13 @@ def test_pin_and_status_in_human_form(root: Path, tmp_path: Path, setup: tuple[P
         write_jsonl(source, [movie(i, title="2") for i in range(5)])
         wait_until(lambda: announced(root) == 2)
         sock = ["--socket", str(state / "control.sock")]
-        out = subprocess.run(
-            [sys.executable, "-m", "hollowd.cli", *sock, "pin", "movies", "1"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert out.strip() == "movies: announced 1 (pinned; latest 2)"
-        out = subprocess.run(
-            [sys.executable, "-m", "hollowd.cli", "--root", str(root), "status", "movies"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert "announced 1 (pinned; latest 2)" in out
-        assert "announced pinned" in out
+        pin = run("hollowd.cli", *sock, "pin", "movies", "1")
+        assert pin.returncode == 0
+        assert pin.stdout.strip() == "movies: announced 1 (pinned; latest 2)"
+        out = run("hollowd.cli", "--root", str(root), "status", "movies")
+        assert out.returncode == 0
+        assert "announced 1 (pinned; latest 2)" in out.stdout
+        assert "announced pinned" in out.stdout
     finally:
         assert d.stop() == 0
 
@@ -409,12 +382,6 @@ def test_pin_and_status_in_human_form(root: Path, tmp_path: Path, setup: tuple[P
 def test_bad_config_exits_78_naming_the_line(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[daemon]\nmetrics_port = "x"\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "hollowd.daemon", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = run("hollowd.daemon", "--config", str(config))
     assert out.returncode == EXIT_CONFIG
     assert f"{config}:2: daemon.metrics_port" in out.stderr

@@ -297,12 +297,11 @@ def key_fingerprint(kind: int, key_types: tuple[int, ...], key: Any) -> int:
     return xxhash.xxh3_64_intdigest(b"".join(len(p).to_bytes(4, "little") + p for p in parts))
 
 
-def slot_of(kind: int, fingerprint: int, capacity: int) -> int:
+def slot_of(fingerprint: int, capacity: int) -> int:
     """The first slot probed for *fingerprint* in a table of *capacity* slots.
 
     Integer keys are their own hash (as in CPython's dict): dense ids fill a
     table without a single collision. Capacities are prime, so only keys that
     differ by a multiple of the capacity share a home slot.
     """
-    del kind
     return fingerprint % capacity

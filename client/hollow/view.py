@@ -74,7 +74,7 @@ class IndexTable:
         """Values of the slots whose stored key equals *fp*, in probe order (one for a unique index)."""
         cap = self.capacity
         slots = self.slots
-        s = layout.slot_of(self.kind, fp, cap)
+        s = layout.slot_of(fp, cap)
         for _ in range(cap):
             value = slots[2 * s + 1]
             if not value:
