@@ -9,7 +9,12 @@ Each worker opens its own following dataset after the fork (its own leases,
 doorbell and thread: flock locks and threads do not survive fork as they
 should, PITFALLS.md 4 and 16), so the first request finds the version
 attached; ``worker_exit`` closes them, so a recycled worker (``max_requests``)
-leaves no lease or doorbell behind. Works with and without ``--preload``.
+leaves no lease or doorbell behind. Works with and without ``--preload``, and
+with sync, gthread and uvicorn workers (:mod:`hollow.wsgi`, :mod:`hollow.asgi`).
+
+A namespace that cannot be opened yet (the daemon has not published it) does
+not keep the worker from booting: the hook logs it, the middleware answers
+503 until it can, and the first request after that attaches.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from hollow import wsgi
+from hollow import serving
+from hollow.errors import Error
 
 
 def hooks(
@@ -28,9 +34,12 @@ def hooks(
 
     def post_worker_init(worker: Any) -> None:
         for namespace in namespaces:
-            wsgi.dataset(namespace, root)
+            try:
+                serving.dataset(namespace, root)
+            except Error as e:
+                worker.log.warning("hollow: worker %s serves 503 until %r can be opened: %s", worker.pid, namespace, e)
 
     def worker_exit(server: Any, worker: Any) -> None:
-        wsgi.close_all()
+        serving.close_all()
 
     return post_worker_init, worker_exit

@@ -5,47 +5,32 @@
     import hollow.wsgi
     app = hollow.wsgi.Middleware(app, "airports")      # environ["hollow.snapshot"] in every request
 
-The dataset is opened lazily, once per process, on the first request (or by
-the gunicorn hooks in :mod:`hollow.gunicorn`, after the fork): a master that
-imports the app with ``--preload`` holds nothing its workers would share.
-The snapshot is closed when the server closes the response (PEP 3333
-``close()``), after the last byte of a streamed body, or when the app raises.
+The dataset is opened once per process, after the fork (:mod:`hollow.serving`),
+by the first request or by the gunicorn hooks (:mod:`hollow.gunicorn`). The
+snapshot is closed when the server closes the response (PEP 3333 ``close()``),
+after the last byte of a streamed body, or when the app raises. While the
+namespace cannot be opened (no daemon yet, a wrong root) every request gets a
+``503`` naming the problem, and the next request after a short wait tries again.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from hollow.dataset import Dataset, Snapshot
-from hollow.dataset import open as open_dataset
+from hollow.dataset import Snapshot
+from hollow.errors import Error
+from hollow.serving import close_all, dataset
+
+__all__ = ["ENVIRON_KEY", "Middleware", "close_all", "dataset", "unavailable_body"]
 
 ENVIRON_KEY = "hollow.snapshot"
 
-_datasets: dict[tuple[str, str | None], Dataset] = {}
-_lock = threading.Lock()
 
-
-def dataset(namespace: str, root: str | os.PathLike[str] | None = None) -> Dataset:
-    """This process's following dataset for *namespace* (opened on first use)."""
-    key = (namespace, None if root is None else os.fspath(root))
-    ds = _datasets.get(key)
-    if ds is None:
-        with _lock:
-            ds = _datasets.get(key)
-            if ds is None:
-                ds = _datasets[key] = open_dataset(namespace, root=root)
-    return ds
-
-
-def close_all() -> None:
-    """Close every dataset this module opened (a worker on its way out)."""
-    with _lock:
-        for ds in _datasets.values():
-            ds.close()
-        _datasets.clear()
+def unavailable_body(error: Error) -> bytes:
+    """The text of the 503 a middleware answers while its dataset cannot be opened."""
+    return f"503 Service Unavailable: hollow: {error}\n".encode()
 
 
 class _Response:
@@ -84,7 +69,13 @@ class Middleware:
         self.key = key
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        snap = dataset(self.namespace, self.root).snapshot()
+        try:
+            snap = dataset(self.namespace, self.root).snapshot()
+        except Error as e:
+            text = unavailable_body(e)
+            headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text)))]
+            start_response("503 Service Unavailable", [*headers, ("Retry-After", "1")])
+            return [text]
         environ[self.key] = snap
         try:
             body = self.app(environ, start_response)
