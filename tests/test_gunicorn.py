@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -338,3 +339,34 @@ def test_plain_uvicorn_workers_attach_at_lifespan_startup(root: Path, tmp_path: 
     assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in holders)]
     text = (tmp_path / "uvicorn.log").read_text()
     assert "Traceback" not in text, text
+
+
+def test_reload_with_sighup_replaces_workers_without_failing_a_request(root: Path, tmp_path: Path) -> None:
+    with movies_producer(root) as producer:
+        publish(producer, "t1")
+        proc, port, log = start(root, tmp_path, "-w", "2", "--preload")
+        try:
+            old = workers(proc.pid, 2)
+            wait_for_holders(root, 1, old)
+            load = Load(port)
+            try:
+                os.kill(proc.pid, signal.SIGHUP)  # gunicorn starts new workers, then stops the old ones
+                deadline = time.monotonic() + 60
+                while (current := children(proc.pid)) & old or len(current) < 2:
+                    assert time.monotonic() < deadline, f"old workers {old} still running: {current}"
+                    time.sleep(0.1)
+                wait_for_holders(root, 1, current)
+                seen = len(load.answers)
+                while len(load.answers) < seen + 10:
+                    assert time.monotonic() < deadline, "no answers after the reload"
+                    time.sleep(0.05)
+            finally:
+                load.stop()
+            assert load.failures == []
+            assert set(lease.holders(lease.lock_path(root / "movies", 1))) <= current
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            log.close()
+    no_worker_errors(tmp_path / "gunicorn.log")
+    assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in old)]
