@@ -1,13 +1,14 @@
 # make run   — set up, start hollowd on the bundled airports example and show it serving
 # make test  — set up, lint (ruff), type-check (mypy) and run the tests
 # make bench — the benchmark table (bench/core.py)
+# make bench-web — gunicorn workers against a dict, --preload and Redis (bench/gunicorn.py; needs wrk, redis-server)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-web clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,11 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) bench/core.py
+
+bench-web: $(STAMP)
+	@command -v wrk >/dev/null && command -v redis-server >/dev/null || \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server >/dev/null)
+	$(PY) bench/gunicorn.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
