@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -140,6 +141,18 @@ class Load:
             t.join()
 
 
+def stop(proc: subprocess.Popen[bytes], log: TextIO) -> None:
+    """Stop gunicorn as systemd would (SIGTERM: workers run worker_exit) and close its log."""
+    proc.terminate()
+    proc.wait(timeout=60)
+    log.close()
+
+
+def left_by(pids: set[int]) -> list[str]:
+    """/dev/shm entries (leases' doorbells) that carry one of *pids*."""
+    return [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in pids)]
+
+
 def no_worker_errors(log: Path) -> None:
     text = log.read_text()
     assert "Traceback" not in text, text
@@ -176,12 +189,10 @@ def test_workers_share_and_follow_versions_under_load(root: Path, tmp_path: Path
                 assert a["titles"] == [titles[a["version"]]] * 5, a
             assert {a["pid"] for a in load.answers} <= pids
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
+            stop(proc, log)
     no_worker_errors(tmp_path / "gunicorn.log")
     # workers exited through worker_exit (or the ASGI lifespan): no lease or doorbell of theirs remains
-    assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in pids)]
+    assert not left_by(pids)
 
 
 def start(
@@ -216,12 +227,19 @@ def test_recycled_workers_attach_again_and_leave_nothing(root: Path, tmp_path: P
         publish(producer, "t1")
         proc, port, log = start(root, tmp_path, "-w", "2", "--max-requests", "4", *args, app=target)
         try:
-            pids = set()
-            for _ in range(40):
-                answer = get(port, "/")
+            pids: set[int] = set()
+            deadline = time.monotonic() + 60
+            while len(pids) < 4:  # workers were recycled, and the new ones attached and answered
+                assert time.monotonic() < deadline, f"workers seen: {pids}"
+                try:
+                    answer = get(port, "/")
+                except (ConnectionResetError, http.client.RemoteDisconnected):
+                    # uvicorn's own recycling: uvloop may accept a connection just before the worker
+                    # stops, and shutting down drops it unanswered (gunicorn's sync worker does not)
+                    assert kind == "uvicorn"
+                    continue
                 assert (answer["version"], answer["titles"]) == (1, ["t1"] * 5)
                 pids.add(int(answer["pid"]))
-            assert len(pids) > 2  # workers were recycled, and the new ones attached
             lock = lease.lock_path(root / "movies", 1)
             before = children(proc.pid)
             holders = set(lease.holders(lock))
@@ -231,12 +249,10 @@ def test_recycled_workers_attach_again_and_leave_nothing(root: Path, tmp_path: P
             assert holders <= current, (holders, current)
             alive = {p for p in pids if Path(f"/proc/{p}").exists()}
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
+            stop(proc, log)
     no_worker_errors(tmp_path / "gunicorn.log")
     gone = pids - alive
-    assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in gone)]
+    assert not left_by(gone)
 
 
 def test_worker_killed_with_sigkill_leaves_no_lease(root: Path, tmp_path: Path) -> None:
@@ -255,9 +271,7 @@ def test_worker_killed_with_sigkill_leaves_no_lease(root: Path, tmp_path: Path) 
             answers = {int(get(port, "/pid")["pid"]) for _ in range(30)}
             assert victim not in answers  # the replacement worker serves, from the same version
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
+            stop(proc, log)
 
 
 def test_workers_boot_before_the_first_version_and_answer_503_until_it_comes(root: Path, tmp_path: Path) -> None:
@@ -280,9 +294,7 @@ def test_workers_boot_before_the_first_version_and_answer_503_until_it_comes(roo
                 assert time.monotonic() < deadline, "workers never attached the first version"
                 time.sleep(0.1)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+        stop(proc, log)
     assert "serves 503 until 'movies' can be opened" in (tmp_path / "gunicorn.log").read_text()
 
 
@@ -308,9 +320,7 @@ def test_example_airports_service(root: Path, tmp_path: Path, target: str) -> No
             assert status(port, "/airports/XXXX") == 404
             assert status(port, "/nothing") == 404
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
+            stop(proc, log)
     no_worker_errors(tmp_path / "gunicorn.log")
 
 
@@ -336,7 +346,7 @@ def test_plain_uvicorn_workers_attach_at_lifespan_startup(root: Path, tmp_path: 
                 proc.terminate()
                 proc.wait(timeout=60)
     # the lifespan shutdown closed each worker's dataset: nothing of theirs is left
-    assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in holders)]
+    assert not left_by(holders)
     text = (tmp_path / "uvicorn.log").read_text()
     assert "Traceback" not in text, text
 
@@ -365,8 +375,6 @@ def test_reload_with_sighup_replaces_workers_without_failing_a_request(root: Pat
             assert load.failures == []
             assert set(lease.holders(lease.lock_path(root / "movies", 1))) <= current
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
+            stop(proc, log)
     no_worker_errors(tmp_path / "gunicorn.log")
-    assert not [n for n in os.listdir("/dev/shm") if any(f".{p}." in n for p in old)]
+    assert not left_by(old)
