@@ -73,20 +73,23 @@ LUA_SCRIPT = BENCH_DIR / "wrk_random.lua"
 ASGI_APP = "bench.gunicorn_app:asgi_app"  # for uvicorn workers
 APP = "bench.gunicorn_app:app"  # imported as bench.gunicorn_app: a top-level "gunicorn*" name next to us would clash
 
-CONFIGS = ("hollow", "perworker", "preload", "redis")
+CONFIGS = ("hollow", "perworker", "preload", "redis", "hollowlazy")
+DEFAULT_CONFIGS = CONFIGS[:4]
 LABELS = {
     "hollow": "hollowd (--preload + hooks)",
     "perworker": "dict per worker (a)",
     "preload": "dict, --preload (b)",
     "redis": "Redis + msgpack",
+    "hollowlazy": "hollowd, no --preload",
 }
-BACKENDS = {"hollow": "hollow", "perworker": "dict", "preload": "dict", "redis": "redis"}
-PRELOAD = {"hollow": True, "perworker": False, "preload": True, "redis": True}
+BACKENDS = {"hollow": "hollow", "perworker": "dict", "preload": "dict", "redis": "redis", "hollowlazy": "hollow"}
+PRELOAD = {"hollow": True, "perworker": False, "preload": True, "redis": True, "hollowlazy": False}
 BOOT_NOTES = {
     "hollow": "each worker attaches in post_worker_init",
     "perworker": "every worker pickle.loads the dict",
     "preload": "one pickle.load in the master, then fork",
     "redis": "data already in redis-server",
+    "hollowlazy": "each worker imports the app, then attaches",
 }
 HOLLOW_CONF = """\
 import os
@@ -154,7 +157,9 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, Path | None
         help="burst of announcements of versions built before the load (default), or run_incremental under load",
     )
     ap.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)} (default all)"
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help=f"comma-separated subset of {', '.join(CONFIGS)} (default: {', '.join(DEFAULT_CONFIGS)})",
     )
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write every result as JSON here")
@@ -439,7 +444,7 @@ def start_server(data: Data, cfg: Config, config: str, procs: Processes, attempt
     run_dir = data.root / "run"
     run_dir.mkdir(exist_ok=True)
     conf = run_dir / f"{config}.conf.py"
-    conf.write_text(HOLLOW_CONF if config == "hollow" else PLAIN_CONF)
+    conf.write_text(HOLLOW_CONF if BACKENDS[config] == "hollow" else PLAIN_CONF)
     port = free_port()
     log_path = run_dir / f"{config}.{attempt}.log"
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(conf), *gunicorn_kind(cfg), "-w", str(cfg.workers)]
@@ -757,7 +762,7 @@ def measure_memory(data: Data, config: str, server: Server, version: int) -> dic
     # the doorbells are found by name instead (sem.<prefix><pid>.<n>)
     bells = "sem." + doorbell.prefix(data.hollow_root, NAMESPACE)
     shm |= {e for e in Path("/dev/shm").iterdir() if e.name.startswith(bells) and _bell_pid(e.name) in rollups}
-    if config == "hollow":
+    if BACKENDS[config] == "hollow":
         shm |= {
             data.ns_dir / str(version),
             lease.lock_path(data.ns_dir, version),
