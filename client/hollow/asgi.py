@@ -29,8 +29,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from hollow.errors import Error
-from hollow.serving import close_all, dataset
-from hollow.wsgi import unavailable_body
+from hollow.serving import close_all, dataset, unavailable_body
 
 __all__ = ["DATASET_KEY", "SCOPE_KEY", "Middleware"]
 

@@ -62,6 +62,11 @@ def dataset(namespace: str, root: str | os.PathLike[str] | None = None) -> Datas
         return ds
 
 
+def unavailable_body(error: Error) -> bytes:
+    """The text of the 503 the middlewares answer while their dataset cannot be opened."""
+    return f"503 Service Unavailable: hollow: {error}\n".encode()
+
+
 def close_all() -> None:
     """Close every dataset opened here (a worker on its way out)."""
     with _lock:

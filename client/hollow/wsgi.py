@@ -21,16 +21,11 @@ from typing import Any
 
 from hollow.dataset import Snapshot
 from hollow.errors import Error
-from hollow.serving import close_all, dataset
+from hollow.serving import close_all, dataset, unavailable_body
 
-__all__ = ["ENVIRON_KEY", "Middleware", "close_all", "dataset", "unavailable_body"]
+__all__ = ["ENVIRON_KEY", "Middleware", "close_all", "dataset"]
 
 ENVIRON_KEY = "hollow.snapshot"
-
-
-def unavailable_body(error: Error) -> bytes:
-    """The text of the 503 a middleware answers while its dataset cannot be opened."""
-    return f"503 Service Unavailable: hollow: {error}\n".encode()
 
 
 class _Response:
