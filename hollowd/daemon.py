@@ -33,6 +33,7 @@ from typing import Any
 
 import hollow
 from hollow import layout
+from hollow.state import BASE_SUFFIX
 from hollowd import pidlock, systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
 from hollowd.control import ControlSocket
@@ -79,7 +80,20 @@ class StateStore:
             return None
 
     def save(self, state_file: Path) -> None:
-        """Keep a copy of the latest good *state_file* (write, fsync, rename: never half a copy)."""
+        """Keep a copy of the latest good *state_file* (write, fsync, rename: never half a copy).
+
+        A version built on a base needs its base too: ``latest.state.base``, copied
+        only when the base changed (a compaction), before the version that needs it.
+        """
+        base = state_file.with_name(state_file.name + BASE_SUFFIX)
+        saved_base = self.saved.with_name(self.saved.name + BASE_SUFFIX)
+        try:
+            with open(base, "rb") as f:
+                head = f.read(layout.HEADER_SIZE)
+                if not saved_base.exists() or saved_base.read_bytes()[: layout.HEADER_SIZE] != head:
+                    self._replace(saved_base, head + f.read())
+        except FileNotFoundError:
+            pass
         self._replace(self.saved, state_file.read_bytes())
 
     def save_counter(self, version: int) -> None:

@@ -88,9 +88,8 @@ class _State(Collector):
             shm.add_metric([name], st.bytes)
             for v in st.versions:
                 leases.add_metric([name, str(v.version)], len(v.leases))
-            memory = runner.producer._memory or {}
-            for type_name, m in memory.items():
-                records.add_metric([name, type_name], m.size - len(m.holes))
+            for type_name, count in runner.producer.record_counts().items():
+                records.add_metric([name, type_name], count)
             if runner.last_good is not None:
                 since.add_metric([name], time.time() - runner.last_good)
         yield from (announced, pinned, records, shm, leases, since)

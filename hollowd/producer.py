@@ -22,12 +22,24 @@ from typing import Any
 
 from hollow import doorbell, layout
 from hollow.errors import Error as ReaderError
-from hollow.state import StateFile
-from hollowd import encoder, pidlock, publish
+from hollow.state import BASE_SUFFIX, StateFile
+from hollowd import encoder, overlay, pidlock, publish
 from hollowd import validators as validation
 from hollowd.errors import ProducerLockedError, PublishError, ValidationError, VersionNotFoundError
 from hollowd.schema import NamespaceSchema
-from hollowd.state import BuiltType, Delta, IncrementalFn, PopulateFn, TypeMemory, WriteState, build_type
+from hollowd.state import (
+    Delta,
+    IncrementalFn,
+    PopulateFn,
+    WriteState,
+    assemble,
+    build_type,
+    encoder_of,
+    full_fingerprints,
+    full_keys,
+    record_error,
+    secondary_fps,
+)
 
 LOCK_FILE = ".producer.lock"
 log = logging.getLogger("hollowd")
@@ -61,6 +73,8 @@ class Producer:
         so that versions never go back even when /dev/shm was emptied).
     :param reserve: called with each new version number before anything is written, to make
         it durable first (the daemon's counter): a version number is never handed out twice.
+    :param compact_share: a version whose overlays hold more than this share of its base's
+        records (and more than *compact_min*) is written again as a new base (docs/decisions.md §18).
     """
 
     def __init__(
@@ -76,6 +90,8 @@ class Producer:
         validators: Sequence[validation.Validator] = (),
         versions_after: int = 0,
         reserve: Callable[[int], None] | None = None,
+        compact_share: float = overlay.COMPACT_SHARE,
+        compact_min: int = overlay.COMPACT_MIN,
     ) -> None:
         self.namespace = layout.check_namespace(namespace)
         self.schema = NamespaceSchema(schema, primary_keys, indexes)
@@ -90,8 +106,11 @@ class Producer:
         self._lock_fd: int | None = _lock_namespace(self.dir)
         self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
-        self._memory: dict[str, TypeMemory] | None = None
-        self._memory_version = 0
+        self._latest_cache: tuple[int, StateFile, dict[str, overlay.Latest]] | None = None
+        self.compact_share = compact_share
+        self.compact_min = compact_min
+        #: Seconds the last compaction took (None before the first).
+        self.last_compaction: float | None = None
         self._last_version = max([*layout.list_versions(self.dir), self._announced_version(), versions_after])
 
     # -- cycles ---------------------------------------------------------------
@@ -99,7 +118,9 @@ class Producer:
     def run_cycle(self, populate: PopulateFn) -> int:
         """Run a full cycle: *populate* adds every record; returns the announced version.
 
-        When the data equals the announced version's, nothing is published and
+        The records are compared with the latest version's (one change hash a
+        record, as vectors) and only those that differ are published, on top of
+        the latest version's base. When nothing differs, nothing is published and
         that version is returned. Raises :class:`~hollowd.ValidationError` (and
         announces nothing) when a record is bad.
         """
@@ -108,91 +129,200 @@ class Producer:
             state = WriteState(self.schema)
             populate(state)
             populated = time.monotonic() - started
-            version = self._publish_records(state.records)
+            version = self._run(full=state.records)
             self.last_timings = {"populate": populated, **self.last_timings}
             return version
 
     def run_incremental(self, change: IncrementalFn) -> int:
-        """Run a cycle from the announced version plus *change*'s ``upsert`` and ``remove`` calls."""
+        """Run a cycle from the latest version plus *change*'s ``upsert`` and ``remove`` calls.
+
+        Costs O(k) for k changes, whatever the dataset's size.
+        """
         with _gc_paused():
             delta = Delta(self.schema)
             change(delta)
-            memory = self._remembered(with_records=True)
-            records: dict[str, list[dict[str, Any]]] = {}
-            for name in self.schema.types:
-                current = memory[name].by_key() if name in memory else {}
-                for key in delta.removals[name]:
-                    current.pop(key, None)
-                current.update(delta.upserts[name])
-                records[name] = list(current.values())
-            return self._publish_records(records)
+            return self._run(delta=delta)
 
-    def _publish_records(self, records: dict[str, list[dict[str, Any]]]) -> int:
+    def _run(self, *, full: dict[str, list[dict[str, Any]]] | None = None, delta: Delta | None = None) -> int:
+        """A cycle's steps: read back, build, mint, validate, publish, announce, reclaim (and compact)."""
         timings = self.last_timings = {}
         clock = time.monotonic()
 
         def lap(stage: str) -> None:
             nonlocal clock
             now = time.monotonic()
-            timings[stage] = now - clock
+            timings[stage] = timings.get(stage, 0.0) + now - clock
             clock = now
 
-        previous = self._remembered(with_records=False)
-        latest = self._last_version
-        if latest and self._memory_version == latest and self._same_input(records, previous):
-            return latest  # the very records of the last cycle, in the same order: nothing to build
-        built = {
-            name: build_type(self.schema.types[name], recs, previous.get(name), self._encoders, keep_records=True)
-            for name, recs in records.items()
-        }
-        lap("build")
-        latest = self._last_version
-        if latest and self._memory_version == latest and self._unchanged(built, previous):
-            self._memory = {name: b.memory for name, b in built.items()}
-            return latest
-        version = self._next_version()
-        if self.validators:
-            validation.run_all(
-                self.validators,
-                validation.Candidate(
-                    namespace=self.namespace,
-                    version=version,
-                    counts={name: b.count for name, b in built.items()},
-                    previous_counts={n: m.size - len(m.holes) for n, m in previous.items()} if previous else None,
-                    records=records,
-                ),
+        state, latest = self._read_latest(required=full is None)
+        same_schema = state is not None and state.header.schema_fingerprint == self.schema.fingerprint
+        version, parent = self._next_version(), self._last_version
+        if state is None or (full is not None and not same_schema) or set(latest) != set(self.schema.types):
+            records = full if full is not None else self._records_from_delta(delta, latest)
+            self._reserve_version(version)
+            built = {
+                name: build_type(rtype, records.get(name, []), latest.get(name), self._encoders)
+                for name, rtype in self.schema.types.items()
+            }
+            lap("build")
+            self._validate(version, {n: b.count for n, b in built.items()}, latest, records, records)
+            lap("validate")
+            publish.write_state_file(
+                self.dir, self.namespace, version, parent, self.schema, built.values(), mode=self.mode
             )
-        lap("validate")
-        if self._reserve is not None:
-            self._reserve(version)
-        publish.write_state_file(self.dir, self.namespace, version, latest, self.schema, built.values(), mode=self.mode)
+            overlays: dict[str, overlay.BuiltOverlay] = {}
+        else:
+            changes = self._changes(full, delta, latest)
+            overlays = {
+                name: overlay.apply(
+                    latest[name], changes[name], version, encoder_of(rtype, self._encoders),
+                    secondary_fps=secondary_fps, record_error=record_error,
+                )
+                for name, rtype in self.schema.types.items()
+            }  # fmt: skip
+            lap("build")
+            if same_schema and not any(o.upserted or o.removed for o in overlays.values()):
+                return self._unchanged(state.version)
+            self._reserve_version(version)
+            changed = {n: o.upserted for n, o in overlays.items()}
+            self._validate(version, {n: o.count for n, o in overlays.items()}, latest, None, changed)
+            lap("validate")
+            publish.write_overlay_file(
+                self.dir, self.namespace, version, parent, self.schema, state.base or state, overlays.values(),
+                mode=self.mode,
+            )  # fmt: skip
         lap("publish")
         self._last_version = version
-        self._memory = {name: b.memory for name, b in built.items()}
-        self._memory_version = version
+        self._latest_cache = None
+        self._announce_latest(version)
+        lap("announce")
+        self.reclaim()
+        lap("reclaim")
+        if overlay.needs_compaction(
+            overlays.values(), {n: lt.base.count for n, lt in latest.items()}, self.compact_share, self.compact_min
+        ):
+            self.compact()
+            lap("compact")
+        return version
+
+    def _reserve_version(self, version: int) -> None:
+        if self._reserve is not None:
+            self._reserve(version)  # durable before anything is written: never handed out twice
+
+    def _changes(
+        self, full: dict[str, list[dict[str, Any]]] | None, delta: Delta | None, latest: dict[str, overlay.Latest]
+    ) -> dict[str, overlay.Changes]:
+        """Each type's changes: the delta's, or what differs between *full* and the latest version."""
+        if delta is not None:
+            return {n: overlay.Changes(delta.upserts[n], list(delta.removals[n])) for n in self.schema.types}
+        assert full is not None
+        changes = {}
+        for name, rtype in self.schema.types.items():
+            records = full.get(name, [])
+            keys = full_keys(rtype, records)
+            fps = full_fingerprints(rtype, records, keys)
+            overlay.check_unique(rtype, keys, fps)
+            changes[name] = overlay.diff(latest[name], records, keys, fps)
+        return changes
+
+    def _records_from_delta(self, delta: Delta | None, latest: dict[str, overlay.Latest]) -> dict[str, list[Any]]:
+        """A first version from an incremental cycle: the upserts are all there is."""
+        assert delta is not None
+        if latest:
+            raise PublishError(
+                f"{self.namespace}: the latest version does not hold every type of the schema "
+                "(a type was added, or its keys or indexes changed): run a full cycle first"
+            )
+        return {name: list(delta.upserts[name].values()) for name in self.schema.types}
+
+    def _unchanged(self, version: int) -> int:
+        """Nothing differs from the latest version: make sure it is the one announced, publish nothing."""
+        current = layout.read_announcement(self.dir)
+        if current is None or (not current.pinned and current.version != version):
+            self._announce(self._announcement(version, pinned=False))  # published, never announced (a crash)
+        return version
+
+    def _validate(
+        self,
+        version: int,
+        counts: dict[str, int],
+        latest: dict[str, overlay.Latest],
+        records: Mapping[str, Sequence[Mapping[str, Any]]] | None,
+        changed: Mapping[str, Sequence[Mapping[str, Any]]],
+    ) -> None:
+        if not self.validators:
+            return
+        validation.run_all(
+            self.validators,
+            validation.Candidate(
+                namespace=self.namespace,
+                version=version,
+                counts=counts,
+                previous_counts={n: lt.count for n, lt in latest.items()} if latest else None,
+                records=records if records is not None else _VersionRecords(self, latest, changed),
+                changed=changed,
+            ),
+        )
+
+    def _announce_latest(self, version: int) -> None:
         current = layout.read_announcement(self.dir)
         if current is not None and current.pinned:  # followers stay on the pin; record the new latest
             self._announce(layout.Announcement(current.version, True, version, time.time_ns()))
         else:
             self._announce(self._announcement(version, pinned=False))
-        lap("announce")
-        self.reclaim()
-        lap("reclaim")
+
+    def compact(self) -> int:
+        """Write the latest version again as a base holding every record (same version, same records).
+
+        Later versions are built on it. Readers of the version as it was keep
+        their mapping; new readers get the base. Returns the version.
+        """
+        version = self._last_version
+        state, latest = self._read_latest(required=True)
+        if state is None or state.base is None:
+            return version
+        started = time.monotonic()
+        built = []
+        for name, rtype in self.schema.types.items():
+            merged = overlay.compact(latest[name], encoder_of(rtype, self._encoders))
+            built.append(
+                assemble(
+                    rtype, merged.table, merged.segment, merged.size, merged.holes, merged.hashes,
+                    merged.key_fps, merged.live, merged.value_fps,
+                )
+            )  # fmt: skip
+        publish.write_state_file(
+            self.dir, self.namespace, version, state.header.parent_version, self.schema, built, mode=self.mode
+        )
+        self._latest_cache = None
+        self.last_compaction = time.monotonic() - started
+        log.info("hollowd: event=compact namespace=%s version=%d seconds=%.3f", self.namespace, version,
+                 self.last_compaction)  # fmt: skip
         return version
 
-    @staticmethod
-    def _same_input(records: dict[str, list[dict[str, Any]]], previous: dict[str, TypeMemory]) -> bool:
-        """Whether every type's records equal (by value, in order) those the last cycle published."""
-        return set(records) == set(previous) and all(
-            previous[name].records is not None and previous[name].records == recs for name, recs in records.items()
-        )
-
-    def _unchanged(self, built: dict[str, BuiltType], previous: dict[str, TypeMemory]) -> bool:
-        return (
-            set(built) == set(previous)
-            and all(previous[name].content_hash == b.content_hash for name, b in built.items())
-            and self._schema_fingerprint_of(self._last_version) == self.schema.fingerprint
-        )
+    def _read_latest(self, *, required: bool) -> tuple[StateFile | None, dict[str, overlay.Latest]]:
+        """The latest version's file and, per type, what a cycle needs of it (read back, never remembered)."""
+        latest = self._last_version
+        cached = self._latest_cache
+        if cached is not None and cached[0] == latest:
+            return cached[1], cached[2]
+        if not latest:
+            return None, {}
+        try:
+            state = StateFile(self.dir / layout.state_name(latest), namespace=self.namespace)
+            types = {
+                name: overlay.Latest.read(state, rtype)
+                for name, rtype in self.schema.types.items()
+                if name in state.type_names and _same_keys(state, rtype)
+            }
+        except ReaderError as e:
+            if required:  # an incremental cycle cannot start from a version it cannot read
+                raise PublishError(f"cannot read back the latest version to continue from it: {e}") from e
+            # Written by an older hollowd, or damaged: start afresh (new ordinals), keep numbering up.
+            log.warning("hollowd: %s; the next version starts afresh from its source", str(e))
+            return None, {}
+        self._latest_cache = (latest, state, types)
+        return state, types
 
     def materialize(self, saved: Path, *, pinned: bool = False) -> int:
         """Put a saved state file (the daemon's durable copy) back in place and announce it.
@@ -207,7 +337,10 @@ class Producer:
             raise PublishError(f"{saved} holds namespace {header.namespace!r}, not {self.namespace!r}")
         version = header.version
         if not (self.dir / layout.state_name(version)).exists():
-            publish.copy_state_file(self.dir, version, data, mode=self.mode, namespace=self.namespace)
+            base = saved.with_name(saved.name + BASE_SUFFIX)
+            publish.copy_state_file(
+                self.dir, version, data, mode=self.mode, namespace=self.namespace, base=base if base.exists() else None
+            )
         self._last_version = max(self._last_version, version)
         self._announce(layout.Announcement(version, pinned, self._last_version, time.time_ns()))
         return version
@@ -227,6 +360,14 @@ class Producer:
             self._announce(self._announcement(latest, pinned=False))
 
     # -- housekeeping ---------------------------------------------------------
+
+    def record_counts(self) -> dict[str, int]:
+        """Records per type in the latest version (read back from its file; empty before the first)."""
+        try:
+            _, latest = self._read_latest(required=False)
+        except PublishError:
+            return {}
+        return {name: lt.count for name, lt in latest.items()}
 
     def versions(self) -> list[int]:
         """Versions with a state file, ascending."""
@@ -256,6 +397,7 @@ class Producer:
 
     def close(self) -> None:
         """Release the namespace (other producers may then take it)."""
+        self._latest_cache = None  # its mapping holds a descriptor of the latest file
         self._ringer.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -282,73 +424,42 @@ class Producer:
     def _next_version(self) -> int:
         return max([self._last_version, *self.versions(), self._announced_version()]) + 1
 
-    def _schema_fingerprint_of(self, version: int) -> int | None:
-        try:
-            return StateFile(self.dir / layout.state_name(version), namespace=self.namespace).header.schema_fingerprint
-        except ReaderError:
-            return None
 
-    def _remembered(self, *, with_records: bool) -> dict[str, TypeMemory]:
-        """What the last version holds per type: from memory, or read back from its file after a restart."""
-        latest = self._last_version
-        memory = self._memory
-        if (
-            memory is not None
-            and self._memory_version == latest
-            and (not with_records or all(m.records is not None for m in memory.values()))
-        ):
-            return memory
-        if not latest:
-            return {}
-        path = self.dir / layout.state_name(latest)
-        try:
-            self._memory = _read_memory(path, self.namespace, self.schema, with_records)
-        except PublishError as e:
-            if with_records:
-                raise  # an incremental cycle cannot start from a version it cannot read
-            # Written by an older hollowd, or damaged: start afresh (new ordinals), keep numbering up.
-            log.warning("hollowd: %s; the next version starts afresh from its source", str(e))
-            self._memory = {}
-        self._memory_version = latest
-        return self._memory
+def _same_keys(state: StateFile, rtype: Any) -> bool:
+    """Whether the file's primary key and indexes of a type are the ones the schema declares now."""
+    view = state.type(rtype.name)
+    declared = [(ix.fields, ix.key_types) for ix in rtype.indexes]
+    return (view.primary.fields, view.primary.key_types) == (rtype.primary.fields, rtype.primary.key_types) and [
+        (ix.fields, ix.key_types) for ix in view.indexes
+    ] == declared
 
 
-def _read_memory(path: Path, namespace: str, schema: NamespaceSchema, with_records: bool) -> dict[str, TypeMemory]:
-    """Rebuild the producer's memory of a version from its state file (after a restart)."""
-    try:
-        state = StateFile(path, namespace=namespace)
-    except ReaderError as e:
-        raise PublishError(f"cannot read back the latest version to continue from it: {e}") from e
-    memory: dict[str, TypeMemory] = {}
-    for name, rtype in schema.types.items():
-        if name not in state.type_names:
-            continue
-        view = state.type(name)
-        holes = sorted(view._holes.tolist())
-        hole_set = set(holes)
-        fields = rtype.primary.fields
-        ordinal_of: dict[Any, int] = {}
-        records: list[dict[str, Any]] = []
-        for o, rec in enumerate(view._records):
-            if o in hole_set:
-                continue
-            key = rec._get(fields[0]) if len(fields) == 1 else tuple(rec._get(f) for f in fields)
-            ordinal_of[key] = o
-            if with_records:
-                records.append(rec.to_dict())
-        memory[name] = TypeMemory(
-            holes=holes,
-            size=len(view._records),
-            content_hash=_content_hash(state, name),
-            keys=list(ordinal_of),
-            records=records if with_records else None,
-            _ordinal_of=ordinal_of,
-        )
-    return memory
+class _VersionRecords(Mapping[str, Sequence[Mapping[str, Any]]]):
+    """A validator's view of every record of an incremental version: built only if a validator asks."""
 
+    def __init__(self, producer: Producer, latest: dict[str, overlay.Latest], changed: Mapping[str, Any]) -> None:
+        self._producer = producer
+        self._latest = latest
+        self._changed = changed
+        self._cache: dict[str, list[dict[str, Any]]] = {}
 
-def _content_hash(state: StateFile, name: str) -> int:
-    return state.type(name).content_hash
+    def __getitem__(self, name: str) -> Sequence[Mapping[str, Any]]:
+        if name not in self._cache:
+            if name not in self._latest:
+                raise KeyError(name)
+            view = self._latest[name].view
+            self._cache[name] = [r.to_dict() for r in view]  # the version before, then the changes
+            rtype = self._producer.schema.types[name]
+            by_key = {rtype.key_of(r): r for r in self._cache[name]}
+            by_key.update({rtype.key_of(r): r for r in self._changed.get(name, ())})
+            self._cache[name] = list(by_key.values())
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
 
 def _lock_namespace(ns_dir: Path) -> int:

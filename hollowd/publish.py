@@ -9,7 +9,8 @@ catch: mmap(2)). In order:
    size with posix_fallocate(3), so a full /dev/shm fails here, cleanly;
 3. write the sections, the envelope and, last, the header; fsync;
 4. make it read-only (0440 & mode) and attach it as a reader would (verify);
-5. rename(2) it to ``<version>``: readers see all of it or none of it;
+5. rename(2) it to ``<version>``: readers see all of it or none of it (a
+   version built on a base gets its hard link ``<version>.base`` first);
 6. write ``announced`` the same way (temporary name, rename).
 """
 
@@ -30,9 +31,10 @@ import xxhash
 from hollow import doorbell, layout, lease
 from hollow import schema as reader_schema
 from hollow.errors import Error as ReaderError
-from hollow.state import StateFile
+from hollow.state import BASE_SUFFIX, StateFile
 from hollowd.errors import PublishError, StorageFullError
 from hollowd.index import BuiltIndex
+from hollowd.overlay import BuiltOverlay
 from hollowd.schema import NamespaceSchema
 from hollowd.state import BuiltType
 
@@ -93,22 +95,7 @@ def _padded(a: Any) -> Any:
     return a
 
 
-def write_state_file(
-    ns_dir: Path,
-    namespace: str,
-    version: int,
-    parent: int,
-    schema: NamespaceSchema,
-    types: Iterable[BuiltType],
-    *,
-    mode: int = 0o640,
-) -> Path:
-    """Write, verify and rename into place the state file of *version*; return its path.
-
-    Raises :class:`StorageFullError` when the filesystem has no room (nothing is
-    left behind) and :class:`PublishError` for any other failure.
-    """
-    now = time.time_ns()
+def _envelope(namespace: str, version: int, parent: int, schema: NamespaceSchema, now: int) -> Any:
     env = reader_schema.envelope()
     state = env.State.new_message()
     state.namespace = namespace
@@ -122,21 +109,13 @@ def write_state_file(
     emb.init("nodes", len(schema.node_bytes))
     for i, b in enumerate(schema.node_bytes):
         emb.nodes[i] = b
-    types = list(types)
-    place = _Layout()
-    lst = state.init("types", len(types))
-    for ts, built in zip(lst, types, strict=True):
-        ts.name = built.rtype.name
-        ts.typeId = built.rtype.type_id
-        ts.count = built.count
-        ts.ordinals = built.size
-        ts.contentHash = built.content_hash
-        _set_section(ts.records, place.add(built.table, built.segment))
-        _set_section(ts.holes, place.add(_padded(built.holes)))
-        _index_message(ts.primaryKey, built.primary, place)
-        ixs = ts.init("indexes", len(built.secondary))
-        for ix, b in zip(ixs, built.secondary, strict=True):
-            _index_message(ix, b, place)
+    return state
+
+
+def _finish(
+    state: Any, place: _Layout, *, namespace: str, version: int, parent: int, schema: NamespaceSchema, now: int
+) -> tuple[int, list[_Piece]]:
+    """Place the envelope last, hash the content, and put the header first: (file size, pieces)."""
     envelope = state.to_bytes()
     env_at = place.add(envelope)
     total = place.end
@@ -161,23 +140,145 @@ def write_state_file(
         namespace=namespace,
         published_at_ns=now,
     )
-    return _install(
-        ns_dir,
-        version,
-        total,
-        [_Piece(0, header.pack()), *place.pieces],
-        mode,
-        lambda tmp: verify(tmp, namespace, version, types),
-    )
+    return total, [_Piece(0, header.pack()), *place.pieces]
 
 
-def copy_state_file(ns_dir: Path, version: int, data: bytes, *, mode: int, namespace: str) -> Path:
-    """Publish the bytes of an existing state file (a durable copy) as *version*: same steps as a new one."""
+def write_state_file(
+    ns_dir: Path,
+    namespace: str,
+    version: int,
+    parent: int,
+    schema: NamespaceSchema,
+    types: Iterable[BuiltType],
+    *,
+    mode: int = 0o640,
+) -> Path:
+    """Write, verify and rename into place a base state file of *version* (every record); return its path.
+
+    Raises :class:`StorageFullError` when the filesystem has no room (nothing is
+    left behind) and :class:`PublishError` for any other failure. A file already
+    at that name (the same version built on a base, being compacted) is replaced.
+    """
+    now = time.time_ns()
+    state = _envelope(namespace, version, parent, schema, now)
+    types = list(types)
+    place = _Layout()
+    lst = state.init("types", len(types))
+    for ts, built in zip(lst, types, strict=True):
+        ts.name = built.rtype.name
+        ts.typeId = built.rtype.type_id
+        ts.count = built.count
+        ts.ordinals = built.size
+        ts.contentHash = built.content_hash
+        _set_section(ts.records, place.add(built.table, built.segment))
+        _set_section(ts.holes, place.add(_padded(built.holes)))
+        _set_section(ts.hashes, place.add(built.hashes))
+        _index_message(ts.primaryKey, built.primary, place)
+        ixs = ts.init("indexes", len(built.secondary))
+        for ix, b in zip(ixs, built.secondary, strict=True):
+            _index_message(ix, b, place)
+    total, pieces = _finish(state, place, namespace=namespace, version=version, parent=parent, schema=schema, now=now)
+    return _install(ns_dir, version, total, pieces, mode, lambda tmp: verify(tmp, namespace, version, types))
+
+
+_OVERLAY_ARRAYS = (
+    "entryOrdinals", "entryRefs", "entryKeys", "entryHashes", "entryStamps",
+    "tombKeys", "tombOrdinals", "tombStamps", "masked",
+)  # fmt: skip
+
+
+def write_overlay_file(
+    ns_dir: Path,
+    namespace: str,
+    version: int,
+    parent: int,
+    schema: NamespaceSchema,
+    base: StateFile,
+    types: Iterable[BuiltOverlay],
+    *,
+    mode: int = 0o640,
+) -> Path:
+    """Write and rename into place *version* as overlays over *base*, linked as ``<version>.base``."""
+    now = time.time_ns()
+    state = _envelope(namespace, version, parent, schema, now)
+    state.baseVersion = base.version
+    state.baseContentHash = base.header.content_hash
+    types = list(types)
+    place = _Layout()
+    lst = state.init("types", len(types))
+    for ts, built in zip(lst, types, strict=True):
+        ts.name = built.rtype.name
+        ts.typeId = built.rtype.type_id
+        ts.count = built.count
+        ts.ordinals = built.size
+        ts.contentHash = built.content_hash
+        _set_section(ts.holes, place.add(_padded(built.holes)))
+        ov = ts.overlay
+        chunks = ov.init("chunks", len(built.chunks))
+        for sec, chunk in zip(chunks, built.chunks, strict=True):
+            _set_section(sec, place.add(chunk))
+        for name in _OVERLAY_ARRAYS:
+            _set_section(getattr(ov, name), place.add(built.arrays[name]))
+        for name, arrays in built.per_index.items():
+            secs = ov.init(name, len(arrays))
+            for sec, arr in zip(secs, arrays, strict=True):
+                _set_section(sec, place.add(arr))
+        _set_section(ov.bloom, place.add(built.bloom, bytes(-len(built.bloom) & 7)))  # readers cast whole words
+        ov.bloomLength = len(built.bloom)
+        _index_message(ov.keys, built.keys, place)
+        for name, tables in (("added", built.added), ("skipped", built.skipped)):
+            ixs = ov.init(name, len(tables))
+            for ix, b in zip(ixs, tables, strict=True):
+                _index_message(ix, b, place)
+    total, pieces = _finish(state, place, namespace=namespace, version=version, parent=parent, schema=schema, now=now)
+
+    def link_and_verify(tmp: Path) -> None:
+        link = ns_dir / (layout.state_name(version) + BASE_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()  # debris of a crash before this version's rename
+        os.link(base.path, link)
+        tmp_link = tmp.with_name(tmp.name + BASE_SUFFIX)
+        with contextlib.suppress(FileNotFoundError):
+            tmp_link.unlink()
+        os.link(base.path, tmp_link)  # the temporary file reads its base under its own name
+        try:
+            verify_overlay(tmp, namespace, version, types)
+        finally:
+            tmp_link.unlink()
+
+    return _install(ns_dir, version, total, pieces, mode, link_and_verify)
+
+
+def copy_state_file(
+    ns_dir: Path, version: int, data: bytes, *, mode: int, namespace: str, base: Path | None = None
+) -> Path:
+    """Publish the bytes of an existing state file (a durable copy) as *version*: same steps as a new one.
+
+    A version built on a base needs *base* (the copy of its base file), installed first as
+    ``<version>.base``.
+    """
+    link = ns_dir / (layout.state_name(version) + BASE_SUFFIX)
+    if base is not None:
+        base_data = base.read_bytes()
+        _install_file(link, ns_dir / f".{version}.{os.getpid()}.base.tmp", base_data, mode)
 
     def check(tmp: Path) -> None:
-        StateFile(tmp, namespace=namespace)  # refuse to put back a file that does not read
+        if base is None:
+            StateFile(tmp, namespace=namespace)  # refuse to put back a file that does not read
+            return
+        tmp_link = tmp.with_name(tmp.name + BASE_SUFFIX)
+        os.link(link, tmp_link)
+        try:
+            StateFile(tmp, namespace=namespace)
+        finally:
+            tmp_link.unlink()
 
     return _install(ns_dir, version, len(data), [_Piece(0, data)], mode, check)
+
+
+def _install_file(final: Path, tmp: Path, data: bytes, mode: int) -> None:
+    _write(tmp, len(data), [_Piece(0, data)], mode)
+    os.rename(tmp, final)
 
 
 def _install(
@@ -194,6 +295,9 @@ def _install(
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if not final.exists():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ns_dir / (layout.state_name(version) + BASE_SUFFIX))
         raise
     return final
 
@@ -215,8 +319,9 @@ def remove_version(ns_dir: Path, version: int) -> bool:
     state = ns_dir / layout.state_name(version)
     lock = lease.lock_path(ns_dir, version)
     if not lock.exists():
-        with contextlib.suppress(FileNotFoundError):
-            state.unlink()  # a file without a lockfile (not written by hollowd) cannot be leased
+        for path in (state, state.with_name(state.name + BASE_SUFFIX)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # a file without a lockfile (not written by hollowd) cannot be leased
         return True
     fd = lease.try_exclusive(lock)
     if fd is None:
@@ -224,6 +329,8 @@ def remove_version(ns_dir: Path, version: int) -> bool:
     try:
         with contextlib.suppress(FileNotFoundError):
             state.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            state.with_name(state.name + BASE_SUFFIX).unlink()  # the base's pages go with its last link
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     finally:
@@ -293,6 +400,26 @@ def verify(path: Path, namespace: str, version: int, types: list[BuiltType]) -> 
                 values = built.primary.slots[:, 1]
                 record = view._records[int(values[np.flatnonzero(values)[0]]) - 1]
                 record.to_dict()  # walks one whole record through the embedded schema
+    except ReaderError as e:
+        raise PublishError(f"{path} does not read back: {e}") from e
+
+
+def verify_overlay(path: Path, namespace: str, version: int, types: list[BuiltOverlay]) -> None:
+    """Attach a version built on a base as a reader would; check its counts and one new record of each type."""
+    try:
+        state = StateFile(path, namespace=namespace)
+        if state.version != version or state.base is None:
+            raise PublishError(f"{path}: reads back as version {state.version}, not {version} on a base")
+        for built in types:
+            view = state.type(built.rtype.name)
+            if len(view) != built.count or view.size != built.size:
+                raise PublishError(f"{path}: {built.rtype.name} reads back {len(view)} records, built {built.count}")
+            if built.upserted:
+                overlay = view.overlay
+                assert overlay is not None
+                refs = built.arrays["entryRefs"]
+                newest = int(np.flatnonzero((refs >> np.uint64(32)) == np.uint64(len(built.chunks) - 1))[0])
+                overlay.record(newest).to_dict()  # walks one whole new record through the embedded schema
     except ReaderError as e:
         raise PublishError(f"{path} does not read back: {e}") from e
 

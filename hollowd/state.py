@@ -21,12 +21,10 @@ import numpy as np
 import xxhash
 
 from hollow import layout
-from hollowd import encoder, index
+from hollowd import encoder, index, overlay
 from hollowd.errors import DuplicateKeyError, MissingKeyError, SchemaError, ValidationError
+from hollowd.overlay import MAX_HOLE_SHARE, Latest
 from hollowd.schema import NamespaceSchema, RecordType
-
-#: Renumber a type's ordinals once holes exceed this share of its list.
-MAX_HOLE_SHARE = 0.5
 
 
 def as_dict(type_name: str, record: Any) -> dict[str, Any]:
@@ -118,39 +116,8 @@ def _hashable_key(rtype: RecordType, key: Any, position: int | None) -> Any:
 
 
 @dataclass
-class TypeMemory:
-    """What the producer remembers of a type between cycles.
-
-    *keys* and *records* are the last cycle's, in the same order (the records
-    an incremental cycle starts from); None when rebuilt from a file without them.
-    """
-
-    holes: list[int]
-    size: int
-    content_hash: int
-    keys: list[Any] | None = None
-    records: list[dict[str, Any]] | None = None
-    ordinals: Any = None  # numpy array, the ordinal of each of *keys*
-    _ordinal_of: dict[Any, int] | None = None
-
-    @property
-    def ordinal_of(self) -> dict[Any, int]:
-        """Key → ordinal; built when first needed (by the next cycle that changes something)."""
-        if self._ordinal_of is None:
-            keys = self.keys or []
-            ordinals = self.ordinals.tolist() if self.ordinals is not None else []
-            self._ordinal_of = dict(zip(keys, ordinals, strict=True))
-        return self._ordinal_of
-
-    def by_key(self) -> dict[Any, dict[str, Any]]:
-        if self.keys is None or self.records is None:
-            raise AssertionError("records were not kept")  # pragma: no cover - callers check
-        return dict(zip(self.keys, self.records, strict=True))
-
-
-@dataclass
 class BuiltType:
-    """One type of a candidate version, encoded and indexed, ready to write."""
+    """One type of a candidate base, encoded and indexed, ready to write."""
 
     rtype: RecordType
     count: int
@@ -161,55 +128,74 @@ class BuiltType:
     content_hash: int
     primary: index.BuiltIndex
     secondary: list[index.BuiltIndex]
-    memory: TypeMemory = field(repr=False)
+    hashes: Any = field(repr=False, default=None)  # uint64 per ordinal: change hashes (0: hole)
 
 
 def build_type(
     rtype: RecordType,
     records: list[dict[str, Any]],
-    previous: TypeMemory | None,
+    previous: Latest | None,
     encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder],
     *,
-    keep_records: bool,
+    hashes: Any = None,
 ) -> BuiltType:
-    """Check, order, encode and index the records of one type. Raises :class:`ValidationError`."""
+    """Check, order, encode and index every record of one type. Raises :class:`ValidationError`.
+
+    Records that stay keep their ordinals in *previous* (the latest version);
+    *hashes* are their change hashes when the caller computed them already.
+    """
     columns = encoder.ColumnCache(records)
     keys = _keys(rtype, records, columns)
     fps = _fingerprints(rtype, records, keys)
     _check_unique(rtype, keys, fps)
-    ordinals, size, holes = _ordinals(keys, previous)
+    ordinals, size, holes = _ordinals(fps, previous)
     if size == len(records) and (ordinals[1:] > ordinals[:-1]).all():
         by_ordinal: list[Any] = records  # ordinals are 0..n-1 in input order
     else:
         slots = np.full(size, None, dtype=object)
         slots[ordinals] = _object_array(records)
         by_ordinal = slots.tolist()
-    enc = encoders.get(rtype.name)
-    if enc is None:
-        enc = encoders[rtype.name] = encoder.encoder_for(rtype.schema)
+    enc = encoder_of(rtype, encoders)
     try:
         table, segment = enc.encode(by_ordinal, columns if by_ordinal is records else None)
     except encoder.EncodeError as e:
-        raise _record_error(rtype, by_ordinal[e.position], e.cause) from e.cause
-    holes_arr = np.array(holes, dtype=np.uint32)
+        raise record_error(rtype, by_ordinal[e.position], e.cause) from e.cause
+    per_ordinal = np.zeros(size, dtype=np.uint64)
+    per_ordinal[ordinals] = overlay.record_hashes(records) if hashes is None else hashes
+    secondary = [secondary_fps(rtype, spec, records, columns) for spec in rtype.indexes]
+    return assemble(
+        rtype, table, segment, size, np.asarray(holes, dtype=np.uint32), per_ordinal, fps, ordinals, secondary
+    )
+
+
+def assemble(
+    rtype: RecordType,
+    table: bytes,
+    segment: Any,
+    size: int,
+    holes: Any,
+    hashes: Any,
+    key_fps: Any,
+    ordinals: Any,
+    value_fps: list[Any],
+) -> BuiltType:
+    """A base type from its records message and, for each live record, its ordinal and fingerprints."""
     h = xxhash.xxh3_64()
-    for part in (table, segment, holes_arr.tobytes()):
+    for part in (table, segment, holes.tobytes()):
         h.update(part)
-    primary = index.build_unique(rtype.primary, fps, ordinals)
-    secondary = [
-        index.build_multi(spec, _secondary_fps(rtype, spec, records, columns), ordinals) for spec in rtype.indexes
-    ]
-    memory = TypeMemory(
-        holes=holes,
-        size=size,
-        content_hash=h.intdigest(),
-        keys=keys,
-        records=records if keep_records else None,
-        ordinals=ordinals,
-    )
-    return BuiltType(
-        rtype, len(records), size, table, segment, holes_arr, memory.content_hash, primary, secondary, memory
-    )
+    primary = index.build_unique(rtype.primary, key_fps, ordinals)
+    secondary = [index.build_multi(spec, fps, ordinals) for spec, fps in zip(rtype.indexes, value_fps, strict=True)]
+    return BuiltType(rtype, len(ordinals), size, table, segment, holes, h.intdigest(), primary, secondary, hashes)
+
+
+def encoder_of(
+    rtype: RecordType, encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder]
+) -> encoder.RecordEncoder | encoder.BuilderEncoder:
+    """The type's encoder, made once per producer."""
+    enc = encoders.get(rtype.name)
+    if enc is None:
+        enc = encoders[rtype.name] = encoder.encoder_for(rtype.schema)
+    return enc
 
 
 def _object_array(items: list[Any]) -> Any:
@@ -217,6 +203,16 @@ def _object_array(items: list[Any]) -> Any:
     arr = np.empty(len(items), dtype=object)
     arr[:] = items
     return arr
+
+
+def full_keys(rtype: RecordType, records: list[dict[str, Any]]) -> list[Any]:
+    """The primary key of every record (a full cycle's input); a record without one is named."""
+    return _keys(rtype, records, encoder.ColumnCache(records))
+
+
+def full_fingerprints(rtype: RecordType, records: list[dict[str, Any]], keys: list[Any]) -> Any:
+    """The primary-key fingerprint of every record; a key of the wrong type is named with its position."""
+    return _fingerprints(rtype, records, keys)
 
 
 def _keys(rtype: RecordType, records: list[dict[str, Any]], columns: encoder.ColumnCache) -> list[Any]:
@@ -275,32 +271,45 @@ def _check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
     )
 
 
-def _ordinals(keys: list[Any], previous: TypeMemory | None) -> tuple[Any, int, list[int]]:
-    """Ordinal of each record (input order), list size, and sorted holes."""
-    n = len(keys)
-    if previous is None or not previous.ordinal_of:
-        return np.arange(n, dtype=np.int64), n, []
-    old = list(map(previous.ordinal_of.get, keys))
-    kept = {o for o in old if o is not None}
-    free = sorted(set(previous.holes) | (set(previous.ordinal_of.values()) - kept))
-    fresh = [i for i, o in enumerate(old) if o is None]
-    size = previous.size
+def _ordinals(fps: Any, previous: Latest | None) -> tuple[Any, int, Any]:
+    """Ordinal of each record (input order), list size, and sorted holes: all vector work.
+
+    Records whose key the latest version has keep its ordinal; new ones take
+    the lowest free ordinals, then grow the list. Once holes pass
+    :data:`MAX_HOLE_SHARE`, ordinals are renumbered in their order (iteration
+    order stays; the holes go).
+    """
+    n = len(fps)
+    if previous is None:
+        return np.arange(n, dtype=np.int64), n, np.zeros(0, dtype=np.int64)
+    old_fps, old_ords = previous.live_keys()
+    by_fp = np.argsort(old_fps)
+    sorted_fps, sorted_ords = old_fps[by_fp], old_ords[by_fp]
+    at = np.searchsorted(sorted_fps, fps)
+    at[at >= len(sorted_fps)] = max(len(sorted_fps) - 1, 0)
+    found = sorted_fps[at] == fps if len(sorted_fps) else np.zeros(n, dtype=bool)
+    ordinals = np.where(found, sorted_ords[at] if len(sorted_ords) else -1, -1).astype(np.int64)
+    freed = np.setdiff1d(old_ords, ordinals[found])
+    free = np.union1d(previous.holes, freed)
+    fresh = np.flatnonzero(~found)
     take = min(len(fresh), len(free))
-    for i, o in zip(fresh[:take], free[:take], strict=True):
-        old[i] = o
-    for j, i in enumerate(fresh[take:]):
-        old[i] = size + j
+    size = previous.size
+    ordinals[fresh[:take]] = free[:take]
+    ordinals[fresh[take:]] = size + np.arange(len(fresh) - take)
     size += len(fresh) - take
     holes = free[take:]
-    while holes and holes[-1] == size - 1:  # a hole at the end is just a shorter list
-        holes.pop()
-        size -= 1
-    if holes and len(holes) > MAX_HOLE_SHARE * size:
-        return np.arange(n, dtype=np.int64), n, []  # compact: renumber in input order
-    return np.array(old, dtype=np.int64), size, holes
+    if len(holes) and holes[-1] == size - 1:  # holes at the end are just a shorter list
+        run = holes[::-1] == np.arange(size - 1, size - 1 - len(holes), -1)
+        trailing = len(holes) if run.all() else int(np.argmin(run))
+        holes = holes[: len(holes) - trailing]
+        size -= trailing
+    if len(holes) > MAX_HOLE_SHARE * size:
+        return np.argsort(np.argsort(ordinals, kind="stable"), kind="stable"), n, np.zeros(0, dtype=np.int64)
+    return ordinals, size, holes
 
 
-def _secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]], columns: encoder.ColumnCache) -> Any:
+def secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]], columns: encoder.ColumnCache) -> Any:
+    """The value fingerprint of each record for one secondary index (an absent field files under its default)."""
     defaults = [_field_default(rtype, f) for f in spec.fields]
     if len(spec.fields) == 1:
         name, default = spec.fields[0], defaults[0]
@@ -328,7 +337,8 @@ def _field_default(rtype: RecordType, name: str) -> Any:
     return getattr(value, value.which())
 
 
-def _record_error(rtype: RecordType, record: Any, cause: BaseException) -> ValidationError:
+def record_error(rtype: RecordType, record: Any, cause: BaseException) -> ValidationError:
+    """The error naming a record the encoder refused, its key and the field."""
     key = rtype.key_of(record) if isinstance(record, Mapping) else None
     problem = encoder.diagnose(rtype.schema, record)
     if problem is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hollowd.errors import ConfigurationError, ValidationFailedError
@@ -30,7 +30,8 @@ class Candidate:
     version: int  # the version it would get
     counts: Mapping[str, int]  # records per type
     previous_counts: Mapping[str, int] | None  # of the latest published version, if any
-    records: Mapping[str, Sequence[Mapping[str, Any]]]
+    records: Mapping[str, Sequence[Mapping[str, Any]]]  # every record (built on first use in an incremental cycle)
+    changed: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)  # upserted this cycle
 
 
 Validator = Callable[[Candidate], Any]

@@ -30,12 +30,23 @@ def test_current_format_has_golden_files() -> None:
 
 
 def test_producer_writes_the_golden_bytes(root: Path) -> None:
-    produced = dataset.produce(root).read_bytes()
-    golden = (GOLDEN / f"v{layout.FORMAT_VERSION}" / "movies.state").read_bytes()
-    assert dataset.normalized(produced) == dataset.normalized(golden), (
-        "the state-file bytes changed without a FORMAT_VERSION bump; if that is meant, bump it and "
-        "run python -m tests.golden.dataset"
-    )
+    path = dataset.produce(root)
+    produced, produced_base = path.read_bytes(), _base_of(path)
+    golden_path = GOLDEN / f"v{layout.FORMAT_VERSION}" / "movies.state"
+    golden, golden_base = golden_path.read_bytes(), _base_of(golden_path)
+    assert (produced_base is None) == (golden_base is None)
+    for mine, theirs in ((produced, golden), (produced_base, golden_base)):
+        if mine is None or theirs is None:
+            continue
+        assert dataset.normalized(mine, produced_base) == dataset.normalized(theirs, golden_base), (
+            "the state-file bytes changed without a FORMAT_VERSION bump; if that is meant, bump it and "
+            "run python -m tests.golden.dataset"
+        )
+
+
+def _base_of(path: Path) -> bytes | None:
+    base = path.with_name(path.name + ".base")
+    return base.read_bytes() if base.exists() else None
 
 
 def _install(root: Path, golden: Path) -> None:
@@ -44,6 +55,9 @@ def _install(root: Path, golden: Path) -> None:
     data = golden.read_bytes()
     version = int.from_bytes(data[16:24], "little")  # where every format so far keeps it
     (ns / str(version)).write_bytes(data)
+    base = _base_of(golden)
+    if base is not None:  # format 4: a version built on a base
+        (ns / f"{version}.base").write_bytes(base)
     layout.announcement_path(ns).parent.mkdir()
     layout.announcement_path(ns).write_bytes(layout.Announcement(version).dumps())
 

@@ -1,4 +1,4 @@
-# The envelope of a hollowd state file (format version 3).
+# The envelope of a hollowd state file (format version 4).
 #
 # A state file is: a 128-byte fixed header (see hollow/layout.py), then this
 # envelope as an unpacked single-segment Cap'n Proto message, then the
@@ -16,6 +16,11 @@ struct State {
   publishedAtNs @3 :Int64;       # CLOCK_REALTIME, nanoseconds
   userSchema @4 :EmbeddedSchema;  # (not "schema": pycapnp readers have a .schema)
   types @5 :List(TypeState);
+  baseVersion @6 :UInt64;        # 0: this file holds every record (a base). Otherwise the
+                                 # version is the base file `<version>.base` (a hard link to
+                                 # the base's inode, shared by every version built on it)
+                                 # read through this file's overlays (Overlay below)
+  baseContentHash @7 :UInt64;    # the base's header content hash: the link must be that file
 }
 
 struct EmbeddedSchema {
@@ -47,6 +52,38 @@ struct TypeState {
   contentHash @6 :UInt64;        # xxh3_64 of the records and holes sections
   primaryKey @7 :Index;
   indexes @8 :List(Index);       # secondary hash indexes
+  hashes @9 :Section;            # UInt64 per ordinal: each record's change hash (0 for a hole);
+                                 # a cycle compares its input with these, not with the records
+  overlay @10 :Overlay;          # in a version with a base: what changed since the base.
+                                 # records, primaryKey and indexes are then the base's
+}
+
+# What a version changed since its base, for one type: the records upserted since
+# the base (latest value per key), the base keys removed since, and small indexes
+# over both. A reader probes the overlay first (a bloom byte, then `keys`), then
+# the base. Every UInt64 array below is a Section of little-endian words.
+struct Overlay {
+  chunks @0 :List(Section);      # Records messages, one per cycle since the base; an entry
+                                 # refers to one record of one chunk (older ones may be dead)
+  entryOrdinals @1 :Section;     # E ascending ordinals: the live overlay records, by ordinal
+  entryRefs @2 :Section;         # E: chunk << 32 | position in that chunk
+  entryKeys @3 :Section;         # E: primary-key fingerprints
+  entryHashes @4 :Section;       # E: change hashes
+  entryStamps @5 :Section;       # E: the version that last changed each record
+  tombKeys @6 :Section;          # T: fingerprints of base keys removed since the base
+  tombOrdinals @7 :Section;      # T: their ordinals in the base
+  tombStamps @8 :Section;        # T: the version that removed each
+  masked @9 :Section;            # M ascending base ordinals whose base record is not current
+  bloom @10 :Section;            # bytes: non-zero at fingerprint % length for every key above
+  bloomLength @11 :UInt64;       # (the section is padded to whole words)
+  keys @12 :Index;               # fingerprint -> entry + 1, or 1 << 63 | tomb + 1
+  entryValues @13 :List(Section);  # per secondary index: E value fingerprints of the entries
+  maskedValues @14 :List(Section); # per secondary index: M value fingerprints of masked records
+  added @15 :List(Index);        # per secondary index: value -> entries having it (postings)
+  skipped @16 :List(Index);      # per secondary index: value -> positions in the base's
+                                 # postings of that value whose record is masked
+  maskedPositions @17 :List(Section);  # per secondary index: M positions of the masked
+                                 # records in their value's postings (what `skipped` holds)
 }
 
 enum KeyKind {

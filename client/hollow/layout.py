@@ -10,6 +10,7 @@ Layout of a namespace directory (``<root>/<namespace>/``)::
 
     <version>         one immutable state file per live version (decimal name)
     .<version>.<pid>.tmp   a state file being written; never opened by readers
+    <version>.base    a hard link to the base file the version is built on, if any
     <version>.lock    its lockfile, on which readers hold leases (hollow.lease)
     announce/announced   JSON: the version readers should be on, and the pin
 
@@ -33,7 +34,7 @@ import xxhash
 
 from hollow.errors import CorruptStateError, InvalidNameError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MAGIC = b"\x89HOLLOW\n"
 HEADER_SIZE = 128
 DEFAULT_ROOT = "/dev/shm/hollow"  # noqa: S108 - the shared-memory root is the point

@@ -1,7 +1,9 @@
 """Attaching one version: open, check the header, map, ready to look up.
 
 Attach is O(1) in the dataset's size: one open, one fstat, one mmap, a 128-byte
-header check, and the envelope (a few hundred bytes per type). Nothing is
+header check, and the envelope (a few hundred bytes per type). A version built
+on a base (docs/decisions.md §18) maps its base too: ``<version>.base``, a hard
+link to the base's file, so every version on one base shares its pages. Nothing is
 copied or deserialized; record lists and index tables are views of the mapping.
 
 The mapping is never closed explicitly. It lives as long as anything that reads
@@ -23,13 +25,16 @@ import capnp
 
 from hollow import layout, schema
 from hollow.errors import CorruptStateError, UnknownTypeError, VersionNotFoundError
-from hollow.view import IndexTable, TypeView, section
+from hollow.view import IndexTable, Overlay, TypeView, section
+
+BASE_SUFFIX = ".base"
 
 
 class StateFile:
     """One attached version of a namespace: its header, envelope and type views."""
 
     __slots__ = (
+        "_base",
         "_envelope",
         "_mm",
         "_structs",
@@ -43,7 +48,9 @@ class StateFile:
         "version",
     )
 
-    def __init__(self, path: Path, *, namespace: str, reader_schema: Any = None) -> None:
+    def __init__(
+        self, path: Path, *, namespace: str, reader_schema: Any = None, structs: dict[int, Any] | None = None
+    ) -> None:
         self.path = path
         what = str(path)
         try:
@@ -83,19 +90,58 @@ class StateFile:
             if root.version != header.version:
                 raise CorruptStateError(f"{what}: envelope says version {root.version}, header {header.version}")
             self._type_states = {ts.name: ts for ts in root.types}
-            if reader_schema is None:
-                self._structs = schema.embedded_types(header.schema_fingerprint, root.userSchema.nodes, what=what)
-            else:  # checked now, so a mismatch is an attach error, not a surprise at first use
-                self._structs = {
-                    ts.typeId: schema.user_struct(reader_schema, name, ts.typeId, what=what)
-                    for name, ts in self._type_states.items()
-                }
+            self._structs = structs if structs is not None else self._schema_of(root, reader_schema)
             self._envelope = root
+            self._base = self._open_base(root, namespace) if root.baseVersion else None
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: damaged envelope ({e.description})") from e
         except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             # pycapnp's ways of saying a pointer or a name in the envelope makes no sense
             raise CorruptStateError(f"{what}: malformed envelope ({type(e).__name__}: {e})") from e
+
+    def _schema_of(self, root: Any, reader_schema: Any) -> dict[int, Any]:
+        """The struct schemas records are read through: the embedded ones, or the reader's (checked now,
+        so that a mismatch is an attach error, not a surprise at first use). A base is read through
+        the schema of the version built on it."""
+        if reader_schema is None:
+            return schema.embedded_types(self.header.schema_fingerprint, root.userSchema.nodes, what=self._what)
+        return {
+            ts.typeId: schema.user_struct(reader_schema, name, ts.typeId, what=self._what)
+            for name, ts in self._type_states.items()
+        }
+
+    def _open_base(self, root: Any, namespace: str) -> StateFile:
+        path = self.path.with_name(self.path.name + BASE_SUFFIX)
+        try:
+            base = StateFile(path, namespace=namespace, structs=self._structs)
+        except VersionNotFoundError as e:
+            raise CorruptStateError(f"{self._what}: its base {path} is missing ({e})") from None
+        if base.version != root.baseVersion or base.header.content_hash != root.baseContentHash:
+            raise CorruptStateError(
+                f"{self._what}: {path} is not its base (version {base.version}, wanted {root.baseVersion})"
+            )
+        if base._base is not None:
+            raise CorruptStateError(f"{self._what}: its base {path} has a base of its own")
+        return base
+
+    @property
+    def base(self) -> StateFile | None:
+        """The base this version's overlays are read over (None when this file holds every record)."""
+        return self._base
+
+    def type_state(self, name: str) -> Any:
+        """The envelope's ``TypeState`` of *name* (for the producer, which reads sections itself)."""
+        self.type(name)  # checks it exists and is sound
+        return self._type_states[name]
+
+    def array(self, sec: Any, fmt: str, *, what: str) -> memoryview:
+        """A bounds-checked typed view of one section of this file."""
+        return section(self._view, sec, self.header.file_length, fmt, what=f"{self._what}: {what}")
+
+    def raw(self, sec: Any, *, what: str) -> memoryview:
+        """The bytes of one bounds-checked section of this file."""
+        layout.check_section(sec.offset, sec.length, self.header.file_length, what=f"{self._what}: {what}")
+        return self._view[sec.offset : sec.offset + sec.length]
 
     @property
     def schema_file(self) -> str:
@@ -129,10 +175,13 @@ class StateFile:
         return view
 
     def _attach_type(self, ts: Any) -> TypeView:
-        what, view, size, name = self._what, self._view, self.header.file_length, ts.name
+        what, name = self._what, ts.name
         struct = self._structs.get(ts.typeId)
         if struct is None:
             raise CorruptStateError(f"{what}: type {name} ({ts.typeId:#x}) missing from the embedded schema")
+        if self._base is not None:
+            return self._attach_overlaid(ts, struct)
+        view, size = self._view, self.header.file_length
         rec = ts.records
         layout.check_section(rec.offset, rec.length, size, what=f"{what}: {name} records")
         msg = schema.read_message(view[rec.offset : rec.offset + rec.length])
@@ -148,4 +197,52 @@ class StateFile:
         secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
         return TypeView(
             name, records, count, holes, primary, secondary, content_hash=ts.contentHash, schema=struct, what=what
+        )
+
+    def _attach_overlaid(self, ts: Any, struct: Any) -> TypeView:
+        """The type's view: the base's records and indexes under this file's overlay."""
+        what, view, size, name = self._what, self._view, self.header.file_length, ts.name
+        assert self._base is not None
+        if name not in self._base._type_states:
+            raise CorruptStateError(f"{what}: type {name} is missing from its base")
+        base = self._base.type(name)
+        ov = ts.overlay
+        list_schema = capnp._ListSchema(struct)
+        chunks = []
+        for i, sec in enumerate(ov.chunks):
+            layout.check_section(sec.offset, sec.length, size, what=f"{what}: {name} chunk {i}")
+            msg = schema.read_message(view[sec.offset : sec.offset + sec.length])
+            chunks.append(msg.get_root(schema.envelope().Records).list.as_list(list_schema))
+        ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
+        refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
+        if len(refs) != len(ordinals):
+            raise CorruptStateError(f"{what}: {name} overlay arrays differ in length")
+        for ref in refs[:1]:  # each record access is bounds-checked by capnp; check the first here
+            if ref >> 32 >= len(chunks) or ref & 0xFFFFFFFF >= len(chunks[ref >> 32]):
+                raise CorruptStateError(f"{what}: {name} overlay refers past its chunks")
+        bloom = section(view, ov.bloom, size, "B", what=f"{what}: {name} overlay bloom")[: ov.bloomLength]
+        if not len(bloom):
+            raise CorruptStateError(f"{what}: {name} overlay has no bloom array")
+        keys = IndexTable.attach(ov.keys, view, size, what=f"{what}: {name} overlay keys")
+        added = [IndexTable.attach(ix, view, size, what=f"{what}: {name} overlay index") for ix in ov.added]
+        skipped = [IndexTable.attach(ix, view, size, what=f"{what}: {name} overlay index") for ix in ov.skipped]
+        if len(added) != len(base.indexes) or len(skipped) != len(base.indexes):
+            raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
+        count, ordinal_count = ts.count, ts.ordinals
+        holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")[: ordinal_count - count]
+        if count > ordinal_count or len(holes) != ordinal_count - count:
+            raise CorruptStateError(f"{what}: {name} holes do not match its counts")
+        overlay = Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
+        return TypeView(
+            name,
+            base._records,
+            count,
+            holes,
+            base.primary,
+            base.indexes,
+            content_hash=ts.contentHash,
+            schema=struct,
+            what=what,
+            overlay=overlay,
+            size=ordinal_count,
         )

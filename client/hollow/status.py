@@ -13,6 +13,7 @@ from typing import Any
 
 from hollow import doorbell, layout, lease
 from hollow.errors import NamespaceNotFoundError
+from hollow.state import BASE_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class VersionStatus:
     pinned: bool
     latest: bool
     leases: list[int] = field(default_factory=list)  # PIDs holding a lease
+    base_bytes: int = 0  # the base file it is built on (shared with other versions), 0 for a base
+    base_inode: int = field(default=0, repr=False)
+    inode: int = field(default=0, repr=False)
 
 
 @dataclass(frozen=True)
@@ -36,12 +40,17 @@ class Status:
     followers: list[int]  # PIDs of processes following the announcements
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        for v in doc["versions"]:
+            del v["inode"], v["base_inode"]  # this host's bookkeeping, not the namespace's state
+        return doc
 
     @property
     def bytes(self) -> int:
-        """Bytes of every live version's state file together."""
-        return sum(v.bytes for v in self.versions)
+        """Bytes of every live version's files together, each file once (versions share their base)."""
+        files = {v.inode: v.bytes for v in self.versions}
+        files.update({v.base_inode: v.base_bytes for v in self.versions if v.base_inode})
+        return sum(files.values())
 
 
 def status(namespace: str, root: str | os.PathLike[str] | None = None) -> Status:
@@ -56,14 +65,25 @@ def status(namespace: str, root: str | os.PathLike[str] | None = None) -> Status
     pinned = announced if announcement is not None and announcement.pinned else None
     rows = []
     for v in versions:
+        name = layout.state_name(v)
         try:
-            size = os.stat(ns_dir / layout.state_name(v)).st_size
+            st = os.stat(ns_dir / name)
         except FileNotFoundError:
             continue  # reclaimed while we looked
+        try:
+            base = os.stat(ns_dir / (name + BASE_SUFFIX))
+            base_bytes, base_inode = base.st_size, base.st_ino
+        except FileNotFoundError:
+            base_bytes = base_inode = 0
+        if base_inode == st.st_ino:
+            base_bytes = base_inode = 0
         rows.append(
             VersionStatus(
                 version=v,
-                bytes=size,
+                bytes=st.st_size,
+                base_bytes=base_bytes,
+                base_inode=base_inode,
+                inode=st.st_ino,
                 announced=v == announced,
                 pinned=v == pinned,
                 latest=v == latest,

@@ -6,6 +6,11 @@ memoryviews of it. A lookup is a hash probe (an integer multiply and a modulo,
 then one or two array reads) and one list access: no copy, no per-process
 index building.
 
+A version built on a base (docs/decisions.md §18) reads through an
+:class:`Overlay` first: one byte of a bloom array says whether the key can be
+in it at all (the common case, a base record, costs that byte), then a small
+table of the records changed since the base and of the base keys removed.
+
 Records are valid as long as you hold them, but belong inside their snapshot's
 block: after it ends the version may be reclaimed, and a record you kept reads
 a version nobody announces any more.
@@ -13,6 +18,8 @@ a version nobody announces any more.
 
 from __future__ import annotations
 
+import bisect
+from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
@@ -85,6 +92,13 @@ class IndexTable:
             if s == cap:
                 s = 0
 
+    def postings_of(self, fp: int) -> memoryview | None:
+        """The postings run of *fp* in a non-unique table, or None (first match: fingerprints are unique)."""
+        for value in self.probe(fp):
+            start = (value & 0xFFFFFFFF) - 1
+            return self.postings[start : start + (value >> 32)]
+        return None
+
 
 _KEY_TYPES = {"int": layout.KEY_INT, "text": layout.KEY_TEXT, "data": layout.KEY_DATA, "bool": layout.KEY_BOOL}
 
@@ -119,17 +133,100 @@ class RecordList(Sequence[Any]):
         return f"<RecordList of {len(self)} records>"
 
 
+#: An overlay key table's value for a removed base key (with the tomb's index + 1 below it).
+TOMB = 1 << 63
+_GONE = object()
+
+
+class Overlay:
+    """What a version changed since its base, for one type (``Overlay`` in hollow.capnp)."""
+
+    __slots__ = (
+        "added",
+        "bloom",
+        "bloom_n",
+        "chunks",
+        "keys",
+        "ordinals",
+        "refs",
+        "skipped",
+    )
+
+    def __init__(
+        self,
+        chunks: list[Any],
+        ordinals: memoryview,
+        refs: memoryview,
+        keys: IndexTable,
+        bloom: Any,
+        added: list[IndexTable],
+        skipped: list[IndexTable],
+    ) -> None:
+        self.chunks = chunks
+        self.ordinals = ordinals
+        self.refs = refs
+        self.keys = keys
+        self.bloom = bloom
+        self.bloom_n = len(bloom)
+        self.added = added
+        self.skipped = skipped
+
+    def record(self, entry: int) -> Any:
+        ref = self.refs[entry]
+        return self.chunks[ref >> 32][ref & 0xFFFFFFFF]
+
+    def lookup(self, fp: int) -> Any:
+        """The entry's record for *fp*, ``_GONE`` for a removed base key, or ``_MISSING``."""
+        cap = self.keys.capacity
+        slots = self.keys.slots
+        s = fp % cap
+        while True:
+            value = slots[2 * s + 1]
+            if not value:
+                return _MISSING
+            if slots[2 * s] == fp:
+                return _GONE if value & TOMB else self.record(value - 1)
+            s += 1
+            if s == cap:
+                s = 0
+
+    def entry_at(self, ordinal: int) -> int:
+        """The entry holding *ordinal*, or -1 when the base record (or a hole) is there."""
+        ordinals = self.ordinals
+        j = bisect.bisect_left(ordinals, ordinal)
+        return j if j < len(ordinals) and ordinals[j] == ordinal else -1
+
+
+class VersionRecords:
+    """The records of one version by ordinal: the overlay's where it has one, else the base's."""
+
+    __slots__ = ("_base", "_overlay")
+
+    def __init__(self, base: Any, overlay: Overlay) -> None:
+        self._base = base
+        self._overlay = overlay
+
+    def __getitem__(self, ordinal: int) -> Any:
+        e = self._overlay.entry_at(ordinal)
+        return self._base[ordinal] if e < 0 else self._overlay.record(e)
+
+
 _EMPTY = RecordList((), ())
+_NO_BLOOM = b"\0"
 
 
 class TypeView:
     """The records of one type in one version: ``get``, ``[key]``, ``len``, iteration, ``find``."""
 
     __slots__ = (
+        "_bloom",
+        "_bloom_n",
         "_cap",
         "_exact",
         "_holes",
+        "_overlay",
         "_records",
+        "_size",
         "_slots",
         "_text_field",
         "content_hash",
@@ -153,6 +250,8 @@ class TypeView:
         content_hash: int = 0,
         schema: Any = None,
         what: str,
+        overlay: Overlay | None = None,
+        size: int | None = None,
     ) -> None:
         self.name = name
         self.content_hash = content_hash
@@ -169,10 +268,16 @@ class TypeView:
         self._text_field = primary.fields[0] if single_text else None
         self._cap = primary.capacity
         self._slots = primary.slots
+        #: ordinals of this version (live records and holes); the base's list may be longer or shorter
+        self._size = len(records) if size is None else size
+        self._overlay = overlay
+        # No overlay: one zero byte, so the hot paths test it without a branch of their own.
+        self._bloom = _NO_BLOOM if overlay is None else overlay.bloom
+        self._bloom_n = 1 if overlay is None else overlay.bloom_n
 
     # -- primary key --------------------------------------------------------
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot paths inlined
         """The record whose primary key is *key* (a tuple for several fields), or *default*.
 
         Raises TypeError when *key* cannot be a key of this type.
@@ -181,6 +286,10 @@ class TypeView:
             # The hot path, inlined: an integer key is its own hash and is stored in the table.
             if key < 0:
                 key &= _M64
+            if self._bloom[key % self._bloom_n]:
+                found = self._overlay.lookup(key)  # type: ignore[union-attr]
+                if found is not _MISSING:
+                    return default if found is _GONE else found
             cap = self._cap
             s = key % cap
             slots = self._slots
@@ -196,6 +305,10 @@ class TypeView:
         if type(key) is str and self._text_field is not None:
             # The other hot path: one Text key field. The table holds its hash; the record confirms.
             fp = _xxh3(key.encode())
+            if self._bloom[fp % self._bloom_n]:
+                found = self._overlay.lookup(fp)  # type: ignore[union-attr]
+                if found is not _MISSING:
+                    return found if found is not _GONE and found._get(self._text_field) == key else default
             cap = self._cap
             s = fp % cap
             slots = self._slots
@@ -218,6 +331,10 @@ class TypeView:
             fp = primary.fingerprint(key)
         except TypeError as e:
             raise TypeError(f"{self.name} primary key is {self._key_signature(primary)}: {e}") from None
+        if self._bloom[fp % self._bloom_n]:
+            found = self._overlay.lookup(fp)  # type: ignore[union-attr]
+            if found is not _MISSING:
+                return found if found is not _GONE and self._matches(found, primary.fields, key) else default
         for value in primary.probe(fp):
             record = self._records[value - 1]
             if self._matches(record, primary.fields, key):
@@ -247,12 +364,39 @@ class TypeView:
             fp = index.fingerprint(key)
         except TypeError as e:
             raise TypeError(f"{self.name} index on {', '.join(index.fields)}: {e}") from None
-        for value in index.probe(fp):
-            start = (value & 0xFFFFFFFF) - 1
-            ordinals = index.postings[start : start + (value >> 32)]
-            if ordinals and self._matches(self._records[ordinals[0]], index.fields, key):
-                return RecordList(self._records, ordinals)
-        return _EMPTY
+        ordinals = index.postings_of(fp)
+        if ordinals is not None and not (ordinals and self._matches(self._records[ordinals[0]], index.fields, key)):
+            ordinals = None
+        if self._overlay is None:
+            return _EMPTY if ordinals is None else RecordList(self._records, ordinals)
+        return self._find_overlaid(self.indexes.index(index), fp, key, ordinals)
+
+    def _find_overlaid(self, i: int, fp: int, key: Any, base: memoryview | None) -> RecordList:
+        """The base's matches less those the overlay masks, merged with the overlay's, in ordinal order."""
+        overlay = self._overlay
+        assert overlay is not None
+        fields = self.indexes[i].fields
+        added = overlay.added[i].postings_of(fp)
+        if added and not self._matches(overlay.record(added[0]), fields, key):
+            added = None
+        skipped = overlay.skipped[i].postings_of(fp) if base is not None else None
+        if not added and not skipped:
+            return _EMPTY if base is None else RecordList(self._records, base)
+        kept = array("I")
+        if base is not None:
+            at = 0
+            for pos in skipped or ():
+                kept.frombytes(base[at:pos].cast("B"))
+                at = pos + 1
+            kept.frombytes(base[at:].cast("B"))
+        ords = overlay.ordinals
+        extra = [ords[e] for e in added or ()]
+        if len(extra) < 64:
+            for o in extra:
+                kept.insert(bisect.bisect_left(kept, o), o)
+        else:
+            kept = array("I", sorted([*kept, *extra]))
+        return RecordList(VersionRecords(self._records, overlay), kept) if kept else _EMPTY
 
     def _index_for(self, where: dict[str, Any]) -> IndexTable:
         wanted = set(where)
@@ -272,16 +416,47 @@ class TypeView:
 
     def __iter__(self) -> Iterator[Any]:
         """Records in ordinal order: stable across versions for records that stay."""
-        if not len(self._holes):
+        if self._overlay is None and not len(self._holes):
             return iter(self._records)
-        return self._iter_skipping_holes()
+        return self._iter_merged()
 
-    def _iter_skipping_holes(self) -> Iterator[Any]:
+    def _iter_merged(self) -> Iterator[Any]:
         holes = set(self._holes)
         records = self._records
-        for o in range(len(records)):
-            if o not in holes:
+        overlay = self._overlay
+        ords: Any = overlay.ordinals if overlay is not None else ()
+        e, n = 0, len(ords)
+        next_entry = ords[0] if n else -1
+        for o in range(self._size):
+            if o == next_entry:
+                yield overlay.record(e)  # type: ignore[union-attr]
+                e += 1
+                next_entry = ords[e] if e < n else -1
+            elif o not in holes:
                 yield records[o]
+
+    def record_at(self, ordinal: int) -> Any:
+        """The record at *ordinal* in this version (a hole reads as an empty record)."""
+        if self._overlay is not None:
+            e = self._overlay.entry_at(ordinal)
+            if e >= 0:
+                return self._overlay.record(e)
+        return self._records[ordinal]
+
+    @property
+    def size(self) -> int:
+        """Ordinals in this version: live records plus holes."""
+        return self._size
+
+    @property
+    def holes(self) -> memoryview:
+        """This version's holes: ordinals that hold no record, ascending."""
+        return self._holes
+
+    @property
+    def overlay(self) -> Overlay | None:
+        """What this version changed since its base (None for a base)."""
+        return self._overlay
 
     def __repr__(self) -> str:
         return f"<TypeView {self.name}: {self.count} records>"

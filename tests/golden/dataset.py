@@ -74,16 +74,20 @@ def produce(root: Path) -> Path:
         return p.dir / str(version)
 
 
-def normalized(data: bytes) -> bytes:
+def normalized(data: bytes, base: bytes | None = None) -> bytes:
     """The file with what depends on the clock zeroed: publication time (header and
-    envelope), the content and envelope hashes over it, and the header checksum."""
+    envelope), the content and envelope hashes over it, and the header checksum; for a
+    version built on a base, the base's content hash it names (which covers the base's time)."""
     header = layout.Header.unpack(data, what="golden", size=len(data))
     stamp = header.published_at_ns.to_bytes(8, "little", signed=True)
     body = bytearray(data)
     body[64:72] = bytes(8)  # content hash (covers the envelope's publication time)
     body[72:80] = bytes(8)  # envelope hash (covers the envelope's publication time)
     body[112:128] = bytes(16)  # published-at and the checksum over it
-    return bytes(body[:128]) + bytes(body[128:]).replace(stamp, bytes(8))
+    rest = bytes(body[128:]).replace(stamp, bytes(8))
+    if base is not None:
+        rest = rest.replace(base[64:72], bytes(8))
+    return bytes(body[:128]) + rest
 
 
 def main() -> None:
@@ -93,6 +97,10 @@ def main() -> None:
         out.mkdir(exist_ok=True)
         shutil.copyfile(state, out / "movies.state")
         (out / "movies.state").chmod(0o644)
+        base = state.with_name(state.name + ".base")
+        if base.exists():  # format 4: the second version is an overlay on the first
+            shutil.copyfile(base, out / "movies.state.base")
+            (out / "movies.state.base").chmod(0o644)
     (out / "movies.json").write_text(json.dumps(second_cycle(), indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {out}", file=sys.stderr)
 

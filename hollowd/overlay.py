@@ -1,0 +1,739 @@
+"""Versions in O(changes): what a version adds to its base (docs/decisions.md §18).
+
+A version is a *base* (a state file holding every record: a first build or a
+compaction) or a base plus an *overlay*. Per type, the overlay holds the records
+upserted since the base (the latest value of each key, in chunks: one Records
+message per cycle), tombstones for the base keys removed since, the base
+ordinals whose record is no longer current (*masked*), and small indexes over
+all of it. The base file is shared by hard link (``<v>.base``), so K versions
+on one base cost one base plus K overlays in /dev/shm.
+
+A cycle reads back what it needs from the latest version's files (nothing per
+record is kept in the producer) and does O(k) Python work for k changed
+records; the rest of the overlay (its arrays, earlier chunks) is copied as
+whole buffers and its tables are rebuilt as numpy vectors.
+
+Compaction (:func:`compact`) writes a new base holding the same records under
+the same ordinals. It works on bytes: the base's records message is copied
+whole, the overlay's records are placed over it and their pointers moved by a
+vector of offsets, and the indexes are rebuilt from the ones already published;
+no record is decoded. Types written by pycapnp's builders (unions, groups) are
+decoded and encoded again instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import xxhash
+
+from hollow import layout
+from hollow.errors import CorruptStateError
+from hollow.state import StateFile
+from hollow.view import TOMB, TypeView
+from hollowd import encoder, index
+from hollowd.errors import DuplicateKeyError, ValidationError
+from hollowd.schema import IndexSpec, RecordType
+
+#: The overlay of a type is compacted into a new base once its entries and tombstones pass
+#: this share of the base's records (and :data:`COMPACT_MIN`), or it has :data:`MAX_CHUNKS` chunks.
+COMPACT_SHARE = 0.10
+COMPACT_MIN = 4096
+MAX_CHUNKS = 64
+#: Bloom bytes per overlay key: about 1/16 of base lookups then probe the overlay's table.
+BLOOM_BYTES_PER_KEY = 16
+#: Renumber a type's ordinals (at a compaction) once holes exceed this share of its list.
+MAX_HOLE_SHARE = 0.5
+
+ABSENT, ENTRY, TOMBSTONE, BASE = 0, 1, 2, 3
+#: The Overlay's UInt64 sections (hollow.capnp) and the names :class:`Latest` reads them under.
+_ARRAYS = {
+    "entryOrdinals": "e_ord", "entryRefs": "e_ref", "entryKeys": "e_key", "entryHashes": "e_hash",
+    "entryStamps": "e_stamp", "tombKeys": "t_key", "tombOrdinals": "t_ord", "tombStamps": "t_stamp",
+    "masked": "m_ord",
+}  # fmt: skip
+_PER_INDEX = {"entryValues": "e_vals", "maskedValues": "m_vals", "maskedPositions": "m_pos"}
+_U64 = np.uint64
+_EMPTY_U64 = np.zeros(0, dtype=np.uint64)
+_dumps = orjson.dumps
+_xxh = xxhash.xxh3_64_intdigest
+
+
+# --- change hashes ----------------------------------------------------------------
+
+
+def record_hash(record: Any) -> int:
+    """The 64-bit change hash of a record dict: equal records (same fields, same order) hash equal.
+
+    orjson writes a canonical JSON form quickly; None, NaN and the infinities
+    all come out as ``null`` there, so a record with a ``null`` in it, or with
+    a value JSON has no form for (bytes), is hashed from its ``repr`` instead.
+    """
+    try:
+        blob = _dumps(record)
+    except TypeError:
+        return _xxh(_exact(record))
+    if b"null" in blob:
+        return _xxh(_exact(record))
+    return _xxh(blob)
+
+
+def _exact(record: Any) -> bytes:
+    return b"\0" + repr(record).encode("utf-8", "surrogatepass")
+
+
+def record_hashes(records: list[Any]) -> Any:
+    """:func:`record_hash` of each record, as a uint64 array."""
+    return np.fromiter(map(record_hash, records), dtype=_U64, count=len(records))
+
+
+# --- reading back the latest version ------------------------------------------------
+
+
+def _u64(state: StateFile, sec: Any, what: str) -> Any:
+    return np.frombuffer(state.array(sec, "Q", what=what), dtype=_U64)
+
+
+@dataclass
+class Latest:
+    """One type of the latest version, as the next cycle reads it back from the files."""
+
+    rtype: RecordType
+    state: StateFile
+    view: TypeView  # the version's
+    base: TypeView  # its base's (the same view when the version is a base)
+    base_state: StateFile
+    base_hashes: Any
+    chunks: list[memoryview]
+    e_ord: Any
+    e_ref: Any
+    e_key: Any
+    e_hash: Any
+    e_stamp: Any
+    t_key: Any
+    t_ord: Any
+    t_stamp: Any
+    m_ord: Any
+    e_vals: list[Any]
+    m_vals: list[Any]
+    m_pos: list[Any]
+    holes: Any
+    size: int
+    count: int
+    content_hash: int
+
+    @classmethod
+    def read(cls, state: StateFile, rtype: RecordType) -> Latest:
+        """Raises :class:`CorruptStateError` when the file does not hold what a cycle needs."""
+        name = rtype.name
+        view = state.type(name)
+        ts = state.type_state(name)
+        base_state = state.base or state
+        base = base_state.type(name)
+        bts = base_state.type_state(name)
+        what = f"{name} hashes"
+        base_hashes = _u64(base_state, bts.hashes, what)
+        if len(base_hashes) != base.size:
+            raise CorruptStateError(f"{base_state.path}: {name} has {len(base_hashes)} hashes for {base.size} records")
+        holes = np.frombuffer(view.holes, dtype=np.uint32).astype(np.int64)
+        n_ix = len(rtype.indexes)
+        arrays: dict[str, Any] = dict.fromkeys(_ARRAYS.values(), _EMPTY_U64)
+        per_index: dict[str, list[Any]] = {a: [_EMPTY_U64] * n_ix for a in _PER_INDEX.values()}
+        chunks: list[memoryview] = []
+        if state.base is not None:
+            ov = ts.overlay
+            arrays = {a: _u64(state, getattr(ov, f), f"{name} overlay {f}") for f, a in _ARRAYS.items()}
+            per_index = {
+                a: [_u64(state, s, f"{name} overlay {f}") for s in getattr(ov, f)] for f, a in _PER_INDEX.items()
+            }
+            if any(len(p) != n_ix for p in per_index.values()):
+                raise CorruptStateError(f"{state.path}: {name} overlay indexes do not match the schema's")
+            chunks = [state.raw(sec, what=f"{name} chunk") for sec in ov.chunks]
+        return cls(
+            rtype=rtype,
+            state=state,
+            view=view,
+            base=base,
+            base_state=base_state,
+            base_hashes=base_hashes,
+            chunks=chunks,
+            holes=holes,
+            size=view.size,
+            count=len(view),
+            content_hash=view.content_hash,
+            **arrays,
+            **per_index,
+        )
+
+    @property
+    def entries(self) -> int:
+        return len(self.e_ord)
+
+    def locate(self, fp: int, key: Any) -> tuple[int, int]:
+        """Where *key* (fingerprint *fp*) is in this version: (ENTRY, e), (TOMBSTONE, t), (BASE, o) or ABSENT."""
+        ov = self.view.overlay
+        if ov is not None:
+            for value in ov.keys.probe(fp):
+                if value & TOMB:
+                    return TOMBSTONE, (value & ~TOMB) - 1
+                self._confirm(ov.record(value - 1), key)
+                return ENTRY, value - 1
+        for value in self.base.primary.probe(fp):
+            self._confirm(self.base.record_at(value - 1), key)
+            return BASE, value - 1
+        return ABSENT, -1
+
+    def base_ordinal(self, fp: int) -> int:
+        """The base ordinal of the base key with fingerprint *fp*, or -1."""
+        for value in self.base.primary.probe(fp):
+            return int(value) - 1
+        return -1
+
+    def _confirm(self, record: Any, key: Any) -> None:
+        spec = self.rtype.primary
+        if spec.kind == layout.KIND_EXACT_INT:
+            return
+        fields = spec.fields
+        found = record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
+        if found != key:
+            raise ValidationError(
+                f"{self.rtype.name}: primary keys {found!r} and {key!r} share a 64-bit hash; please report this",
+                type_name=self.rtype.name,
+            )
+
+    def live_keys(self) -> tuple[Any, Any]:
+        """(fingerprints, ordinals) of every live record of the version, in no order (vector work)."""
+        slots = self.base.primary.slots
+        table = np.frombuffer(slots, dtype=_U64).reshape(-1, 2)
+        used = table[:, 1] != 0
+        fps, ords = table[used, 0], table[used, 1].astype(np.int64) - 1
+        if len(self.m_ord):
+            keep = ~np.isin(ords, self.m_ord.astype(np.int64))
+            fps, ords = fps[keep], ords[keep]
+        return np.concatenate((fps, self.e_key)), np.concatenate((ords, self.e_ord.astype(np.int64)))
+
+    def live_hashes(self) -> tuple[Any, Any]:
+        """(change hashes, ordinals) of every live record of the version."""
+        live = np.ones(self.base.size, dtype=bool)
+        if len(self.base.holes):
+            live[np.frombuffer(self.base.holes, dtype=np.uint32)] = False
+        if len(self.m_ord):
+            live[self.m_ord.astype(np.int64)] = False
+        ords = np.flatnonzero(live)
+        return (
+            np.concatenate((self.base_hashes[ords], self.e_hash)),
+            np.concatenate((ords, self.e_ord.astype(np.int64))),
+        )
+
+    def key_at(self, ordinal: int) -> Any:
+        record = self.view.record_at(ordinal)
+        fields = self.rtype.primary.fields
+        return record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
+
+
+# --- applying changes ---------------------------------------------------------------
+
+
+@dataclass
+class Changes:
+    """One type's changes in a cycle: upserts by key (in the order given) and removed keys."""
+
+    upserts: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    removals: list[Any] = field(default_factory=list)
+    hashes: Any = None  # change hash of each upsert, when the caller computed them already
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.removals)
+
+
+@dataclass
+class BuiltOverlay:
+    """One type of a version built on a base, ready to write (``Overlay`` in hollow.capnp)."""
+
+    rtype: RecordType
+    count: int
+    size: int
+    holes: Any  # uint32
+    content_hash: int
+    chunks: list[Any]  # buffers: Records messages (segment table + segment)
+    arrays: dict[str, Any]  # the Overlay's UInt64 sections by field name
+    per_index: dict[str, list[Any]]  # entryValues, maskedValues, maskedPositions
+    bloom: Any  # uint8
+    keys: index.BuiltIndex
+    added: list[index.BuiltIndex]
+    skipped: list[index.BuiltIndex]
+    upserted: list[dict[str, Any]]
+    removed: int
+    renumber: bool  # holes passed MAX_HOLE_SHARE: the next compaction must renumber
+
+    @property
+    def pressure(self) -> int:
+        """Entries plus tombstones: what the overlay makes every reader carry."""
+        return len(self.arrays["entryOrdinals"]) + len(self.arrays["tombKeys"])
+
+
+def fingerprints(rtype: RecordType, keys: list[Any]) -> Any:
+    """The primary-key fingerprints of *keys*; a key of the wrong type is named."""
+    try:
+        return index.fingerprints(rtype.primary, keys)
+    except TypeError:
+        pass
+    for k in keys:
+        try:
+            rtype.primary.fingerprint(k)
+        except TypeError as e:
+            raise ValidationError(
+                f"{rtype.name} primary key {k!r} ({', '.join(rtype.primary.fields)}): {e}",
+                type_name=rtype.name,
+                key=k,
+                field=rtype.primary.fields[0],
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def apply(
+    latest: Latest,
+    changes: Changes,
+    version: int,
+    enc: encoder.RecordEncoder | encoder.BuilderEncoder,
+    *,
+    secondary_fps: Any,
+    record_error: Any,
+) -> BuiltOverlay:
+    """The overlay of *version*: *latest*'s with *changes* applied. O(k) Python work for k changes.
+
+    Upserts equal to the current record (same change hash) and removals of absent
+    keys change nothing; ``upserted``/``removed`` of the result say what did.
+    """
+    step = _Step(latest, version)
+    step.resolve(changes)
+    holes = step.assign_ordinals()
+    records, ords, fps, hashes = step.ordered()
+    chunks: list[Any] = list(latest.chunks)
+    rtype = latest.rtype
+    if records:
+        try:
+            table, segment = enc.encode(records)  # type: ignore[arg-type]
+        except encoder.EncodeError as e:
+            raise record_error(rtype, records[e.position], e.cause) from e.cause
+        chunks.append(bytes(table) + bytes(segment))
+        cols = encoder.ColumnCache(records)
+        values = [secondary_fps(rtype, spec, records, cols) for spec in rtype.indexes]
+    else:
+        values = [_EMPTY_U64 for _ in rtype.indexes]
+    arrays, by_ord = step.entries(len(latest.chunks), ords, fps, hashes)
+    arrays.update(step.tombstones())
+    masked, per_index = step.masked(values, by_ord)
+    arrays["masked"] = masked
+    keys, bloom = _key_table(rtype.primary, arrays["entryKeys"], arrays["tombKeys"])
+    e_idx = np.arange(len(by_ord), dtype=np.int64)
+    added = [index.build_multi(spec, per_index["entryValues"][i], e_idx) for i, spec in enumerate(rtype.indexes)]
+    skipped = [
+        index.build_multi(spec, per_index["maskedValues"][i], per_index["maskedPositions"][i].astype(np.int64))
+        for i, spec in enumerate(rtype.indexes)
+    ]
+    holes32 = holes.astype(np.uint32)
+    h = xxhash.xxh3_64()
+    h.update(latest.content_hash.to_bytes(8, "little"))
+    for part in (*chunks[len(latest.chunks) :], *arrays.values(), holes32):
+        h.update(part)
+    return BuiltOverlay(
+        rtype=rtype,
+        count=step.size - len(holes),
+        size=step.size,
+        holes=holes32,
+        content_hash=h.intdigest(),
+        chunks=chunks,
+        arrays=arrays,
+        per_index=per_index,
+        bloom=bloom,
+        keys=keys,
+        added=added,
+        skipped=skipped,
+        upserted=records,
+        removed=len(step.freed),
+        renumber=bool(len(holes)) and len(holes) > MAX_HOLE_SHARE * step.size,
+    )
+
+
+class _Step:
+    """One type's changes applied to its latest version, step by step (see :func:`apply`)."""
+
+    def __init__(self, latest: Latest, version: int) -> None:
+        self.latest = latest
+        self.version = version
+        self.size = latest.size
+        self.e_dead: list[int] = []  # entries replaced or removed
+        self.t_dead: list[int] = []  # tombstones of keys that are back
+        self.freed: list[int] = []  # ordinals this cycle frees
+        self.masks: list[int] = []  # base ordinals masked this cycle
+        self.tombs: list[tuple[int, int]] = []  # (fingerprint, base ordinal)
+        self.new_ord: list[int] = []  # per kept upsert: its ordinal, or -1 for a fresh one
+        self.kept: list[tuple[dict[str, Any], int, int]] = []  # (record, fingerprint, change hash)
+
+    def resolve(self, changes: Changes) -> None:
+        """Find where each changed key is now; drop the changes that change nothing."""
+        latest, rtype = self.latest, self.latest.rtype
+        keys = list(changes.removals)
+        for fp, key in zip(fingerprints(rtype, keys).tolist() if keys else [], keys, strict=True):
+            kind, j = latest.locate(fp, key)
+            if kind == ENTRY:
+                self.e_dead.append(j)
+                self.freed.append(int(latest.e_ord[j]))
+                ob = latest.base_ordinal(fp)
+                if ob >= 0:
+                    self.tombs.append((fp, ob))  # the base still has the key: hide it
+            elif kind == BASE:
+                self.freed.append(j)
+                self.masks.append(j)
+                self.tombs.append((fp, j))
+        keys, records = list(changes.upserts), list(changes.upserts.values())
+        fps = fingerprints(rtype, keys).tolist() if keys else []
+        hashes = (changes.hashes if changes.hashes is not None else record_hashes(records)).tolist()
+        for record, fp, key, h in zip(records, fps, keys, hashes, strict=True):
+            kind, j = latest.locate(fp, key)
+            if kind == ENTRY:
+                if int(latest.e_hash[j]) == h:
+                    continue
+                self.e_dead.append(j)
+                self.new_ord.append(int(latest.e_ord[j]))
+            elif kind == BASE:
+                if int(latest.base_hashes[j]) == h:
+                    continue
+                self.masks.append(j)
+                self.new_ord.append(j)
+            else:
+                if kind == TOMBSTONE:
+                    self.t_dead.append(j)
+                self.new_ord.append(-1)
+            self.kept.append((record, fp, h))
+
+    def assign_ordinals(self) -> Any:
+        """New records fill the lowest free ordinals (holes, and those freed now), then grow the list.
+
+        Returns the version's holes."""
+        latest = self.latest
+        free = np.union1d(latest.holes, np.array(self.freed, dtype=np.int64)) if self.freed else latest.holes
+        fresh = [i for i, o in enumerate(self.new_ord) if o < 0]
+        take = min(len(fresh), len(free))
+        for n, i in enumerate(fresh):
+            self.new_ord[i] = int(free[n]) if n < take else self.size + n - take
+        self.size += len(fresh) - take
+        holes = free[take:]
+        if len(holes) and holes[-1] == self.size - 1:  # holes at the end are just a shorter list
+            run = holes[::-1] == np.arange(self.size - 1, self.size - 1 - len(holes), -1)
+            trailing = len(holes) if run.all() else int(np.argmin(run))
+            holes = holes[: len(holes) - trailing]
+            self.size -= trailing
+        return holes
+
+    def ordered(self) -> tuple[list[dict[str, Any]], Any, Any, Any]:
+        """This cycle's records in ordinal order, with their ordinals, key fingerprints and hashes."""
+        order = sorted(range(len(self.kept)), key=self.new_ord.__getitem__)
+        kept = [self.kept[i] for i in order]
+        return (
+            [r for r, _, _ in kept],
+            np.array([self.new_ord[i] for i in order], dtype=_U64),
+            np.array([fp for _, fp, _ in kept], dtype=_U64),
+            np.array([h for _, _, h in kept], dtype=_U64),
+        )
+
+    def entries(self, chunk_id: int, ords: Any, fps: Any, hashes: Any) -> tuple[dict[str, Any], Any]:
+        """The entries' arrays: the survivors and this cycle's records, by ordinal; and that order."""
+        latest = self.latest
+        self.alive = np.ones(latest.entries, dtype=bool)
+        self.alive[self.e_dead] = False
+        alive, n = self.alive, len(ords)
+        refs = (_U64(chunk_id) << _U64(32)) | np.arange(n, dtype=_U64)
+        e_ord = np.concatenate((latest.e_ord[alive], ords))
+        by_ord = np.argsort(e_ord, kind="stable")
+        arrays = {
+            "entryOrdinals": e_ord[by_ord],
+            "entryRefs": np.concatenate((latest.e_ref[alive], refs))[by_ord],
+            "entryKeys": np.concatenate((latest.e_key[alive], fps))[by_ord],
+            "entryHashes": np.concatenate((latest.e_hash[alive], hashes))[by_ord],
+            "entryStamps": np.concatenate((latest.e_stamp[alive], np.full(n, self.version, dtype=_U64)))[by_ord],
+        }
+        if len(np.unique(e_ord)) != len(e_ord):
+            raise AssertionError("two overlay records share an ordinal")  # pragma: no cover - an invariant
+        return arrays, by_ord
+
+    def tombstones(self) -> dict[str, Any]:
+        latest, tombs = self.latest, self.tombs
+        alive = np.ones(len(latest.t_key), dtype=bool)
+        alive[self.t_dead] = False
+        return {
+            "tombKeys": np.concatenate((latest.t_key[alive], np.array([f for f, _ in tombs], dtype=_U64))),
+            "tombOrdinals": np.concatenate((latest.t_ord[alive], np.array([o for _, o in tombs], dtype=_U64))),
+            "tombStamps": np.concatenate((latest.t_stamp[alive], np.full(len(tombs), self.version, dtype=_U64))),
+        }
+
+    def masked(self, values: list[Any], by_ord: Any) -> tuple[Any, dict[str, list[Any]]]:
+        """Masked base ordinals (ascending) and, per secondary index, the entries' values and the masked
+        records' values and positions in their value's postings."""
+        latest = self.latest
+        m_all = np.concatenate((latest.m_ord, np.array(self.masks, dtype=_U64)))
+        m_by = np.argsort(m_all, kind="stable")
+        per_index: dict[str, list[Any]] = {"entryValues": [], "maskedValues": [], "maskedPositions": []}
+        for i, spec in enumerate(latest.rtype.indexes):
+            mv, mp = _masked_values(latest, i, spec, self.masks)
+            per_index["entryValues"].append(np.concatenate((latest.e_vals[i][self.alive], values[i]))[by_ord])
+            per_index["maskedValues"].append(np.concatenate((latest.m_vals[i], mv))[m_by])
+            per_index["maskedPositions"].append(np.concatenate((latest.m_pos[i], mp))[m_by])
+        return m_all[m_by], per_index
+
+
+def _masked_values(latest: Latest, i: int, spec: IndexSpec, masks: list[int]) -> tuple[Any, Any]:
+    """Value fingerprints of base records being masked now, and their positions in that value's postings."""
+    if not masks:
+        return _EMPTY_U64, _EMPTY_U64
+    table = latest.base.indexes[i]
+    records = latest.base
+    fps, positions = [], []
+    for o in masks:
+        record = records.record_at(o)
+        value = record._get(spec.fields[0]) if len(spec.fields) == 1 else tuple(record._get(f) for f in spec.fields)
+        fp = spec.fingerprint(value)
+        postings = table.postings_of(fp)
+        pos = -1 if postings is None else _position(postings, o)
+        if pos < 0:
+            raise CorruptStateError(f"{latest.base_state.path}: {spec.fields} index lacks ordinal {o}")
+        fps.append(fp)
+        positions.append(pos)
+    return np.array(fps, dtype=_U64), np.array(positions, dtype=_U64)
+
+
+def _position(postings: memoryview, ordinal: int) -> int:
+    j = bisect.bisect_left(postings, ordinal)
+    return j if j < len(postings) and postings[j] == ordinal else -1
+
+
+def _key_table(spec: IndexSpec, entry_keys: Any, tomb_keys: Any) -> tuple[index.BuiltIndex, Any]:
+    """The overlay's key table (fingerprint → entry + 1, or TOMB | tomb + 1) and its bloom bytes."""
+    fps = np.concatenate((entry_keys, tomb_keys))
+    values = np.concatenate(
+        (
+            np.arange(1, len(entry_keys) + 1, dtype=_U64),
+            np.arange(1, len(tomb_keys) + 1, dtype=_U64) | _U64(TOMB),
+        )
+    )
+    cap = index.capacity_for(len(fps))
+    slots = np.zeros((cap, 2), dtype=_U64)
+    pos = index.place(index.home_slots(fps, cap), cap)
+    slots[pos, 0] = fps
+    slots[pos, 1] = values
+    n = index.capacity_for(int(len(fps) * BLOOM_BYTES_PER_KEY * index.LOAD)) if len(fps) else 1
+    bloom = np.zeros(n, dtype=np.uint8)
+    bloom[(fps % _U64(n)).astype(np.int64)] = 1
+    return index.BuiltIndex(spec, cap, slots, np.zeros(0, dtype=np.uint32), len(fps)), bloom
+
+
+def carry(latest: Latest, version: int, enc: Any, **kw: Any) -> BuiltOverlay:
+    """The overlay of a type this cycle did not change."""
+    return apply(latest, Changes(), version, enc, **kw)
+
+
+def diff(latest: Latest, records: list[dict[str, Any]], keys: list[Any], fps: Any) -> Changes:
+    """The changes that turn *latest* into exactly *records* (all of a type's records, keys checked unique).
+
+    Vector work over every record (one change hash each, two sorted searches);
+    Python work only for the records that differ.
+    """
+    new_hash = record_hashes(records)
+    old_hash, old_ord = latest.live_hashes()
+    changed = np.flatnonzero(~_member(new_hash, old_hash))
+    gone = old_ord[~_member(old_hash, new_hash)]
+    upserts = {keys[i]: records[i] for i in changed.tolist()}
+    kept_keys = set(upserts)
+    removals = [k for k in map(latest.key_at, gone.tolist()) if k not in kept_keys]
+    return Changes(upserts, removals, new_hash[changed])
+
+
+def _member(values: Any, pool: Any) -> Any:
+    """For each of *values*, whether it is in *pool* (sorted search: faster than np.isin here)."""
+    if not len(pool):
+        return np.zeros(len(values), dtype=bool)
+    s = np.sort(pool)
+    at = np.searchsorted(s, values)
+    at[at == len(s)] = len(s) - 1
+    return s[at] == values
+
+
+def check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
+    """Raise :class:`DuplicateKeyError` naming the first repeated key."""
+    if len(np.unique(fps)) == len(keys):
+        return
+    seen: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        if k in seen:
+            raise DuplicateKeyError(
+                f"{rtype.name}: duplicate primary key {k!r} at input positions {seen[k]} and {i}",
+                type_name=rtype.name,
+                key=k,
+                field=", ".join(rtype.primary.fields),
+            )
+        seen[k] = i
+    raise ValidationError(  # pragma: no cover - a 64-bit hash collision between distinct keys
+        f"{rtype.name}: two distinct primary keys share a 64-bit hash; please report this", type_name=rtype.name
+    )
+
+
+# --- compaction ---------------------------------------------------------------------
+
+
+@dataclass
+class Compacted:
+    """One type of a new base: the records message and the per-ordinal arrays it is indexed from."""
+
+    table: bytes
+    segment: Any
+    size: int
+    holes: Any  # uint32
+    hashes: Any  # uint64 per ordinal
+    key_fps: Any  # uint64 per live ordinal
+    live: Any  # int64 live ordinals, ascending
+    value_fps: list[Any]  # per secondary index, uint64 per live ordinal
+
+
+def compact(latest: Latest, enc: Any) -> Compacted:
+    """The records of *latest* (a version built on a base) as one message, same ordinals, no decoding."""
+    base, size = latest.base, latest.size
+    live = np.ones(size, dtype=bool)
+    if len(latest.holes):
+        live[latest.holes] = False
+    live_ords = np.flatnonzero(live)
+    hashes = np.zeros(size, dtype=_U64)
+    e_ord = latest.e_ord.astype(np.int64)
+    base_live = live_ords[live_ords < base.size]
+    hashes[base_live] = latest.base_hashes[base_live]
+    hashes[e_ord] = latest.e_hash
+    key_fps = _per_ordinal_keys(latest, size)
+    value_fps = [_per_ordinal_values(latest, i, size) for i in range(len(latest.rtype.indexes))]
+    table, segment = _merge_records(latest, enc, size, live)
+    return Compacted(
+        table, segment, size, latest.holes.astype(np.uint32), hashes,
+        key_fps[live_ords], live_ords, [v[live_ords] for v in value_fps],
+    )  # fmt: skip
+
+
+def _per_ordinal_keys(latest: Latest, size: int) -> Any:
+    out = np.zeros(max(size, latest.base.size), dtype=_U64)
+    table = np.frombuffer(latest.base.primary.slots, dtype=_U64).reshape(-1, 2)
+    used = table[:, 1] != 0
+    out[table[used, 1].astype(np.int64) - 1] = table[used, 0]
+    out[latest.e_ord.astype(np.int64)] = latest.e_key
+    return out[:size]
+
+
+def _per_ordinal_values(latest: Latest, i: int, size: int) -> Any:
+    ix = latest.base.indexes[i]
+    out = np.zeros(max(size, latest.base.size), dtype=_U64)
+    table = np.frombuffer(ix.slots, dtype=_U64).reshape(-1, 2)
+    used = table[table[:, 1] != 0]
+    starts = (used[:, 1] & _U64(0xFFFFFFFF)).astype(np.int64) - 1
+    counts = (used[:, 1] >> _U64(32)).astype(np.int64)
+    postings = np.frombuffer(ix.postings, dtype=np.uint32)
+    if len(used):
+        idx = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+        out[postings[idx].astype(np.int64)] = np.repeat(used[:, 0], counts)
+    out[latest.e_ord.astype(np.int64)] = latest.e_vals[i]
+    return out[:size]
+
+
+_WORD = np.dtype("<u8")
+
+
+def _merge_records(latest: Latest, enc: Any, size: int, live: Any) -> tuple[bytes, Any]:
+    """The version's records as one single-segment message: base bytes, overlay records placed over them."""
+    base_raw = latest.base_state.raw(latest.base_state.type_state(latest.rtype.name).records, what="records")
+    segments = [base_raw, *latest.chunks]
+    if not isinstance(enc, encoder.RecordEncoder) or any(_segment_count(s) != 1 for s in segments):
+        return _reencode(latest, enc, size, live)
+    top = enc.top
+    stride = top.words * 8
+    base_n = latest.base.size
+    grow = (size - base_n) * top.words  # words the element area grows by: the heap after it moves
+    base_seg = np.frombuffer(base_raw, dtype=_WORD)[1:]  # after the 8-byte segment table
+    heap_at = 3 + base_n * top.words  # first heap word of the base segment
+    chunk_segs = [np.frombuffer(c, dtype=_WORD)[1:] for c in latest.chunks]
+    total = 3 + size * top.words + (len(base_seg) - heap_at) + sum(len(c) for c in chunk_segs)
+    out = np.zeros(total, dtype=_WORD)
+    out[:3] = base_seg[:3]
+    out[1] = _list_pointer(size, top.words)
+    out[2] = _U64(size << 2) | (_U64(top.data_words) << _U64(32)) | (_U64(top.ptr_count) << _U64(48))
+    keep = min(size, base_n)
+    elements = out[3 : 3 + size * top.words].reshape(size, top.words)
+    elements[:keep] = base_seg[3 : 3 + keep * top.words].reshape(keep, top.words)
+    new_heap = 3 + size * top.words
+    out[new_heap : new_heap + len(base_seg) - heap_at] = base_seg[heap_at:]
+    ptrs = elements[:, top.data_words :]
+    _relocate(ptrs[:keep], grow)
+    dead = ~live[:keep]
+    if len(latest.m_ord):
+        dead[latest.m_ord.astype(np.int64)[latest.m_ord.astype(np.int64) < keep]] = True
+    elements[:keep][dead] = 0
+    at = new_heap + len(base_seg) - heap_at
+    e_ord = latest.e_ord.astype(np.int64)
+    chunk_of = (latest.e_ref >> _U64(32)).astype(np.int64)
+    pos_of = (latest.e_ref & _U64(0xFFFFFFFF)).astype(np.int64)
+    for c, seg in enumerate(chunk_segs):
+        out[at : at + len(seg)] = seg
+        mine = np.flatnonzero(chunk_of == c)
+        if len(mine):
+            src = 3 + pos_of[mine] * top.words
+            rows = seg[src[:, None] + np.arange(top.words)]
+            # a pointer at chunk word p moves to element word q: its offset changes by (at + p) - q
+            p_words = src[:, None] + top.data_words + np.arange(top.ptr_count)
+            q_words = 3 + e_ord[mine][:, None] * top.words + top.data_words + np.arange(top.ptr_count)
+            moved = rows[:, top.data_words :]
+            _relocate(moved, (at + p_words) - q_words)
+            rows[:, top.data_words :] = moved
+            elements[e_ord[mine]] = rows
+        at += len(seg)
+    del stride
+    return struct.pack("<II", 0, total), out
+
+
+def _segment_count(raw: memoryview) -> int:
+    return int.from_bytes(bytes(raw[:4]), "little") + 1
+
+
+def _list_pointer(count_words: int, words: int) -> Any:
+    """The Records struct's pointer (word 1) to the list tag at word 2: offset 0, inline composite."""
+    return _U64(1) | _U64(7 << 32) | (_U64(count_words * words) << _U64(35))
+
+
+def _relocate(ptrs: Any, delta: Any) -> None:
+    """Add *delta* words to the offset of every non-null struct or list pointer in *ptrs* (in place)."""
+    nonnull = ptrs != 0
+    kind = ptrs & _U64(3)
+    if np.any(nonnull & (kind > 1)):
+        raise CorruptStateError("a record holds a far or capability pointer; compaction cannot move it")
+    offset = ((ptrs >> _U64(2)) & _U64(0x3FFFFFFF)).astype(np.int64)
+    offset = np.where(offset >= 1 << 29, offset - (1 << 30), offset) + delta
+    moved = (ptrs & ~_U64(0xFFFFFFFC)) | ((offset.astype(np.int64) & 0x3FFFFFFF).astype(_U64) << _U64(2))
+    ptrs[...] = np.where(nonnull, moved, ptrs)
+
+
+def _reencode(latest: Latest, enc: Any, size: int, live: Any) -> tuple[bytes, Any]:
+    """Decode every record and encode them again: for types pycapnp's builders write."""
+    view = latest.view
+    records: list[dict[str, Any] | None] = [None] * size
+    for o in np.flatnonzero(live).tolist():
+        records[o] = view.record_at(o).to_dict()
+    table, segment = enc.encode(records)
+    return bytes(table), segment
+
+
+def needs_compaction(built: Iterable[BuiltOverlay], bases: Mapping[str, int], share: float, minimum: int) -> bool:
+    """Whether a version's overlays have grown enough that the next version should get a new base."""
+    return any(
+        b.renumber or len(b.chunks) > MAX_CHUNKS or b.pressure > max(minimum, share * bases[b.rtype.name])
+        for b in built
+    )
