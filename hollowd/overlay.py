@@ -602,7 +602,11 @@ class Compacted:
 
 
 def compact(latest: Latest, enc: Any) -> Compacted:
-    """The records of *latest* (a version built on a base) as one message, same ordinals, no decoding."""
+    """The records of *latest* (a version built on a base) as one message, no record decoded.
+
+    Ordinals stay, unless holes pass :data:`MAX_HOLE_SHARE`: then the records
+    are renumbered in their order (iteration order stays, the holes go).
+    """
     base, size = latest.base, latest.size
     live = np.ones(size, dtype=bool)
     if len(latest.holes):
@@ -613,13 +617,14 @@ def compact(latest: Latest, enc: Any) -> Compacted:
     base_live = live_ords[live_ords < base.size]
     hashes[base_live] = latest.base_hashes[base_live]
     hashes[e_ord] = latest.e_hash
-    key_fps = _per_ordinal_keys(latest, size)
-    value_fps = [_per_ordinal_values(latest, i, size) for i in range(len(latest.rtype.indexes))]
-    table, segment = _merge_records(latest, enc, size, live)
-    return Compacted(
-        table, segment, size, latest.holes.astype(np.uint32), hashes,
-        key_fps[live_ords], live_ords, [v[live_ords] for v in value_fps],
-    )  # fmt: skip
+    key_fps = _per_ordinal_keys(latest, size)[live_ords]
+    value_fps = [_per_ordinal_values(latest, i, size)[live_ords] for i in range(len(latest.rtype.indexes))]
+    squeeze = len(latest.holes) > MAX_HOLE_SHARE * size
+    table, segment = _merge_records(latest, enc, size, live, squeeze=squeeze)
+    if squeeze:
+        n = len(live_ords)
+        return Compacted(table, segment, n, np.zeros(0, np.uint32), hashes[live_ords], key_fps, np.arange(n), value_fps)
+    return Compacted(table, segment, size, latest.holes.astype(np.uint32), hashes, key_fps, live_ords, value_fps)
 
 
 def _per_ordinal_keys(latest: Latest, size: int) -> Any:
@@ -649,12 +654,12 @@ def _per_ordinal_values(latest: Latest, i: int, size: int) -> Any:
 _WORD = np.dtype("<u8")
 
 
-def _merge_records(latest: Latest, enc: Any, size: int, live: Any) -> tuple[bytes, Any]:
+def _merge_records(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: bool) -> tuple[bytes, Any]:
     """The version's records as one single-segment message: base bytes, overlay records placed over them."""
     base_raw = latest.base_state.raw(latest.base_state.type_state(latest.rtype.name).records, what="records")
     segments = [base_raw, *latest.chunks]
     if not isinstance(enc, encoder.RecordEncoder) or any(_segment_count(s) != 1 for s in segments):
-        return _reencode(latest, enc, size, live)
+        return _reencode(latest, enc, size, live, squeeze=squeeze)
     top = enc.top
     stride = top.words * 8
     base_n = latest.base.size
@@ -697,7 +702,28 @@ def _merge_records(latest: Latest, enc: Any, size: int, live: Any) -> tuple[byte
             elements[e_ord[mine]] = rows
         at += len(seg)
     del stride
-    return struct.pack("<II", 0, total), out
+    if squeeze:
+        out = _squeeze(out, top, size, np.flatnonzero(live))
+    return struct.pack("<II", 0, len(out)), out
+
+
+def _squeeze(out: Any, top: Any, size: int, live_ords: Any) -> Any:
+    """The message with its holes taken out of the list: live element o moves to its rank r, the heap
+    moves up by the dropped elements' words, and every pointer's offset follows both moves."""
+    words, n = top.words, len(live_ords)
+    dropped = size - n
+    rows = out[3 : 3 + size * words].reshape(size, words)[live_ords].copy()
+    delta = ((live_ords - np.arange(n)) - dropped) * words
+    moved = rows[:, top.data_words :]
+    _relocate(moved, delta[:, None])
+    rows[:, top.data_words :] = moved
+    new = np.empty(len(out) - dropped * words, dtype=_WORD)
+    new[0] = out[0]
+    new[1] = _list_pointer(n, words)
+    new[2] = _U64(n << 2) | (_U64(top.data_words) << _U64(32)) | (_U64(top.ptr_count) << _U64(48))
+    new[3 : 3 + n * words] = rows.ravel()
+    new[3 + n * words :] = out[3 + size * words :]
+    return new
 
 
 def _segment_count(raw: memoryview) -> int:
@@ -721,12 +747,14 @@ def _relocate(ptrs: Any, delta: Any) -> None:
     ptrs[...] = np.where(nonnull, moved, ptrs)
 
 
-def _reencode(latest: Latest, enc: Any, size: int, live: Any) -> tuple[bytes, Any]:
+def _reencode(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: bool) -> tuple[bytes, Any]:
     """Decode every record and encode them again: for types pycapnp's builders write."""
     view = latest.view
     records: list[dict[str, Any] | None] = [None] * size
     for o in np.flatnonzero(live).tolist():
         records[o] = view.record_at(o).to_dict()
+    if squeeze:
+        records = [r for r in records if r is not None]
     table, segment = enc.encode(records)
     return bytes(table), segment
 

@@ -1,0 +1,365 @@
+"""Versions in O(changes): a base plus an overlay (docs/decisions.md §18).
+
+The property tests drive a producer through random sequences of full cycles,
+incremental cycles, removals, producer restarts and compactions, and check
+after every step that a fresh reader sees exactly what a model says: every
+record by key, every field, the iteration order and every secondary-index
+lookup. The model keeps ordinals by the documented rules (records keep their
+ordinal; new ones fill the lowest free ordinal in the order given; holes at
+the end shorten the list; a compaction with holes past half the list squeezes
+them out, keeping order), so iteration order is checked against those rules,
+not against the implementation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hollow
+from hollowd import Producer, overlay
+from tests.helpers import movie, movies_producer, populate
+
+ITEM_SCHEMA = Path(__file__).resolve().parent / "schemas" / "items.capnp"
+EVERYTHING = Path(__file__).resolve().parent / "schemas" / "everything.capnp"
+GROUPS = ["red", "green", "blue"]
+
+
+def item_producer(root: Path, **kw: Any) -> Producer:
+    kw.setdefault("compact_min", 10**9)  # compactions only where the test says
+    return Producer(
+        "items",
+        schema=ITEM_SCHEMA,
+        primary_keys={"Item": "id"},
+        indexes={"Item": ["group", ["group", "n"]]},
+        root=root,
+        retain=2,
+        **kw,
+    )
+
+
+class Model:
+    """What readers must see, with ordinals kept by the documented rules."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, dict[str, Any]] = {}
+        self.ordinal: dict[int, int] = {}
+        self.holes: list[int] = []
+        self.size = 0
+
+    def apply(self, upserts: list[dict[str, Any]], removals: list[int]) -> None:
+        freed = [self.ordinal.pop(k) for k in removals if k in self.ordinal]
+        for k in removals:
+            self.records.pop(k, None)
+        free = sorted(set(self.holes) | set(freed))
+        for r in upserts:
+            if r["id"] not in self.ordinal:
+                if free:
+                    self.ordinal[r["id"]] = free.pop(0)
+                else:
+                    self.ordinal[r["id"]] = self.size
+                    self.size += 1
+            self.records[r["id"]] = r
+        while free and free[-1] == self.size - 1:
+            free.pop()
+            self.size -= 1
+        self.holes = free
+
+    def full(self, records: list[dict[str, Any]]) -> None:
+        keys = {r["id"] for r in records}
+        self.apply(records, [k for k in self.records if k not in keys])
+
+    def compact(self) -> None:
+        if len(self.holes) > overlay.MAX_HOLE_SHARE * self.size:
+            order = sorted(self.ordinal, key=self.ordinal.__getitem__)
+            self.ordinal = {k: i for i, k in enumerate(order)}
+            self.holes, self.size = [], len(order)
+
+    def order(self) -> list[int]:
+        return sorted(self.ordinal, key=self.ordinal.__getitem__)
+
+
+def check(root: Path, model: Model) -> None:
+    with hollow.open("items", root=root, follow=False) as ds, ds.snapshot() as snap:
+        items = snap["Item"]
+        assert len(items) == len(model.records)
+        assert [r.id for r in items] == model.order()
+        for key, expected in model.records.items():
+            got = items.get(key)
+            assert got is not None, key
+            assert got.to_dict() == expected, key
+        for key in range(40):
+            if key not in model.records:
+                assert items.get(key) is None
+                assert key not in items
+        for g in GROUPS:
+            want = [k for k in model.order() if model.records[k]["group"] == g]
+            assert [r.id for r in items.find(group=g)] == want
+            found = items.find(group=g)
+            assert len(found) == len(want)
+            assert [found[i].id for i in range(len(found))] == want
+            for n in (0, 1):
+                want_n = [k for k in want if model.records[k]["n"] == n]
+                assert [r.id for r in items.find(group=g, n=n)] == want_n
+
+
+records = st.builds(
+    lambda i, name, g, n, tags, code: {"id": i, "name": name, "group": g, "n": n, "tags": tags, "code": code},
+    st.integers(0, 39),
+    st.sampled_from(["a", "b", "longer name", "ü"]),
+    st.sampled_from(GROUPS),
+    st.integers(0, 1),
+    st.lists(st.sampled_from(["x", "y", "zz"]), max_size=3),
+    st.sampled_from(["", "c1", "c2"]),
+)
+step = st.one_of(
+    st.tuples(st.just("full"), st.lists(records, max_size=25)),
+    st.tuples(st.just("inc"), st.lists(records, max_size=6), st.lists(st.integers(0, 39), max_size=6)),
+    st.tuples(st.just("restart")),
+    st.tuples(st.just("compact")),
+)
+
+
+def _unique(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for r in recs:
+        out[r["id"]] = r
+    return list(out.values())
+
+
+@settings(
+    max_examples=int(os.environ.get("HOLLOW_PROPERTY_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(records, min_size=1, max_size=25), st.lists(step, max_size=20))
+def test_any_sequence_of_cycles_reads_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="hollow-test-prop-", dir="/dev/shm"))
+    model = Model()
+    p = item_producer(root)
+    try:
+        first = _unique(first)
+        p.run_cycle(populate(first, "Item"))
+        model.full(first)
+        check(root, model)
+        for s in steps:
+            if s[0] == "full":
+                recs = _unique(s[1])
+                p.run_cycle(populate(recs, "Item"))
+                model.full(recs)
+            elif s[0] == "inc":
+                ups = _unique(s[1])
+                rems = sorted(set(s[2]) - {r["id"] for r in ups})
+
+                def change(d: Any, ups: list[dict[str, Any]] = ups, rems: list[int] = rems) -> None:
+                    for k in rems:
+                        d.remove("Item", k)
+                    for r in ups:
+                        d.upsert("Item", r)
+
+                p.run_incremental(change)
+                model.apply(ups, rems)
+            elif s[0] == "restart":
+                p.close()
+                p = item_producer(root)
+            else:
+                p.compact()
+                model.compact()
+            check(root, model)
+    finally:
+        p.close()
+        shutil.rmtree(root)
+
+
+def test_automatic_compaction_keeps_every_record(root: Path) -> None:
+    model = Model()
+    with item_producer(root, compact_min=3, compact_share=0.0) as p:
+        base = [{"id": i, "name": "a", "group": GROUPS[i % 3], "n": i % 2, "tags": [], "code": ""} for i in range(30)]
+        p.run_cycle(populate(base, "Item"))
+        model.full(base)
+        for i in range(12):
+            rec = {"id": i * 3 % 31, "name": f"v{i}", "group": GROUPS[i % 3], "n": 1, "tags": ["x"], "code": "c1"}
+            p.run_incremental(lambda d, rec=rec, i=i: (d.upsert("Item", rec), d.remove("Item", 29 - i)))
+            model.apply([rec], [29 - i])
+            check(root, model)
+        assert p.last_compaction is not None
+
+
+# --- O(changes) -------------------------------------------------------------------------
+
+
+def _disk_bytes(ns_dir: Path) -> int:
+    """Bytes /dev/shm holds for the namespace: each inode once (hard links share their pages)."""
+    seen: dict[int, int] = {}
+    for entry in os.scandir(ns_dir):
+        st = entry.stat(follow_symlinks=False)
+        seen[st.st_ino] = st.st_blocks * 512
+    return sum(seen.values())
+
+
+def test_versions_share_their_base(root: Path) -> None:
+    n = 20_000
+    with movies_producer(root, retain=10) as p:
+        p.run_cycle(populate(movie(i) for i in range(n)))
+        full = _disk_bytes(p.dir)
+        for v in range(5):
+            p.run_incremental(lambda d, v=v: [d.upsert("Movie", movie(i, title=f"v{v}")) for i in range(v, 200, 5)])
+        assert len(p.versions()) == 6
+        added = _disk_bytes(p.dir) - full
+        assert added < 0.1 * full, (added, full)  # five more versions cost a tenth of one copy
+        bases = {os.stat(p.dir / f"{v}.base").st_ino for v in p.versions()[1:]}
+        assert bases == {os.stat(p.dir / str(p.versions()[0])).st_ino}
+    st = hollow.status("movies", root=root)
+    assert st.bytes < 1.1 * full
+
+
+def test_a_small_change_writes_a_small_file(root: Path) -> None:
+    """An incremental cycle's file grows with the change, not the dataset."""
+    sizes = {}
+    for n in (2_000, 40_000):
+        with movies_producer(root / str(n)) as p:
+            p.run_cycle(populate(movie(i) for i in range(n)))
+            v = p.run_incremental(lambda d: d.upsert("Movie", movie(7, title="changed")))
+            sizes[n] = os.stat(p.dir / str(v)).st_size
+            state = hollow.state.StateFile(p.dir / str(v), namespace="movies")
+            ov = state.type("Movie").overlay
+            assert ov is not None and len(ov.chunks) == 1 and len(ov.chunks[0]) == 1
+    assert sizes[40_000] < 1.2 * sizes[2_000]
+
+
+def test_restarted_producer_continues_from_the_files(root: Path) -> None:
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        p.run_incremental(lambda d: (d.upsert("Movie", movie(3, title="three")), d.remove("Movie", 4)))
+    with movies_producer(root) as p:
+        v = p.run_incremental(lambda d: d.upsert("Movie", movie(5, title="five")))
+        assert p.run_incremental(lambda d: d.upsert("Movie", movie(3, title="three"))) == v  # already so
+    with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+        movies = snap["Movie"]
+        assert (movies[3].title, movies[5].title, movies.get(4)) == ("three", "five", None)
+        assert len(movies) == 99
+
+
+def test_run_cycle_with_the_same_mutated_list_publishes_the_change(root: Path) -> None:
+    """A new user's report: handing run_cycle the same list again after changing some records."""
+    recs = [movie(i) for i in range(50)]
+    with movies_producer(root) as p:
+        v1 = p.run_cycle(populate(recs))
+        recs[10]["title"] = "changed in place"
+        del recs[20]
+        v2 = p.run_cycle(populate(recs))
+        assert v2 == v1 + 1
+        assert p.run_cycle(populate(recs)) == v2
+    with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+        assert snap["Movie"][10].title == "changed in place"
+        assert 20 not in snap["Movie"]
+
+
+def test_full_cycle_of_equal_records_publishes_nothing(root: Path) -> None:
+    with movies_producer(root) as p:
+        v = p.run_cycle(populate(movie(i) for i in range(100)))
+        v = p.run_incremental(lambda d: d.upsert("Movie", movie(1, title="x")))
+        before = sorted(os.listdir(p.dir))
+        assert p.run_cycle(populate([*(movie(i) for i in range(100) if i != 1), movie(1, title="x")])) == v
+        assert sorted(os.listdir(p.dir)) == before
+
+
+def test_a_version_whose_base_is_gone_is_a_named_error(root: Path) -> None:
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(10)))
+        v = p.run_incremental(lambda d: d.upsert("Movie", movie(1, title="x")))
+    (root / "movies" / f"{v}.base").unlink()
+    with pytest.raises(hollow.CorruptStateError, match=r"its base .* is missing"):
+        hollow.state.StateFile(root / "movies" / str(v), namespace="movies")
+
+
+def test_a_base_swapped_for_another_file_is_refused(root: Path) -> None:
+    with movies_producer(root, retain=10) as p:
+        first = p.run_cycle(populate(movie(i) for i in range(10)))
+        p.run_incremental(lambda d: d.upsert("Movie", movie(1, title="x")))
+        p.compact()  # the second version is now a base of its own
+        w = p.run_incremental(lambda d: d.upsert("Movie", movie(2, title="y")))
+    link = root / "movies" / f"{w}.base"
+    link.unlink()
+    os.link(root / "movies" / str(first), link)  # a base, but not w's
+    with pytest.raises(hollow.CorruptStateError, match="is not its base"):
+        hollow.state.StateFile(root / "movies" / str(w), namespace="movies")
+
+
+# --- compaction by bytes equals decoding ----------------------------------------------------
+
+
+def _f32(x: float) -> float:
+    return float(struct.unpack("<f", struct.pack("<f", x))[0])
+
+
+thing = st.fixed_dictionaries(
+    {"id": st.integers(0, 30)},
+    optional={
+        "name": st.text(max_size=6),
+        "nums": st.lists(st.integers(-5, 5), max_size=3),
+        "bits": st.lists(st.booleans(), max_size=4),
+        "nested": st.lists(st.lists(st.sampled_from(["p", "q"]), max_size=2), max_size=2),
+        "d": st.binary(max_size=6),
+        "owner": st.fixed_dictionaries({}, optional={"name": st.text(max_size=4), "age": st.integers(0, 255)}),
+        "people": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["a", "b"])}), max_size=2),
+        "ratio": st.floats(-100, 100, allow_nan=False).map(_f32),
+        "tags": st.lists(st.sampled_from(["a", "b"]), max_size=2),
+        "color": st.sampled_from(["red", "green", "blue"]),
+    },
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(thing, min_size=1, max_size=12), st.lists(st.lists(thing, max_size=4), max_size=4))
+def test_compaction_moves_every_kind_of_field(first: list[dict[str, Any]], later: list[list[dict[str, Any]]]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="hollow-test-prop-", dir="/dev/shm"))
+    try:
+        with Producer("things", schema=EVERYTHING, primary_keys={"Thing": "id"}, root=root, compact_min=10**9) as p:
+            p.run_cycle(populate(_unique_by_id(first), "Thing"))
+            for batch in later:
+                p.run_incremental(lambda d, b=batch: [d.upsert("Thing", r) for r in _unique_by_id(b)])
+            before = _things(root)
+            p.compact()
+            assert _things(root) == before
+            state = hollow.state.StateFile(p.dir / str(p.versions()[-1]), namespace="things")
+            assert state.base is None
+    finally:
+        shutil.rmtree(root)
+
+
+def _unique_by_id(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return list({r["id"]: r for r in recs}.values())
+
+
+def _things(root: Path) -> list[dict[str, Any]]:
+    with hollow.open("things", root=root, follow=False) as ds, ds.snapshot() as snap:
+        return [r.to_dict() for r in snap["Thing"]]
+
+
+def test_change_hash_tells_apart_what_json_cannot() -> None:
+    base = {"id": 1, "x": None}
+    hashes = {overlay.record_hash({**base, "x": v}) for v in (None, float("nan"), float("inf"), -float("inf"), 0.0)}
+    assert len(hashes) == 5
+    assert overlay.record_hash({"id": 1, "d": b"ab"}) != overlay.record_hash({"id": 1, "d": "ab"})
+    assert overlay.record_hash({"id": 1, "n": 1}) != overlay.record_hash({"id": 1, "n": 1.0})
+    assert overlay.record_hash({"id": 1, "n": 1}) == overlay.record_hash({"id": 1, "n": 1})
+
+
+def test_status_counts_a_shared_base_once(root: Path) -> None:
+    with movies_producer(root, retain=10) as p:
+        p.run_cycle(populate(movie(i) for i in range(1000)))
+        for i in range(3):
+            p.run_incremental(lambda d, i=i: d.upsert("Movie", movie(i, title="t")))
+    st = hollow.status("movies", root=root)
+    base = next(v for v in st.versions if v.base_bytes == 0)
+    assert all(v.base_bytes == base.bytes for v in st.versions if v is not base)
+    assert st.bytes == base.bytes + sum(v.bytes for v in st.versions if v is not base)
