@@ -231,7 +231,9 @@ def test_a_small_change_writes_a_small_file(root: Path) -> None:
             sizes[n] = os.stat(p.dir / str(v)).st_size
             state = hollow.state.StateFile(p.dir / str(v), namespace="movies")
             ov = state.type("Movie").overlay
-            assert ov is not None and len(ov.chunks) == 1 and len(ov.chunks[0]) == 1
+            assert ov is not None
+            assert len(ov.chunks) == 1
+            assert len(ov.chunks[0]) == 1
     assert sizes[40_000] < 1.2 * sizes[2_000]
 
 
