@@ -109,3 +109,38 @@ def build_multi(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
     slots[pos, 0] = distinct
     slots[pos, 1] = (starts.astype(np.uint64) + np.uint64(1)) | (counts.astype(np.uint64) << np.uint64(32))
     return BuiltIndex(spec, cap, slots, postings, len(distinct))
+
+
+def lookup(slots: Any, fps: Any) -> Any:
+    """The value each fingerprint has in a table (``uint64[capacity, 2]``), 0 when absent: the probes
+    a reader makes one key at a time, made for every key at once (one vector step per probe length)."""
+    cap = len(slots)
+    fps = np.asarray(fps, dtype=np.uint64)
+    out = np.zeros(len(fps), dtype=np.uint64)
+    pos = (fps % np.uint64(cap)).astype(np.int64)
+    pending = np.arange(len(fps))
+    while len(pending):
+        at = pos[pending]
+        keys, values = slots[at, 0], slots[at, 1]
+        hit = (values != 0) & (keys == fps[pending])
+        out[pending[hit]] = values[hit]
+        pending = pending[(values != 0) & ~hit]
+        pos[pending] = (pos[pending] + 1) % cap
+    return out
+
+
+def per_ordinal(slots: Any, postings: Any, size: int) -> tuple[Any, Any]:
+    """For a secondary table: each ordinal's value fingerprint and its position in that value's postings."""
+    fps = np.zeros(size, dtype=np.uint64)
+    positions = np.zeros(size, dtype=np.int64)
+    used = slots[slots[:, 1] != 0]
+    if len(used):
+        starts = (used[:, 1] & np.uint64(0xFFFFFFFF)).astype(np.int64) - 1
+        counts = (used[:, 1] >> np.uint64(32)).astype(np.int64)
+        first = np.cumsum(counts) - counts  # where each value's run begins in the repeated order
+        g = np.arange(int(counts.sum()))
+        within = g - np.repeat(first, counts)
+        ords = postings[np.repeat(starts, counts) + within].astype(np.int64)
+        fps[ords] = np.repeat(used[:, 0], counts)
+        positions[ords] = within
+    return fps, positions

@@ -23,7 +23,6 @@ decoded and encoded again instead.
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -88,9 +87,30 @@ def _exact(record: Any) -> bytes:
     return b"\0" + repr(record).encode("utf-8", "surrogatepass")
 
 
+_BATCH = 4096
+
+
 def record_hashes(records: list[Any]) -> Any:
-    """:func:`record_hash` of each record, as a uint64 array."""
-    return np.fromiter(map(record_hash, records), dtype=_U64, count=len(records))
+    """:func:`record_hash` of each record, as a uint64 array.
+
+    In batches: each batch dumped and hashed by C loops (``map``), the few
+    records with a ``null`` found by one scan of the batch's bytes.
+    """
+    n = len(records)
+    out = np.empty(n, dtype=_U64)
+    for start in range(0, n, _BATCH):
+        part = records[start : start + _BATCH]
+        try:
+            blobs = list(map(_dumps, part))
+        except TypeError:
+            out[start : start + len(part)] = np.fromiter(map(record_hash, part), dtype=_U64, count=len(part))
+            continue
+        out[start : start + len(part)] = np.fromiter(map(_xxh, blobs), dtype=_U64, count=len(part))
+        if b"null" in b"".join(blobs):
+            for i, blob in enumerate(blobs):
+                if b"null" in blob:
+                    out[start + i] = _xxh(_exact(part[i]))
+    return out
 
 
 # --- reading back the latest version ------------------------------------------------
@@ -128,9 +148,16 @@ class Latest:
     count: int
     content_hash: int
 
+    base_arrays: BaseArrays = field(default=None, repr=False)  # type: ignore[assignment]
+
     @classmethod
-    def read(cls, state: StateFile, rtype: RecordType) -> Latest:
-        """Raises :class:`CorruptStateError` when the file does not hold what a cycle needs."""
+    def read(
+        cls, state: StateFile, rtype: RecordType, cache: dict[tuple[int, str], BaseArrays] | None = None
+    ) -> Latest:
+        """Raises :class:`CorruptStateError` when the file does not hold what a cycle needs.
+
+        *cache* keeps what is derived from a base (immutable) between cycles, by base and type.
+        """
         name = rtype.name
         view = state.type(name)
         ts = state.type_state(name)
@@ -155,7 +182,16 @@ class Latest:
             if any(len(p) != n_ix for p in per_index.values()):
                 raise CorruptStateError(f"{state.path}: {name} overlay indexes do not match the schema's")
             chunks = [state.raw(sec, what=f"{name} chunk") for sec in ov.chunks]
+        key = (base_state.header.content_hash, name)
+        arrays_of_base = None if cache is None else cache.get(key)
+        if arrays_of_base is None:
+            arrays_of_base = BaseArrays(base)
+            if cache is not None:
+                for stale in [k for k in cache if k[1] == name]:
+                    del cache[stale]  # one base a type: the latest version's
+                cache[key] = arrays_of_base
         return cls(
+            base_arrays=arrays_of_base,
             rtype=rtype,
             state=state,
             view=view,
@@ -175,25 +211,32 @@ class Latest:
     def entries(self) -> int:
         return len(self.e_ord)
 
-    def locate(self, fp: int, key: Any) -> tuple[int, int]:
-        """Where *key* (fingerprint *fp*) is in this version: (ENTRY, e), (TOMBSTONE, t), (BASE, o) or ABSENT."""
-        ov = self.view.overlay
-        if ov is not None:
-            for value in ov.keys.probe(fp):
-                if value & TOMB:
-                    return TOMBSTONE, (value & ~TOMB) - 1
-                self._confirm(ov.record(value - 1), key)
-                return ENTRY, value - 1
-        for value in self.base.primary.probe(fp):
-            self._confirm(self.base.record_at(value - 1), key)
-            return BASE, value - 1
-        return ABSENT, -1
+    def locate(self, fps: Any, keys: list[Any]) -> tuple[Any, Any, Any]:
+        """Where each key is in this version, as vectors: (kind, index, base ordinal or -1).
 
-    def base_ordinal(self, fp: int) -> int:
-        """The base ordinal of the base key with fingerprint *fp*, or -1."""
-        for value in self.base.primary.probe(fp):
-            return int(value) - 1
-        return -1
+        kind is ENTRY (index: the entry), TOMBSTONE (the tomb), BASE (the base ordinal) or ABSENT.
+        """
+        n = len(keys)
+        fps = np.asarray(fps, dtype=_U64)
+        kind = np.full(n, ABSENT, dtype=np.int64)
+        where = np.full(n, -1, dtype=np.int64)
+        ov = self.view.overlay
+        if ov is not None and n:
+            values = index.lookup(np.frombuffer(ov.keys.slots, dtype=_U64).reshape(-1, 2), fps)
+            tomb = (values & _U64(TOMB)) != 0
+            entry = (values != 0) & ~tomb
+            kind[entry], where[entry] = ENTRY, values[entry].astype(np.int64) - 1
+            kind[tomb], where[tomb] = TOMBSTONE, (values[tomb] & ~_U64(TOMB)).astype(np.int64) - 1
+        base_values = index.lookup(self.base_arrays.key_slots, fps) if n else np.zeros(0, dtype=_U64)
+        base_ord = base_values.astype(np.int64) - 1
+        in_base = (kind == ABSENT) & (base_ord >= 0)
+        kind[in_base], where[in_base] = BASE, base_ord[in_base]
+        if self.rtype.primary.kind != layout.KIND_EXACT_INT:  # hashed keys: the record confirms
+            for i in np.flatnonzero(kind == ENTRY).tolist():
+                self._confirm(ov.record(int(where[i])), keys[i])  # type: ignore[union-attr]
+            for i in np.flatnonzero(base_ord >= 0).tolist():
+                self._confirm(self.base.record_at(int(base_ord[i])), keys[i])
+        return kind, where, base_ord
 
     def _confirm(self, record: Any, key: Any) -> None:
         spec = self.rtype.primary
@@ -235,6 +278,24 @@ class Latest:
         record = self.view.record_at(ordinal)
         fields = self.rtype.primary.fields
         return record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
+
+
+class BaseArrays:
+    """What cycles derive from a base, once per base (a base never changes): its key table as an
+    array, and per secondary index each ordinal's value fingerprint and place in that value's postings."""
+
+    def __init__(self, base: TypeView) -> None:
+        self.key_slots = np.frombuffer(base.primary.slots, dtype=_U64).reshape(-1, 2)
+        self._base = base
+        self._values: dict[int, tuple[Any, Any]] = {}
+
+    def values(self, i: int) -> tuple[Any, Any]:
+        """(value fingerprint, position in its postings) of every base ordinal, for secondary index *i*."""
+        if i not in self._values:
+            ix = self._base.indexes[i]
+            slots = np.frombuffer(ix.slots, dtype=_U64).reshape(-1, 2)
+            self._values[i] = index.per_ordinal(slots, np.frombuffer(ix.postings, dtype=np.uint32), self._base.size)
+        return self._values[i]
 
 
 # --- applying changes ---------------------------------------------------------------
@@ -378,41 +439,47 @@ class _Step:
         self.kept: list[tuple[dict[str, Any], int, int]] = []  # (record, fingerprint, change hash)
 
     def resolve(self, changes: Changes) -> None:
-        """Find where each changed key is now; drop the changes that change nothing."""
+        """Find where each changed key is now (vector probes); drop the changes that change nothing."""
         latest, rtype = self.latest, self.latest.rtype
         keys = list(changes.removals)
-        for fp, key in zip(fingerprints(rtype, keys).tolist() if keys else [], keys, strict=True):
-            kind, j = latest.locate(fp, key)
-            if kind == ENTRY:
-                self.e_dead.append(j)
-                self.freed.append(int(latest.e_ord[j]))
-                ob = latest.base_ordinal(fp)
-                if ob >= 0:
-                    self.tombs.append((fp, ob))  # the base still has the key: hide it
-            elif kind == BASE:
-                self.freed.append(j)
-                self.masks.append(j)
-                self.tombs.append((fp, j))
+        if keys:
+            fps = fingerprints(rtype, keys)
+            kinds, wheres, base_ords = latest.locate(fps, keys)
+            for fp, kind, j, ob in zip(fps.tolist(), kinds.tolist(), wheres.tolist(), base_ords.tolist(), strict=True):
+                if kind == ENTRY:
+                    self.e_dead.append(j)
+                    self.freed.append(int(latest.e_ord[j]))
+                    if ob >= 0:
+                        self.tombs.append((fp, ob))  # the base still has the key: hide it
+                elif kind == BASE:
+                    self.freed.append(j)
+                    self.masks.append(j)
+                    self.tombs.append((fp, j))
         keys, records = list(changes.upserts), list(changes.upserts.values())
-        fps = fingerprints(rtype, keys).tolist() if keys else []
-        hashes = (changes.hashes if changes.hashes is not None else record_hashes(records)).tolist()
-        for record, fp, key, h in zip(records, fps, keys, hashes, strict=True):
-            kind, j = latest.locate(fp, key)
+        if not keys:
+            return
+        fps = fingerprints(rtype, keys)
+        hashes = changes.hashes if changes.hashes is not None else record_hashes(records)
+        kinds, wheres, _ = latest.locate(fps, keys)
+        current = np.zeros(len(keys), dtype=_U64)
+        is_entry, is_base = kinds == ENTRY, kinds == BASE
+        current[is_entry] = latest.e_hash[wheres[is_entry]]
+        current[is_base] = latest.base_hashes[wheres[is_base]]
+        changed = (current != hashes) | ~(is_entry | is_base)
+        e_ord = latest.e_ord
+        for i in np.flatnonzero(changed).tolist():
+            kind, j = int(kinds[i]), int(wheres[i])
             if kind == ENTRY:
-                if int(latest.e_hash[j]) == h:
-                    continue
                 self.e_dead.append(j)
-                self.new_ord.append(int(latest.e_ord[j]))
+                self.new_ord.append(int(e_ord[j]))
             elif kind == BASE:
-                if int(latest.base_hashes[j]) == h:
-                    continue
                 self.masks.append(j)
                 self.new_ord.append(j)
             else:
                 if kind == TOMBSTONE:
                     self.t_dead.append(j)
                 self.new_ord.append(-1)
-            self.kept.append((record, fp, h))
+            self.kept.append((records[i], int(fps[i]), int(hashes[i])))
 
     def assign_ordinals(self) -> Any:
         """New records fill the lowest free ordinals (holes, and those freed now), then grow the list.
@@ -481,37 +548,21 @@ class _Step:
         m_all = np.concatenate((latest.m_ord, np.array(self.masks, dtype=_U64)))
         m_by = np.argsort(m_all, kind="stable")
         per_index: dict[str, list[Any]] = {"entryValues": [], "maskedValues": [], "maskedPositions": []}
-        for i, spec in enumerate(latest.rtype.indexes):
-            mv, mp = _masked_values(latest, i, spec, self.masks)
+        for i in range(len(latest.rtype.indexes)):
+            mv, mp = _masked_values(latest, i, self.masks)
             per_index["entryValues"].append(np.concatenate((latest.e_vals[i][self.alive], values[i]))[by_ord])
             per_index["maskedValues"].append(np.concatenate((latest.m_vals[i], mv))[m_by])
             per_index["maskedPositions"].append(np.concatenate((latest.m_pos[i], mp))[m_by])
         return m_all[m_by], per_index
 
 
-def _masked_values(latest: Latest, i: int, spec: IndexSpec, masks: list[int]) -> tuple[Any, Any]:
+def _masked_values(latest: Latest, i: int, masks: list[int]) -> tuple[Any, Any]:
     """Value fingerprints of base records being masked now, and their positions in that value's postings."""
     if not masks:
         return _EMPTY_U64, _EMPTY_U64
-    table = latest.base.indexes[i]
-    records = latest.base
-    fps, positions = [], []
-    for o in masks:
-        record = records.record_at(o)
-        value = record._get(spec.fields[0]) if len(spec.fields) == 1 else tuple(record._get(f) for f in spec.fields)
-        fp = spec.fingerprint(value)
-        postings = table.postings_of(fp)
-        pos = -1 if postings is None else _position(postings, o)
-        if pos < 0:
-            raise CorruptStateError(f"{latest.base_state.path}: {spec.fields} index lacks ordinal {o}")
-        fps.append(fp)
-        positions.append(pos)
-    return np.array(fps, dtype=_U64), np.array(positions, dtype=_U64)
-
-
-def _position(postings: memoryview, ordinal: int) -> int:
-    j = bisect.bisect_left(postings, ordinal)
-    return j if j < len(postings) and postings[j] == ordinal else -1
+    fps, positions = latest.base_arrays.values(i)
+    at = np.array(masks, dtype=np.int64)
+    return fps[at], positions[at].astype(_U64)
 
 
 def _key_table(spec: IndexSpec, entry_keys: Any, tomb_keys: Any) -> tuple[index.BuiltIndex, Any]:
@@ -567,7 +618,8 @@ def _member(values: Any, pool: Any) -> Any:
 
 def check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
     """Raise :class:`DuplicateKeyError` naming the first repeated key."""
-    if len(np.unique(fps)) == len(keys):
+    ordered = np.sort(fps)
+    if not (ordered[1:] == ordered[:-1]).any():
         return
     seen: dict[Any, int] = {}
     for i, k in enumerate(keys):
@@ -637,16 +689,9 @@ def _per_ordinal_keys(latest: Latest, size: int) -> Any:
 
 
 def _per_ordinal_values(latest: Latest, i: int, size: int) -> Any:
-    ix = latest.base.indexes[i]
+    fps, _ = latest.base_arrays.values(i)
     out = np.zeros(max(size, latest.base.size), dtype=_U64)
-    table = np.frombuffer(ix.slots, dtype=_U64).reshape(-1, 2)
-    used = table[table[:, 1] != 0]
-    starts = (used[:, 1] & _U64(0xFFFFFFFF)).astype(np.int64) - 1
-    counts = (used[:, 1] >> _U64(32)).astype(np.int64)
-    postings = np.frombuffer(ix.postings, dtype=np.uint32)
-    if len(used):
-        idx = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-        out[postings[idx].astype(np.int64)] = np.repeat(used[:, 0], counts)
+    out[: len(fps)] = fps
     out[latest.e_ord.astype(np.int64)] = latest.e_vals[i]
     return out[:size]
 

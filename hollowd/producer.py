@@ -107,6 +107,7 @@ class Producer:
         self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
         self._latest_cache: tuple[int, StateFile, dict[str, overlay.Latest]] | None = None
+        self._base_cache: dict[tuple[int, str], overlay.BaseArrays] = {}
         self.compact_share = compact_share
         self.compact_min = compact_min
         #: Seconds the last compaction took (None before the first).
@@ -311,7 +312,7 @@ class Producer:
         try:
             state = StateFile(self.dir / layout.state_name(latest), namespace=self.namespace)
             types = {
-                name: overlay.Latest.read(state, rtype)
+                name: overlay.Latest.read(state, rtype, self._base_cache)
                 for name, rtype in self.schema.types.items()
                 if name in state.type_names and _same_keys(state, rtype)
             }
@@ -397,7 +398,8 @@ class Producer:
 
     def close(self) -> None:
         """Release the namespace (other producers may then take it)."""
-        self._latest_cache = None  # its mapping holds a descriptor of the latest file
+        self._latest_cache = None  # their mappings hold descriptors of the latest files
+        self._base_cache.clear()
         self._ringer.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

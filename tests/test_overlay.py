@@ -47,7 +47,11 @@ def item_producer(root: Path, **kw: Any) -> Producer:
 
 
 class Model:
-    """What readers must see, with ordinals kept by the documented rules."""
+    """What readers must see, with ordinals kept by the documented rules.
+
+    A cycle that publishes and leaves holes past half the list is compacted at once,
+    and a compaction squeezes the holes out keeping the order.
+    """
 
     def __init__(self) -> None:
         self.records: dict[int, dict[str, Any]] = {}
@@ -56,6 +60,12 @@ class Model:
         self.size = 0
 
     def apply(self, upserts: list[dict[str, Any]], removals: list[int]) -> None:
+        before = dict(self.records)
+        self._apply(upserts, removals)
+        if self.records != before:  # a version was published: holes past half the list are squeezed out
+            self.compact()
+
+    def _apply(self, upserts: list[dict[str, Any]], removals: list[int]) -> None:
         freed = [self.ordinal.pop(k) for k in removals if k in self.ordinal]
         for k in removals:
             self.records.pop(k, None)
