@@ -149,6 +149,10 @@ class Latest:
     content_hash: int
 
     base_arrays: BaseArrays = field(default=None, repr=False)  # type: ignore[assignment]
+    #: The overlay's key table as uint64[capacity, 2] (None without an overlay), and the first of the
+    #: version's chunks the entries' refs count from (a rebased view drops the chunks before it).
+    key_slots: Any = None
+    chunk_offset: int = 0
 
     @classmethod
     def read(
@@ -190,7 +194,9 @@ class Latest:
                 for stale in [k for k in cache if k[1] == name]:
                     del cache[stale]  # one base a type: the latest version's
                 cache[key] = arrays_of_base
+        ov_view = view.overlay
         return cls(
+            key_slots=None if ov_view is None else np.frombuffer(ov_view.keys.slots, dtype=_U64).reshape(-1, 2),
             base_arrays=arrays_of_base,
             rtype=rtype,
             state=state,
@@ -204,7 +210,9 @@ class Latest:
             count=len(view),
             content_hash=view.content_hash,
             **arrays,
-            **per_index,
+            e_vals=per_index["e_vals"],
+            m_vals=per_index["m_vals"],
+            m_pos=per_index["m_pos"],
         )
 
     @property
@@ -220,9 +228,8 @@ class Latest:
         fps = np.asarray(fps, dtype=_U64)
         kind = np.full(n, ABSENT, dtype=np.int64)
         where = np.full(n, -1, dtype=np.int64)
-        ov = self.view.overlay
-        if ov is not None and n:
-            values = index.lookup(np.frombuffer(ov.keys.slots, dtype=_U64).reshape(-1, 2), fps)
+        if self.key_slots is not None and n:
+            values = index.lookup(self.key_slots, fps)
             tomb = (values & _U64(TOMB)) != 0
             entry = (values != 0) & ~tomb
             kind[entry], where[entry] = ENTRY, values[entry].astype(np.int64) - 1
@@ -233,10 +240,17 @@ class Latest:
         kind[in_base], where[in_base] = BASE, base_ord[in_base]
         if self.rtype.primary.kind != layout.KIND_EXACT_INT:  # hashed keys: the record confirms
             for i in np.flatnonzero(kind == ENTRY).tolist():
-                self._confirm(ov.record(int(where[i])), keys[i])  # type: ignore[union-attr]
+                self._confirm(self.entry_record(int(where[i])), keys[i])
             for i in np.flatnonzero(base_ord >= 0).tolist():
                 self._confirm(self.base.record_at(int(base_ord[i])), keys[i])
         return kind, where, base_ord
+
+    def entry_record(self, entry: int) -> Any:
+        """The record of one entry, read through the version's own view of its chunks."""
+        ov = self.view.overlay
+        assert ov is not None
+        ref = int(self.e_ref[entry])
+        return ov.chunks[(ref >> 32) + self.chunk_offset][ref & 0xFFFFFFFF]
 
     def _confirm(self, record: Any, key: Any) -> None:
         spec = self.rtype.primary
@@ -449,8 +463,9 @@ class _Step:
                 if kind == ENTRY:
                     self.e_dead.append(j)
                     self.freed.append(int(latest.e_ord[j]))
-                    if ob >= 0:
-                        self.tombs.append((fp, ob))  # the base still has the key: hide it
+                    # A tomb even when the base lacks the key: a rebase onto a newer base
+                    # (rebase()) must see every removal since the old one.
+                    self.tombs.append((fp, ob if ob >= 0 else int(latest.e_ord[j])))
                 elif kind == BASE:
                     self.freed.append(j)
                     self.masks.append(j)
@@ -653,11 +668,12 @@ class Compacted:
     value_fps: list[Any]  # per secondary index, uint64 per live ordinal
 
 
-def compact(latest: Latest, enc: Any) -> Compacted:
+def compact(latest: Latest, enc: Any, *, squeeze: bool = True) -> Compacted:
     """The records of *latest* (a version built on a base) as one message, no record decoded.
 
-    Ordinals stay, unless holes pass :data:`MAX_HOLE_SHARE`: then the records
-    are renumbered in their order (iteration order stays, the holes go).
+    Ordinals stay, unless *squeeze* and holes pass :data:`MAX_HOLE_SHARE`: then
+    the records are renumbered in their order (iteration order stays, the holes
+    go). A base compacted in the background keeps every ordinal (:func:`rebase`).
     """
     base, size = latest.base, latest.size
     live = np.ones(size, dtype=bool)
@@ -671,7 +687,7 @@ def compact(latest: Latest, enc: Any) -> Compacted:
     hashes[e_ord] = latest.e_hash
     key_fps = _per_ordinal_keys(latest, size)[live_ords]
     value_fps = [_per_ordinal_values(latest, i, size)[live_ords] for i in range(len(latest.rtype.indexes))]
-    squeeze = len(latest.holes) > MAX_HOLE_SHARE * size
+    squeeze = squeeze and len(latest.holes) > MAX_HOLE_SHARE * size
     table, segment = _merge_records(latest, enc, size, live, squeeze=squeeze)
     if squeeze:
         n = len(live_ords)
@@ -805,8 +821,73 @@ def _reencode(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: bool) 
 
 
 def needs_compaction(built: Iterable[BuiltOverlay], bases: Mapping[str, int], share: float, minimum: int) -> bool:
-    """Whether a version's overlays have grown enough that the next version should get a new base."""
-    return any(
-        b.renumber or len(b.chunks) > MAX_CHUNKS or b.pressure > max(minimum, share * bases[b.rtype.name])
-        for b in built
+    """Whether a version's overlays have grown enough that later versions should get a new base."""
+    return any(len(b.chunks) > MAX_CHUNKS or b.pressure > max(minimum, share * bases[b.rtype.name]) for b in built)
+
+
+def needs_renumbering(built: Iterable[BuiltOverlay]) -> bool:
+    """Whether a version's holes passed :data:`MAX_HOLE_SHARE`: it is compacted at once, squeezed."""
+    return any(b.renumber for b in built)
+
+
+def rebase(latest: Latest, base_state: StateFile, since: int, cache: dict[tuple[int, str], BaseArrays]) -> Latest:
+    """*latest* (built on an older base) as an overlay on *base_state*, a compaction of version *since*.
+
+    The new base holds exactly the records of *since* under the same ordinals, so
+    what differs is what changed after *since*: the entries stamped later, the
+    removals stamped later of keys the new base has, and the new base's ordinals
+    those mask. O(entries + tombs) vector work.
+    """
+    rtype = latest.rtype
+    name = rtype.name
+    base = base_state.type(name)
+    arrays = BaseArrays(base)
+    cache[(base_state.header.content_hash, name)] = arrays
+    later = latest.e_stamp > _U64(since)
+    e_keys = latest.e_key[later]
+    chunk_ids = (latest.e_ref[later] >> _U64(32)).astype(np.int64)
+    first = int(chunk_ids.min()) if len(chunk_ids) else len(latest.chunks)
+    e_ref = latest.e_ref[later] - (_U64(first) << _U64(32))
+    t_later = latest.t_stamp > _U64(since)
+    t_keys = latest.t_key[t_later]
+    t_in_base = index.lookup(arrays.key_slots, t_keys).astype(np.int64) - 1
+    keep_t = t_in_base >= 0
+    e_in_base = index.lookup(arrays.key_slots, e_keys).astype(np.int64) - 1
+    masked = np.union1d(t_in_base[keep_t], e_in_base[e_in_base >= 0]).astype(np.int64)
+    ords = masked
+    e_vals, m_vals, m_pos = [], [], []
+    for i in range(len(rtype.indexes)):
+        fps, positions = arrays.values(i)
+        e_vals.append(latest.e_vals[i][later])
+        m_vals.append(fps[ords])
+        m_pos.append(positions[ords].astype(_U64))
+    bts = base_state.type_state(name)
+    table, _ = _key_table(rtype.primary, e_keys, t_keys[keep_t])
+    return Latest(
+        key_slots=table.slots,
+        chunk_offset=first,
+        base_arrays=arrays,
+        rtype=rtype,
+        state=latest.state,
+        view=latest.view,
+        base=base,
+        base_state=base_state,
+        base_hashes=_u64(base_state, bts.hashes, f"{name} hashes"),
+        chunks=latest.chunks[first:],
+        e_ord=latest.e_ord[later],
+        e_ref=e_ref,
+        e_key=e_keys,
+        e_hash=latest.e_hash[later],
+        e_stamp=latest.e_stamp[later],
+        t_key=t_keys[keep_t],
+        t_ord=t_in_base[keep_t].astype(_U64),
+        t_stamp=latest.t_stamp[t_later][keep_t],
+        m_ord=masked.astype(_U64),
+        holes=latest.holes,
+        size=latest.size,
+        count=latest.count,
+        content_hash=latest.content_hash,
+        e_vals=e_vals,
+        m_vals=m_vals,
+        m_pos=m_pos,
     )

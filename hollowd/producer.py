@@ -23,7 +23,7 @@ from typing import Any
 from hollow import doorbell, layout
 from hollow.errors import Error as ReaderError
 from hollow.state import BASE_SUFFIX, StateFile
-from hollowd import encoder, overlay, pidlock, publish
+from hollowd import compaction, encoder, overlay, pidlock, publish
 from hollowd import validators as validation
 from hollowd.errors import ProducerLockedError, PublishError, ValidationError, VersionNotFoundError
 from hollowd.schema import NamespaceSchema
@@ -32,7 +32,6 @@ from hollowd.state import (
     IncrementalFn,
     PopulateFn,
     WriteState,
-    assemble,
     build_type,
     encoder_of,
     full_fingerprints,
@@ -106,7 +105,8 @@ class Producer:
         self._lock_fd: int | None = _lock_namespace(self.dir)
         self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
-        self._latest_cache: tuple[int, StateFile, dict[str, overlay.Latest]] | None = None
+        self._latest_cache: tuple[int, StateFile, dict[str, overlay.Latest], Any, StateFile] | None = None
+        self._compactor: compaction.Compactor | None = None
         self._base_cache: dict[tuple[int, str], overlay.BaseArrays] = {}
         self.compact_share = compact_share
         self.compact_min = compact_min
@@ -155,7 +155,7 @@ class Producer:
             timings[stage] = timings.get(stage, 0.0) + now - clock
             clock = now
 
-        state, latest = self._read_latest(required=full is None)
+        state, latest, base = self._read_latest(required=full is None)
         same_schema = state is not None and state.header.schema_fingerprint == self.schema.fingerprint
         version, parent = self._next_version(), self._last_version
         if state is None or (full is not None and not same_schema) or set(latest) != set(self.schema.types):
@@ -188,23 +188,34 @@ class Producer:
             changed = {n: o.upserted for n, o in overlays.items()}
             self._validate(version, {n: o.count for n, o in overlays.items()}, latest, None, changed)
             lap("validate")
+            assert base is not None
             publish.write_overlay_file(
-                self.dir, self.namespace, version, parent, self.schema, state.base or state, overlays.values(),
-                mode=self.mode,
-            )  # fmt: skip
+                self.dir, self.namespace, version, parent, self.schema, base, overlays.values(), mode=self.mode
+            )
         lap("publish")
         self._last_version = version
         self._latest_cache = None
+        self._adopted(base)
         self._announce_latest(version)
         lap("announce")
         self.reclaim()
         lap("reclaim")
-        if overlay.needs_compaction(
+        if overlay.needs_renumbering(overlays.values()):
+            self.compact()  # rare (removals past half the list), and it must squeeze: in the cycle
+            lap("compact")
+        elif overlay.needs_compaction(
             overlays.values(), {n: lt.base.count for n, lt in latest.items()}, self.compact_share, self.compact_min
         ):
-            self.compact()
-            lap("compact")
+            self._compact_later(version)
         return version
+
+    def _adopted(self, base: StateFile | None) -> None:
+        """After a version is published on *base*: a background base it used is linked now; drop its name."""
+        job = self._compactor
+        if job is not None and job.path is not None and base is not None and base.path == job.path:
+            job.discard()
+            self._compacted(job.version, job.seconds, "background")
+            self._compactor = None
 
     def _reserve_version(self, version: int) -> None:
         if self._reserve is not None:
@@ -276,39 +287,59 @@ class Producer:
         """Write the latest version again as a base holding every record (same version, same records).
 
         Later versions are built on it. Readers of the version as it was keep
-        their mapping; new readers get the base. Returns the version.
+        their mapping; new readers get the base. Holes past half the list are
+        squeezed out (iteration order stays). Returns the version.
         """
+        if self._compactor is not None:
+            self._compactor.discard()
+            self._compactor = None
         version = self._last_version
-        state, latest = self._read_latest(required=True)
+        state, latest, _ = self._read_latest(required=True)
         if state is None or state.base is None:
             return version
         started = time.monotonic()
-        built = []
-        for name, rtype in self.schema.types.items():
-            merged = overlay.compact(latest[name], encoder_of(rtype, self._encoders))
-            built.append(
-                assemble(
-                    rtype, merged.table, merged.segment, merged.size, merged.holes, merged.hashes,
-                    merged.key_fps, merged.live, merged.value_fps,
-                )
-            )  # fmt: skip
+        built = compaction.build_base(latest, self.schema, self._encoders, squeeze=True)
         publish.write_state_file(
             self.dir, self.namespace, version, state.header.parent_version, self.schema, built, mode=self.mode
         )
         self._latest_cache = None
-        self.last_compaction = time.monotonic() - started
-        log.info("hollowd: event=compact namespace=%s version=%d seconds=%.3f", self.namespace, version,
-                 self.last_compaction)  # fmt: skip
+        self._compacted(version, time.monotonic() - started, "in-cycle")
         return version
 
-    def _read_latest(self, *, required: bool) -> tuple[StateFile | None, dict[str, overlay.Latest]]:
-        """The latest version's file and, per type, what a cycle needs of it (read back, never remembered)."""
+    def _compact_later(self, version: int) -> None:
+        """Start compacting *version* in the background, unless a compaction is under way."""
+        if self._compactor is None:
+            self._compactor = compaction.Compactor(self.dir, self.namespace, self.schema, version, self.mode)
+            self._compactor.start()
+
+    def _compacted(self, version: int, seconds: float, how: str) -> None:
+        self.last_compaction = seconds
+        log.info(
+            "hollowd: event=compact namespace=%s version=%d seconds=%.3f how=%s", self.namespace, version, seconds, how
+        )
+
+    def _finished_compaction(self) -> compaction.Compactor | None:
+        """The background compaction, once it is done and usable (a failed one is logged and dropped)."""
+        job = self._compactor
+        if job is None or job.is_alive():
+            return None
+        if job.error is not None or job.path is None:
+            log.error("hollowd: event=compact-failed namespace=%s version=%d error=%r", self.namespace, job.version,
+                      str(job.error))  # fmt: skip
+            self._compactor = None
+            return None
+        return job
+
+    def _read_latest(self, *, required: bool) -> tuple[StateFile | None, dict[str, overlay.Latest], StateFile | None]:
+        """The latest version's file, per type what a cycle needs of it (read back, never remembered),
+        and the base the next version is built on: the latest's, or a newer one compacted in the background."""
         latest = self._last_version
         cached = self._latest_cache
-        if cached is not None and cached[0] == latest:
-            return cached[1], cached[2]
+        job = self._finished_compaction()
+        if cached is not None and cached[0] == latest and (job is None or cached[3] is job):
+            return cached[1], cached[2], cached[4]
         if not latest:
-            return None, {}
+            return None, {}, None
         try:
             state = StateFile(self.dir / layout.state_name(latest), namespace=self.namespace)
             types = {
@@ -321,9 +352,33 @@ class Producer:
                 raise PublishError(f"cannot read back the latest version to continue from it: {e}") from e
             # Written by an older hollowd, or damaged: start afresh (new ordinals), keep numbering up.
             log.warning("hollowd: %s; the next version starts afresh from its source", str(e))
-            return None, {}
-        self._latest_cache = (latest, state, types)
-        return state, types
+            return None, {}, None
+        base = state.base or state
+        if job is not None:
+            rebased = self._rebase(state, types, job)
+            if rebased is not None:
+                types, base = rebased
+        self._latest_cache = (latest, state, types, job, base)
+        return state, types, base
+
+    def _rebase(
+        self, state: StateFile, types: dict[str, overlay.Latest], job: compaction.Compactor
+    ) -> tuple[dict[str, overlay.Latest], StateFile] | None:
+        """The latest version's types as overlays on the base *job* compacted, or None (then dropped)."""
+        assert job.path is not None
+        current = state.base or state
+        if state.base is None or current.version >= job.version or set(types) != set(self.schema.types):
+            job.discard()  # the latest is a base already, or a newer one than the job's
+            self._compactor = None
+            return None
+        try:
+            base = StateFile(job.path, namespace=self.namespace)
+            return {n: overlay.rebase(lt, base, job.version, self._base_cache) for n, lt in types.items()}, base
+        except ReaderError as e:
+            log.error("hollowd: event=compact-failed namespace=%s error=%r", self.namespace, str(e))
+            job.discard()
+            self._compactor = None
+            return None
 
     def materialize(self, saved: Path, *, pinned: bool = False) -> int:
         """Put a saved state file (the daemon's durable copy) back in place and announce it.
@@ -365,7 +420,7 @@ class Producer:
     def record_counts(self) -> dict[str, int]:
         """Records per type in the latest version (read back from its file; empty before the first)."""
         try:
-            _, latest = self._read_latest(required=False)
+            _, latest, _ = self._read_latest(required=False)
         except PublishError:
             return {}
         return {name: lt.count for name, lt in latest.items()}
@@ -398,6 +453,9 @@ class Producer:
 
     def close(self) -> None:
         """Release the namespace (other producers may then take it)."""
+        if self._compactor is not None:
+            self._compactor.discard()
+            self._compactor = None
         self._latest_cache = None  # their mappings hold descriptors of the latest files
         self._base_cache.clear()
         self._ringer.close()

@@ -152,8 +152,12 @@ def write_state_file(
     types: Iterable[BuiltType],
     *,
     mode: int = 0o640,
+    name: str | None = None,
 ) -> Path:
     """Write, verify and rename into place a base state file of *version* (every record); return its path.
+
+    *name* puts it under another name than the version's, with no lockfile: a base
+    compacted in the background, waiting for the version that will link it.
 
     Raises :class:`StorageFullError` when the filesystem has no room (nothing is
     left behind) and :class:`PublishError` for any other failure. A file already
@@ -178,7 +182,7 @@ def write_state_file(
         for ix, b in zip(ixs, built.secondary, strict=True):
             _index_message(ix, b, place)
     total, pieces = _finish(state, place, namespace=namespace, version=version, parent=parent, schema=schema, now=now)
-    return _install(ns_dir, version, total, pieces, mode, lambda tmp: verify(tmp, namespace, version, types))
+    return _install(ns_dir, version, total, pieces, mode, lambda tmp: verify(tmp, namespace, version, types), name=name)
 
 
 _OVERLAY_ARRAYS = (
@@ -282,15 +286,23 @@ def _install_file(final: Path, tmp: Path, data: bytes, mode: int) -> None:
 
 
 def _install(
-    ns_dir: Path, version: int, total: int, pieces: list[_Piece], mode: int, check: Callable[[Path], None]
+    ns_dir: Path,
+    version: int,
+    total: int,
+    pieces: list[_Piece],
+    mode: int,
+    check: Callable[[Path], None],
+    *,
+    name: str | None = None,
 ) -> Path:
     """Write under a temporary name, check, create the lockfile, rename into place (or leave nothing)."""
-    final = ns_dir / layout.state_name(version)
+    final = ns_dir / (name or layout.state_name(version))
     tmp = ns_dir / f".{version}.{os.getpid()}.tmp"
     _write(tmp, total, pieces, mode)
     try:
         check(tmp)
-        _create_lockfile(ns_dir, version, mode)  # before the state file appears: readers lease on sight
+        if name is None:
+            _create_lockfile(ns_dir, version, mode)  # before the state file appears: readers lease on sight
         os.rename(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -103,6 +103,19 @@ def get(port: int, path: str) -> dict[str, Any]:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
+def wait_serving(port: int, timeout: float = 30) -> None:
+    """Until the server answers a request (connections refused or reset before that)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            get(port, "/")
+            return
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def status(port: int, path: str) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
@@ -340,6 +353,7 @@ def test_plain_uvicorn_workers_attach_at_lifespan_startup(root: Path, tmp_path: 
                     assert time.monotonic() < deadline, (tmp_path / "uvicorn.log").read_text()
                     time.sleep(0.1)
                 assert holders <= children(proc.pid)
+                wait_serving(port)  # leases come at lifespan startup, a moment before a worker accepts
                 answers = {get(port, "/")["pid"] for _ in range(20)}
                 assert answers <= holders
             finally:

@@ -189,6 +189,42 @@ def test_any_sequence_of_cycles_reads_like_the_model(first: list[dict[str, Any]]
         shutil.rmtree(root)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(records, min_size=1, max_size=25), st.lists(step, max_size=16))
+def test_background_compactions_read_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
+    """The same with a compaction started in the background after every cycle (and adopted whenever
+    it is done): readers cannot tell."""
+    root = Path(tempfile.mkdtemp(prefix="hollow-test-prop-", dir="/dev/shm"))
+    model = Model()
+    p = item_producer(root, compact_min=0, compact_share=0.0)
+    try:
+        first = _unique(first)
+        p.run_cycle(populate(first, "Item"))
+        model.full(first)
+        for s in steps:
+            if s[0] == "full":
+                recs = _unique(s[1])
+                p.run_cycle(populate(recs, "Item"))
+                model.full(recs)
+            elif s[0] == "inc":
+                ups = _unique(s[1])
+                rems = sorted(set(s[2]) - {r["id"] for r in ups})
+                p.run_incremental(
+                    lambda d, u=ups, r=rems: ([d.remove("Item", k) for k in r], [d.upsert("Item", x) for x in u])
+                )
+                model.apply(ups, rems)
+            elif s[0] == "restart":
+                p.close()
+                p = item_producer(root, compact_min=0, compact_share=0.0)
+            elif p._compactor is not None:
+                p._compactor.join()  # done before the next cycle: that cycle rebases on it
+            check(root, model)
+        assert not [n for n in os.listdir(root / "items") if n.endswith(".compacted")] or p._compactor is not None
+    finally:
+        p.close()
+        shutil.rmtree(root)
+
+
 def test_automatic_compaction_keeps_every_record(root: Path) -> None:
     model = Model()
     with item_producer(root, compact_min=3, compact_share=0.0) as p:
