@@ -445,8 +445,9 @@ class Producer:
             v = layout.parse_state_name(lock.name[: -len(".lock")])
             if v is not None and v not in versions:
                 publish.remove_version(self.dir, v)
-        for stale in self.dir.glob(".*.tmp"):
-            if _tmp_owner_dead(stale.name):
+        debris = [*self.dir.glob(".*.tmp"), *self.dir.glob(".*.tmp.base"), *self.dir.glob(".*" + compaction.SUFFIX)]
+        for stale in debris:  # files of a writer that died: temporary ones, bases compacted for nobody
+            if _tmp_owner_dead(stale.name.removesuffix(BASE_SUFFIX)):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return removed

@@ -264,7 +264,7 @@ def copy_state_file(
     link = ns_dir / (layout.state_name(version) + BASE_SUFFIX)
     if base is not None:
         base_data = base.read_bytes()
-        _install_file(link, ns_dir / f".{version}.{os.getpid()}.base.tmp", base_data, mode)
+        _install_file(link, ns_dir / f".{version}.base.{os.getpid()}.tmp", base_data, mode)
 
     def check(tmp: Path) -> None:
         if base is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -411,3 +412,21 @@ def test_status_counts_a_shared_base_once(root: Path) -> None:
     base = next(v for v in st.versions if v.base_bytes == 0)
     assert all(v.base_bytes == base.bytes for v in st.versions if v is not base)
     assert st.bytes == base.bytes + sum(v.bytes for v in st.versions if v is not base)
+
+
+def test_debris_of_a_dead_writer_is_swept(root: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(10)))
+        ns = p.dir
+        planted = [f".2.{gone.pid}.compacted", f".2.{gone.pid}.tmp.base", f".2.base.{gone.pid}.tmp"]
+        for name in planted:
+            (ns / name).write_bytes(b"x")
+        mine = ns / f".2.{os.getpid()}.compacted"
+        mine.write_bytes(b"x")  # a live writer's (this process): kept
+        p.run_incremental(lambda d: d.upsert("Movie", movie(1, title="x")))
+        left = set(os.listdir(ns))
+        assert not left & set(planted)
+        assert mine.name in left
+        mine.unlink()
