@@ -334,6 +334,9 @@ class Producer:
         """The latest version's file, per type what a cycle needs of it (read back, never remembered),
         and the base the next version is built on: the latest's, or a newer one compacted in the background."""
         latest = self._last_version
+        if latest and not (self.dir / layout.state_name(latest)).exists():
+            # reserved (the daemon's counter), never written (killed mid-publish): the newest written
+            latest = max((v for v in self.versions() if v < latest), default=0)
         cached = self._latest_cache
         job = self._finished_compaction()
         if cached is not None and cached[0] == latest and (job is None or cached[3] is job):
