@@ -25,7 +25,7 @@ import capnp
 
 from hollow import layout, schema
 from hollow.errors import CorruptStateError, UnknownTypeError, VersionNotFoundError
-from hollow.view import IndexTable, Overlay, TypeView, section
+from hollow.view import IndexTable, OverlaidView, Overlay, TypeView, section
 
 BASE_SUFFIX = ".base"
 
@@ -233,7 +233,7 @@ class StateFile:
         if count > ordinal_count or len(holes) != ordinal_count - count:
             raise CorruptStateError(f"{what}: {name} holes do not match its counts")
         overlay = Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
-        return TypeView(
+        return OverlaidView(
             name,
             base._records,
             count,

@@ -277,7 +277,7 @@ class TypeView:
 
     # -- primary key --------------------------------------------------------
 
-    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot paths inlined
+    def get(self, key: Any, default: Any = None) -> Any:
         """The record whose primary key is *key* (a tuple for several fields), or *default*.
 
         Raises TypeError when *key* cannot be a key of this type.
@@ -286,10 +286,6 @@ class TypeView:
             # The hot path, inlined: an integer key is its own hash and is stored in the table.
             if key < 0:
                 key &= _M64
-            if self._bloom[key % self._bloom_n]:
-                found = self._overlay.lookup(key)  # type: ignore[union-attr]
-                if found is not _MISSING:
-                    return default if found is _GONE else found
             cap = self._cap
             s = key % cap
             slots = self._slots
@@ -305,10 +301,6 @@ class TypeView:
         if type(key) is str and self._text_field is not None:
             # The other hot path: one Text key field. The table holds its hash; the record confirms.
             fp = _xxh3(key.encode())
-            if self._bloom[fp % self._bloom_n]:
-                found = self._overlay.lookup(fp)  # type: ignore[union-attr]
-                if found is not _MISSING:
-                    return found if found is not _GONE and found._get(self._text_field) == key else default
             cap = self._cap
             s = fp % cap
             slots = self._slots
@@ -473,6 +465,65 @@ class TypeView:
     def _key_signature(index: IndexTable) -> str:
         names = [f"{f}: {layout.KEY_TYPE_NAMES[t]}" for f, t in zip(index.fields, index.key_types, strict=True)]
         return names[0] if len(names) == 1 else "(" + ", ".join(names) + ")"
+
+
+class OverlaidView(TypeView):
+    """A type of a version built on a base: :meth:`get` asks the overlay first.
+
+    The same hot paths as :meth:`TypeView.get` with the overlay's bloom byte
+    in front, written out again rather than called: a call costs more than the
+    probe itself, and a base's view should not pay the byte test at all.
+    """
+
+    __slots__ = ()
+
+    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot paths inlined
+        """The record whose primary key is *key* (a tuple for several fields), or *default*.
+
+        Raises TypeError when *key* cannot be a key of this type.
+        """
+        if type(key) is int and self._exact:
+            # The hot path, inlined: an integer key is its own hash and is stored in the table.
+            if key < 0:
+                key &= _M64
+            if self._bloom[key % self._bloom_n]:
+                found = self._overlay.lookup(key)  # type: ignore[union-attr]
+                if found is not _MISSING:
+                    return default if found is _GONE else found
+            cap = self._cap
+            s = key % cap
+            slots = self._slots
+            while True:
+                o = slots[2 * s + 1]
+                if not o:
+                    return default
+                if slots[2 * s] == key:
+                    return self._records[o - 1]
+                s += 1
+                if s == cap:
+                    s = 0
+        if type(key) is str and self._text_field is not None:
+            # The other hot path: one Text key field. The table holds its hash; the record confirms.
+            fp = _xxh3(key.encode())
+            if self._bloom[fp % self._bloom_n]:
+                found = self._overlay.lookup(fp)  # type: ignore[union-attr]
+                if found is not _MISSING:
+                    return found if found is not _GONE and found._get(self._text_field) == key else default
+            cap = self._cap
+            s = fp % cap
+            slots = self._slots
+            while True:
+                o = slots[2 * s + 1]
+                if not o:
+                    return default
+                if slots[2 * s] == fp:
+                    record = self._records[o - 1]
+                    if record._get(self._text_field) == key:
+                        return record
+                s += 1
+                if s == cap:
+                    s = 0
+        return self._get_hashed(key, default)
 
 
 _MISSING = object()
