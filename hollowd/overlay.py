@@ -658,6 +658,8 @@ def check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
 class Compacted:
     """One type of a new base: the records message and the per-ordinal arrays it is indexed from."""
 
+    merges: int  # compactions by bytes since the records were last encoded whole
+
     table: bytes
     segment: Any
     size: int
@@ -668,7 +670,12 @@ class Compacted:
     value_fps: list[Any]  # per secondary index, uint64 per live ordinal
 
 
-def compact(latest: Latest, enc: Any, *, squeeze: bool = True) -> Compacted:
+#: After this many compactions by bytes, the next one decodes and encodes every record again, so
+#: that the dead bytes each carries over (replaced records' text, earlier chunks) are dropped.
+MAX_MERGES = 4
+
+
+def compact(latest: Latest, enc: Any, *, squeeze: bool = True, whole: bool = False) -> Compacted:
     """The records of *latest* (a version built on a base) as one message, no record decoded.
 
     Ordinals stay, unless *squeeze* and holes pass :data:`MAX_HOLE_SHARE`: then
@@ -688,11 +695,20 @@ def compact(latest: Latest, enc: Any, *, squeeze: bool = True) -> Compacted:
     key_fps = _per_ordinal_keys(latest, size)[live_ords]
     value_fps = [_per_ordinal_values(latest, i, size)[live_ords] for i in range(len(latest.rtype.indexes))]
     squeeze = squeeze and len(latest.holes) > MAX_HOLE_SHARE * size
-    table, segment = _merge_records(latest, enc, size, live, squeeze=squeeze)
+    merges = int(latest.base_state.type_state(latest.rtype.name).merges) + 1
+    if whole or merges > MAX_MERGES:
+        table, segment = _reencode(latest, enc, size, live, squeeze=squeeze)
+        merges = 0
+    else:
+        table, segment = _merge_records(latest, enc, size, live, squeeze=squeeze)
     if squeeze:
         n = len(live_ords)
-        return Compacted(table, segment, n, np.zeros(0, np.uint32), hashes[live_ords], key_fps, np.arange(n), value_fps)
-    return Compacted(table, segment, size, latest.holes.astype(np.uint32), hashes, key_fps, live_ords, value_fps)
+        return Compacted(
+            merges, table, segment, n, np.zeros(0, np.uint32), hashes[live_ords], key_fps, np.arange(n), value_fps
+        )
+    return Compacted(
+        merges, table, segment, size, latest.holes.astype(np.uint32), hashes, key_fps, live_ords, value_fps
+    )
 
 
 def _per_ordinal_keys(latest: Latest, size: int) -> Any:
@@ -720,7 +736,7 @@ def _merge_records(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: b
     base_raw = latest.base_state.raw(latest.base_state.type_state(latest.rtype.name).records, what="records")
     segments = [base_raw, *latest.chunks]
     if not isinstance(enc, encoder.RecordEncoder) or any(_segment_count(s) != 1 for s in segments):
-        return _reencode(latest, enc, size, live, squeeze=squeeze)
+        return _reencode(latest, enc, size, live, squeeze=squeeze)  # merges counts these too: harmless
     top = enc.top
     stride = top.words * 8
     base_n = latest.base.size

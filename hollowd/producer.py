@@ -310,7 +310,6 @@ class Producer:
         """Start compacting *version* in the background, unless a compaction is under way."""
         if self._compactor is None:
             self._compactor = compaction.Compactor(self.dir, self.namespace, self.schema, version, self.mode)
-            self._compactor.start()
 
     def _compacted(self, version: int, seconds: float, how: str) -> None:
         self.last_compaction = seconds
@@ -324,8 +323,9 @@ class Producer:
         if job is None or job.is_alive():
             return None
         if job.error is not None or job.path is None:
-            log.error("hollowd: event=compact-failed namespace=%s version=%d error=%r", self.namespace, job.version,
-                      str(job.error))  # fmt: skip
+            log.error(
+                "hollowd: event=compact-failed namespace=%s version=%d error=%r", self.namespace, job.version, job.error
+            )
             self._compactor = None
             return None
         return job

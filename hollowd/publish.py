@@ -177,6 +177,7 @@ def write_state_file(
         _set_section(ts.records, place.add(built.table, built.segment))
         _set_section(ts.holes, place.add(_padded(built.holes)))
         _set_section(ts.hashes, place.add(built.hashes))
+        ts.merges = built.merges
         _index_message(ts.primaryKey, built.primary, place)
         ixs = ts.init("indexes", len(built.secondary))
         for ix, b in zip(ixs, built.secondary, strict=True):

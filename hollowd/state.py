@@ -129,6 +129,7 @@ class BuiltType:
     primary: index.BuiltIndex
     secondary: list[index.BuiltIndex]
     hashes: Any = field(repr=False, default=None)  # uint64 per ordinal: change hashes (0: hole)
+    merges: int = 0  # compactions by bytes since the records were last encoded whole
 
 
 def build_type(
@@ -178,6 +179,8 @@ def assemble(
     key_fps: Any,
     ordinals: Any,
     value_fps: list[Any],
+    *,
+    merges: int = 0,
 ) -> BuiltType:
     """A base type from its records message and, for each live record, its ordinal and fingerprints."""
     h = xxhash.xxh3_64()
@@ -185,7 +188,9 @@ def assemble(
         h.update(part)
     primary = index.build_unique(rtype.primary, key_fps, ordinals)
     secondary = [index.build_multi(spec, fps, ordinals) for spec, fps in zip(rtype.indexes, value_fps, strict=True)]
-    return BuiltType(rtype, len(ordinals), size, table, segment, holes, h.intdigest(), primary, secondary, hashes)
+    return BuiltType(
+        rtype, len(ordinals), size, table, segment, holes, h.intdigest(), primary, secondary, hashes, merges
+    )
 
 
 def encoder_of(

@@ -56,6 +56,8 @@ struct TypeState {
                                  # a cycle compares its input with these, not with the records
   overlay @10 :Overlay;          # in a version with a base: what changed since the base.
                                  # records, primaryKey and indexes are then the base's
+  merges @11 :UInt32;            # a base: compactions by bytes since its records were last
+                                 # encoded whole (each carries the dead bytes of the last)
 }
 
 # What a version changed since its base, for one type: the records upserted since
