@@ -2,13 +2,14 @@
 # make test  — set up, lint (ruff), type-check (mypy) and run the tests
 # make bench — the benchmark table (bench/core.py)
 # make bench-web — gunicorn workers against a dict, --preload and Redis (bench/gunicorn.py; needs wrk, redis-server)
+# make bench-changes — publishing k changed records against LMDB and SQLite (bench/changes.py; issue 10)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-web clean
+.PHONY: run test lint bench bench-web bench-changes clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ bench-web: $(STAMP)
 	@command -v wrk >/dev/null && command -v redis-server >/dev/null || \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk redis-server >/dev/null)
 	$(PY) bench/gunicorn.py
+
+bench-changes: $(STAMP)
+	$(PY) bench/changes.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
