@@ -55,18 +55,36 @@ def tool() -> str:
     return path
 
 
-def records_section(path: Path, type_name: str) -> tuple[bytes, set[int]]:
-    """The bytes of *type_name*'s records section in the state file at *path*, and its hole ordinals.
+def record_messages(path: Path, type_name: str) -> list[tuple[bytes, dict[int, int]]]:
+    """Every records message a version of *type_name* is read from, each with the ordinals it supplies.
 
-    The section is a standalone Cap'n Proto message (segment table included) whose root
-    is hollow.capnp's ``Records``. This is the one place that knows where the file keeps
-    it: adapt it when the format changes.
+    Each is a standalone Cap'n Proto message (segment table included) whose root is
+    hollow.capnp's ``Records``; the map sends a list position to the version's ordinal.
+    A base supplies its live, unmasked ordinals; each chunk of an overlay (format 4)
+    the entries that refer to it. This is the one place that knows where the file
+    keeps them: adapt it when the format changes.
     """
     state = StateFile(path, namespace=NAMESPACE)
-    section = state._type_states[type_name].records
-    data = bytes(state._view[section.offset : section.offset + section.length])
-    holes = set(state.type(type_name)._holes.tolist())
-    return data, holes
+    view = state.type(type_name)
+    base = state.base or state
+    section = base._type_states[type_name].records
+    holes = set(view.holes.tolist())
+    ov = view.overlay
+    masked: set[int] = set()
+    chunks: list[tuple[bytes, dict[int, int]]] = []
+    if ov is not None:
+        ts = state._type_states[type_name].overlay
+        masked = set(state.array(ts.masked, "Q", what="masked").tolist())
+        by_chunk: dict[int, dict[int, int]] = {}
+        for ordinal, ref in zip(ov.ordinals.tolist(), ov.refs.tolist(), strict=True):
+            by_chunk.setdefault(ref >> 32, {})[ref & 0xFFFFFFFF] = ordinal
+        for i, sec in enumerate(ts.chunks):
+            chunks.append((bytes(state.raw(sec, what="chunk")), by_chunk.get(i, {})))
+    base_view = base.type(type_name)
+    live = {o: o for o in range(base_view.size) if o not in holes and o not in masked and o < view.size}
+    if ov is None:
+        live = {o: o for o in range(view.size) if o not in holes}
+    return [(bytes(base.raw(section, what="records")), live), *chunks]
 
 
 # --- what a reader sees, in one canonical form for both sides ---------------------------
@@ -167,16 +185,17 @@ def check_version(tool: str, wrapper: Path, path: Path, published: dict[str, dic
     """Every type of the state file at *path* holds exactly *published* (type -> key -> record), per capnp."""
     for type_name, want in published.items():
         schema = STRUCTS[type_name]
-        data, holes = records_section(path, type_name)
-        got = capnp_records(tool, wrapper, data, type_name)
         key_field = KEYS[type_name]
-        seen = {}
-        for ordinal, obj in enumerate(got):
-            if ordinal in holes:
-                continue
-            rec = full(schema, obj)
-            seen[rec[key_field]] = rec
-        assert len(seen) == len(got) - len(holes), f"{type_name}: a key appears twice"
+        seen: dict[Any, dict[str, Any]] = {}
+        ordinals: set[int] = set()
+        for data, supplies in record_messages(path, type_name):
+            got = capnp_records(tool, wrapper, data, type_name)
+            for position, ordinal in supplies.items():
+                assert ordinal not in ordinals, f"{type_name}: ordinal {ordinal} supplied twice"
+                ordinals.add(ordinal)
+                rec = full(schema, got[position])
+                assert rec[key_field] not in seen, f"{type_name}: a key appears twice"
+                seen[rec[key_field]] = rec
         assert set(seen) == set(want), f"{type_name}: keys differ"
         for key, record in want.items():
             assert seen[key] == full(schema, record), f"{type_name} {key!r}"
@@ -319,6 +338,9 @@ def test_reference_implementation_reads_what_was_published(
                 for key in removed[name]:
                     del published[name][key]
                 published[name].update((r[KEYS[name]], r) for r in upserts[name])
+            check_version(tool, wrapper, root / NAMESPACE / str(v2), published)
+            # the same version written again as a base, by moving bytes (docs/decisions.md §18)
+            assert producer.compact() == v2
             check_version(tool, wrapper, root / NAMESPACE / str(v2), published)
     finally:
         shutil.rmtree(root, ignore_errors=True)
