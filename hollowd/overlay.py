@@ -353,18 +353,20 @@ class BuiltOverlay:
         return len(self.arrays["entryOrdinals"]) + len(self.arrays["tombKeys"])
 
 
-def fingerprints(rtype: RecordType, keys: list[Any]) -> Any:
-    """The primary-key fingerprints of *keys*; a key of the wrong type is named."""
+def fingerprints(rtype: RecordType, keys: list[Any], *, positions: bool = False) -> Any:
+    """The primary-key fingerprints of *keys*; a key of the wrong type is named (with its input
+    position when *positions*: the keys are a full cycle's records, in order)."""
     try:
         return index.fingerprints(rtype.primary, keys)
     except TypeError:
         pass
-    for k in keys:
+    for i, k in enumerate(keys):
         try:
             rtype.primary.fingerprint(k)
         except TypeError as e:
+            where = f" record at input position {i}:" if positions else ""
             raise ValidationError(
-                f"{rtype.name} primary key {k!r} ({', '.join(rtype.primary.fields)}): {e}",
+                f"{rtype.name}{where} primary key {k!r} ({', '.join(rtype.primary.fields)}): {e}",
                 type_name=rtype.name,
                 key=k,
                 field=rtype.primary.fields[0],

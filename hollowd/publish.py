@@ -143,6 +143,16 @@ def _finish(
     return total, [_Piece(0, header.pack()), *place.pieces]
 
 
+def _type_state(ts: Any, built: BuiltType | BuiltOverlay, place: _Layout) -> None:
+    """What a base's and an overlay's ``TypeState`` both say: the type, its counts, hash and holes."""
+    ts.name = built.rtype.name
+    ts.typeId = built.rtype.type_id
+    ts.count = built.count
+    ts.ordinals = built.size
+    ts.contentHash = built.content_hash
+    _set_section(ts.holes, place.add(_padded(built.holes)))
+
+
 def write_state_file(
     ns_dir: Path,
     namespace: str,
@@ -169,13 +179,8 @@ def write_state_file(
     place = _Layout()
     lst = state.init("types", len(types))
     for ts, built in zip(lst, types, strict=True):
-        ts.name = built.rtype.name
-        ts.typeId = built.rtype.type_id
-        ts.count = built.count
-        ts.ordinals = built.size
-        ts.contentHash = built.content_hash
+        _type_state(ts, built, place)
         _set_section(ts.records, place.add(built.table, built.segment))
-        _set_section(ts.holes, place.add(_padded(built.holes)))
         _set_section(ts.hashes, place.add(built.hashes))
         ts.merges = built.merges
         _index_message(ts.primaryKey, built.primary, place)
@@ -212,12 +217,7 @@ def write_overlay_file(
     place = _Layout()
     lst = state.init("types", len(types))
     for ts, built in zip(lst, types, strict=True):
-        ts.name = built.rtype.name
-        ts.typeId = built.rtype.type_id
-        ts.count = built.count
-        ts.ordinals = built.size
-        ts.contentHash = built.content_hash
-        _set_section(ts.holes, place.add(_padded(built.holes)))
+        _type_state(ts, built, place)
         ov = ts.overlay
         chunks = ov.init("chunks", len(built.chunks))
         for sec, chunk in zip(chunks, built.chunks, strict=True):

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from hollow import layout
 from hollowd import encoder, index, overlay
-from hollowd.errors import DuplicateKeyError, MissingKeyError, SchemaError, ValidationError
+from hollowd.errors import MissingKeyError, SchemaError, ValidationError
 from hollowd.overlay import MAX_HOLE_SHARE, Latest
 from hollowd.schema import NamespaceSchema, RecordType
 
@@ -148,7 +147,7 @@ def build_type(
     columns = encoder.ColumnCache(records)
     keys = _keys(rtype, records, columns)
     fps = _fingerprints(rtype, records, keys)
-    _check_unique(rtype, keys, fps)
+    overlay.check_unique(rtype, keys, fps)
     ordinals, size, holes = _ordinals(fps, previous)
     if size == len(records) and (ordinals[1:] > ordinals[:-1]).all():
         by_ordinal: list[Any] = records  # ordinals are 0..n-1 in input order
@@ -238,42 +237,7 @@ def _keys(rtype: RecordType, records: list[dict[str, Any]], columns: encoder.Col
 
 
 def _fingerprints(rtype: RecordType, records: list[dict[str, Any]], keys: list[Any]) -> Any:
-    try:
-        return index.fingerprints(rtype.primary, keys)
-    except TypeError:
-        pass
-    for i, k in enumerate(keys):  # find and name the bad key
-        try:
-            rtype.primary.fingerprint(k)
-        except TypeError as e:
-            raise ValidationError(
-                f"{rtype.name} record at input position {i}: primary key {k!r} "
-                f"({', '.join(rtype.primary.fields)}): {e}",
-                type_name=rtype.name,
-                key=k,
-                field=rtype.primary.fields[0],
-            ) from None
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
-    if len(set(keys)) == len(keys) and (
-        rtype.primary.kind == layout.KIND_EXACT_INT or len(np.unique(fps)) == len(keys)
-    ):
-        return
-    seen: dict[Any, int] = {}
-    for i, k in enumerate(keys):
-        if k in seen:
-            raise DuplicateKeyError(
-                f"{rtype.name}: duplicate primary key {k!r} at input positions {seen[k]} and {i}",
-                type_name=rtype.name,
-                key=k,
-                field=", ".join(rtype.primary.fields),
-            )
-        seen[k] = i
-    raise ValidationError(  # pragma: no cover - a 64-bit hash collision between distinct keys
-        f"{rtype.name}: two distinct primary keys share a 64-bit hash; please report this", type_name=rtype.name
-    )
+    return overlay.fingerprints(rtype, keys, positions=True)
 
 
 def _ordinals(fps: Any, previous: Latest | None) -> tuple[Any, int, Any]:

@@ -146,62 +146,22 @@ def _unique(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-@settings(
-    max_examples=int(os.environ.get("HOLLOW_PROPERTY_EXAMPLES", "200")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(st.lists(records, min_size=1, max_size=25), st.lists(step, max_size=20))
-def test_any_sequence_of_cycles_reads_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
+def run_steps(first: list[dict[str, Any]], steps: list[Any], *, background: bool) -> None:
+    """Drive a producer through *steps* and check a fresh reader against the model after each.
+
+    *background*: a compaction starts in the background after every cycle, and the
+    "compact" step waits for it (the next cycle then rebases on it); otherwise
+    "compact" compacts in the call and nothing else compacts but holes past half.
+    """
     root = Path(tempfile.mkdtemp(prefix="hollow-test-prop-", dir="/dev/shm"))
+    kw: dict[str, Any] = {"compact_min": 0, "compact_share": 0.0} if background else {}
     model = Model()
-    p = item_producer(root)
+    p = item_producer(root, **kw)
     try:
         first = _unique(first)
         p.run_cycle(populate(first, "Item"))
         model.full(first)
         check(root, model)
-        for s in steps:
-            if s[0] == "full":
-                recs = _unique(s[1])
-                p.run_cycle(populate(recs, "Item"))
-                model.full(recs)
-            elif s[0] == "inc":
-                ups = _unique(s[1])
-                rems = sorted(set(s[2]) - {r["id"] for r in ups})
-
-                def change(d: Any, ups: list[dict[str, Any]] = ups, rems: list[int] = rems) -> None:
-                    for k in rems:
-                        d.remove("Item", k)
-                    for r in ups:
-                        d.upsert("Item", r)
-
-                p.run_incremental(change)
-                model.apply(ups, rems)
-            elif s[0] == "restart":
-                p.close()
-                p = item_producer(root)
-            else:
-                p.compact()
-                model.compact()
-            check(root, model)
-    finally:
-        p.close()
-        shutil.rmtree(root)
-
-
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.lists(records, min_size=1, max_size=25), st.lists(step, max_size=16))
-def test_background_compactions_read_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
-    """The same with a compaction started in the background after every cycle (and adopted whenever
-    it is done): readers cannot tell."""
-    root = Path(tempfile.mkdtemp(prefix="hollow-test-prop-", dir="/dev/shm"))
-    model = Model()
-    p = item_producer(root, compact_min=0, compact_share=0.0)
-    try:
-        first = _unique(first)
-        p.run_cycle(populate(first, "Item"))
-        model.full(first)
         for s in steps:
             if s[0] == "full":
                 recs = _unique(s[1])
@@ -216,14 +176,33 @@ def test_background_compactions_read_like_the_model(first: list[dict[str, Any]],
                 model.apply(ups, rems)
             elif s[0] == "restart":
                 p.close()
-                p = item_producer(root, compact_min=0, compact_share=0.0)
+                p = item_producer(root, **kw)
+            elif not background:
+                p.compact()
+                model.compact()
             elif p._compactor is not None:
-                p._compactor.join()  # done before the next cycle: that cycle rebases on it
+                p._compactor.join()
             check(root, model)
-        assert not [n for n in os.listdir(root / "items") if n.endswith(".compacted")] or p._compactor is not None
     finally:
         p.close()
         shutil.rmtree(root)
+
+
+@settings(
+    max_examples=int(os.environ.get("HOLLOW_PROPERTY_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(records, min_size=1, max_size=25), st.lists(step, max_size=20))
+def test_any_sequence_of_cycles_reads_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
+    run_steps(first, steps, background=False)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(records, min_size=1, max_size=25), st.lists(step, max_size=16))
+def test_background_compactions_read_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
+    """The same with a compaction in the background after every cycle: readers cannot tell."""
+    run_steps(first, steps, background=True)
 
 
 def test_automatic_compaction_keeps_every_record(root: Path) -> None:
