@@ -111,6 +111,7 @@ def _status(args: argparse.Namespace) -> int:
         (
             str(v.version),
             f"{v.bytes:,}",
+            f"+ base {v.base_bytes:,}" if v.base_bytes else "-",
             " ".join(f for f, on in (("announced", v.announced), ("pinned", v.pinned), ("latest", v.latest)) if on),
             ", ".join(map(str, v.leases)) or "-",
         )
@@ -120,8 +121,8 @@ def _status(args: argparse.Namespace) -> int:
     human = (
         f"{st.namespace} at {st.root}: announced {st.announced}"
         + (f" (pinned; latest {st.latest})" if st.pinned else "")
-        + f", {len(st.followers)} following process(es)\n"
-        + _table(("version", "bytes", "", "leases (pids)"), rows)
+        + f", {len(st.followers)} following process(es), {st.bytes:,} bytes in all (shared bases once)\n"
+        + _table(("version", "bytes", "shares", "", "leases (pids)"), rows)
     )
     daemon = _daemon_view(args, st.namespace)
     if daemon is not None:

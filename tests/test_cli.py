@@ -40,10 +40,13 @@ def test_status_human_and_json(published: Path) -> None:
     assert rc == 0
     assert "announced 2" in out
     assert "announced latest" in out
+    base = (published / "movies" / "1").stat().st_size
+    assert f"+ base {base:,}" in out  # version 2 is an overlay on version 1's file
     rc, out, _ = run(published, "status", "movies", json_out=True)
     doc = json.loads(out)
     assert (rc, doc["announced"], doc["latest"], doc["pinned"]) == (0, 2, 2, None)
     assert [v["version"] for v in doc["versions"]] == [1, 2]
+    assert [v["base_bytes"] for v in doc["versions"]] == [0, base]
 
 
 def test_versions(published: Path) -> None:
