@@ -23,6 +23,7 @@ decoded and encoded again instead.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -311,6 +312,33 @@ class BaseArrays:
             self._values[i] = index.per_ordinal(slots, np.frombuffer(ix.postings, dtype=np.uint32), self._base.size)
         return self._values[i]
 
+    def values_at(self, i: int, ordinals: Any) -> tuple[Any, Any]:
+        """:meth:`values` of some ordinals only: read from their records while they are few and the
+        whole arrays (O(n) to derive, once per base) are not there yet, so that the cycle right after
+        a new base does not pay for them."""
+        ordinals = np.asarray(ordinals, dtype=np.int64)
+        if i in self._values or len(ordinals) > _FEW:
+            fps, positions = self.values(i)
+            return fps[ordinals], positions[ordinals]
+        table = self._base.indexes[i]
+        fields = table.fields
+        out_fps, out_pos = [], []
+        for o in ordinals.tolist():
+            record = self._base.record_at(o)
+            value = record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
+            fp = table.fingerprint(value)
+            postings = table.postings_of(fp)
+            at = -1 if postings is None else bisect.bisect_left(postings, o)
+            if postings is None or at >= len(postings) or postings[at] != o:
+                raise CorruptStateError(f"{self._base.what}: index on {', '.join(fields)} lacks ordinal {o}")
+            out_fps.append(fp)
+            out_pos.append(at)
+        return np.array(out_fps, dtype=_U64), np.array(out_pos, dtype=np.int64)
+
+
+#: Up to this many records, read a base's index values from the records rather than derive them all.
+_FEW = 4096
+
 
 # --- applying changes ---------------------------------------------------------------
 
@@ -577,9 +605,8 @@ def _masked_values(latest: Latest, i: int, masks: list[int]) -> tuple[Any, Any]:
     """Value fingerprints of base records being masked now, and their positions in that value's postings."""
     if not masks:
         return _EMPTY_U64, _EMPTY_U64
-    fps, positions = latest.base_arrays.values(i)
-    at = np.array(masks, dtype=np.int64)
-    return fps[at], positions[at].astype(_U64)
+    fps, positions = latest.base_arrays.values_at(i, masks)
+    return fps, positions.astype(_U64)
 
 
 def _key_table(spec: IndexSpec, entry_keys: Any, tomb_keys: Any) -> tuple[index.BuiltIndex, Any]:
@@ -875,10 +902,10 @@ def rebase(latest: Latest, base_state: StateFile, since: int, cache: dict[tuple[
     ords = masked
     e_vals, m_vals, m_pos = [], [], []
     for i in range(len(rtype.indexes)):
-        fps, positions = arrays.values(i)
+        fps, positions = arrays.values_at(i, ords)
         e_vals.append(latest.e_vals[i][later])
-        m_vals.append(fps[ords])
-        m_pos.append(positions[ords].astype(_U64))
+        m_vals.append(fps)
+        m_pos.append(positions.astype(_U64))
     bts = base_state.type_state(name)
     table, _ = _key_table(rtype.primary, e_keys, t_keys[keep_t])
     return Latest(
