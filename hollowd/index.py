@@ -48,9 +48,9 @@ def fingerprints(spec: IndexSpec, keys: Sequence[Any]) -> Any:
     return np.fromiter(map(spec.fingerprint, keys), dtype=np.uint64, count=len(keys))
 
 
-def capacity_for(n: int) -> int:
-    """The smallest prime that keeps the load at most :data:`LOAD` (see ``layout.slot_of``)."""
-    c = max(11, int(n / LOAD) + 1)
+def capacity_for(n: int, load: float = LOAD) -> int:
+    """The smallest prime that keeps the load at most *load* (see ``layout.slot_of``)."""
+    c = max(11, int(n / load) + 1)
     while not _is_prime(c):
         c += 1
     return c
@@ -119,14 +119,30 @@ def lookup(slots: Any, fps: Any) -> Any:
     out = np.zeros(len(fps), dtype=np.uint64)
     pos = (fps % np.uint64(cap)).astype(np.int64)
     pending = np.arange(len(fps))
-    while len(pending):
+    while len(pending) > _STRAGGLERS:
         at = pos[pending]
         keys, values = slots[at, 0], slots[at, 1]
         hit = (values != 0) & (keys == fps[pending])
         out[pending[hit]] = values[hit]
         pending = pending[(values != 0) & ~hit]
         pos[pending] = (pos[pending] + 1) % cap
+    # The few keys left in long probe runs: one by one (a vector step costs more than a scalar one here).
+    flat = slots.reshape(-1)
+    for i in pending.tolist():
+        s, fp = int(pos[i]), int(fps[i])
+        while True:
+            value = int(flat[2 * s + 1])
+            if not value:
+                break
+            if int(flat[2 * s]) == fp:
+                out[i] = value
+                break
+            s = s + 1 if s + 1 < cap else 0
     return out
+
+
+#: When this few keys are still probing, the vector loop stops and they are probed one by one.
+_STRAGGLERS = 64
 
 
 def per_ordinal(slots: Any, postings: Any, size: int) -> tuple[Any, Any]:

@@ -48,6 +48,9 @@ COMPACT_MIN = 4096
 MAX_CHUNKS = 64
 #: Bloom bytes per overlay key: about 1/16 of base lookups then probe the overlay's table.
 BLOOM_BYTES_PER_KEY = 16
+#: The overlay's key table is filled to at most this: random keys cluster under linear probing,
+#: and most probes (a cycle's new keys, a reader's bloom false positives) are misses.
+OVERLAY_LOAD = 0.35
 #: Renumber a type's ordinals (at a compaction) once holes exceed this share of its list.
 MAX_HOLE_SHARE = 0.5
 
@@ -618,12 +621,12 @@ def _key_table(spec: IndexSpec, entry_keys: Any, tomb_keys: Any) -> tuple[index.
             np.arange(1, len(tomb_keys) + 1, dtype=_U64) | _U64(TOMB),
         )
     )
-    cap = index.capacity_for(len(fps))
+    cap = index.capacity_for(len(fps), OVERLAY_LOAD)
     slots = np.zeros((cap, 2), dtype=_U64)
     pos = index.place(index.home_slots(fps, cap), cap)
     slots[pos, 0] = fps
     slots[pos, 1] = values
-    n = index.capacity_for(int(len(fps) * BLOOM_BYTES_PER_KEY * index.LOAD)) if len(fps) else 1
+    n = index.capacity_for(len(fps) * BLOOM_BYTES_PER_KEY, 1.0) if len(fps) else 1
     bloom = np.zeros(n, dtype=np.uint8)
     bloom[(fps % _U64(n)).astype(np.int64)] = 1
     return index.BuiltIndex(spec, cap, slots, np.zeros(0, dtype=np.uint32), len(fps)), bloom
