@@ -51,6 +51,31 @@ def test_jsonl_refuses_a_half_written_file(producer, root: Path, tmp_path: Path)
     assert producer.versions() == [v]
 
 
+def test_jsonl_names_the_line_of_a_bad_one_and_skips_blank_lines(producer, root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "movies.jsonl"
+    f.write_bytes(b"\n".join([json.dumps(movie(1)).encode(), b"", b"   ", json.dumps(movie(2)).encode()]) + b"\n")
+    producer.run_cycle(FileSource(f, producer.schema, type_name="Movie"))
+    assert read_titles(root) == {1: "Movie 1", 2: "Movie 2"}
+    for bad, why in [(b"[1, 2]", "a list, not a record"), (b"7", "a number, not a record"), (b"NaN", "not valid JSON")]:
+        f.write_bytes(json.dumps(movie(1)).encode() + b"\n\n" + bad + b"\n")
+        with pytest.raises(SourceError, match=rf"movies.jsonl:3: {why}"):
+            producer.run_cycle(FileSource(f, producer.schema, type_name="Movie"))
+    f.write_bytes(b'{"id": 1, "title": "\xff"}\n')
+    with pytest.raises(SourceError, match=r"movies.jsonl:1: not valid JSON \(str is not valid UTF-8"):
+        producer.run_cycle(FileSource(f, producer.schema, type_name="Movie"))
+    f.write_text(json.dumps(movie(1)) + "\n" + json.dumps(movie(2)) + ", " + json.dumps(movie(3)) + "\n")
+    with pytest.raises(SourceError, match=r"movies.jsonl:2: not valid JSON"):  # two documents on one line
+        producer.run_cycle(FileSource(f, producer.schema, type_name="Movie"))
+    assert read_titles(root) == {1: "Movie 1", 2: "Movie 2"}
+
+
+def test_json_that_does_not_parse_names_the_file(producer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "movies.json"
+    f.write_text(json.dumps([movie(1)])[:-3])  # half written
+    with pytest.raises(SourceError, match=r"movies.json: not valid JSON \(unexpected end of data"):
+        producer.run_cycle(FileSource(f, producer.schema, type_name="Movie"))
+
+
 def test_csv_cells_follow_the_schema(producer, root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     f = tmp_path / "movies.csv"
     f.write_text('id,title,year,rating,genre,tags\n1,Heat,1995,8.3,Crime,"[""heist""]"\n2,Up,,8.3,,[]\n')
