@@ -298,9 +298,12 @@ class Producer:
             and (not with_records or all(m.records is not None for m in memory.values()))
         ):
             return memory
+        path = self.dir / layout.state_name(latest)
+        if latest and not path.exists():  # reserved, never written (killed mid-publish): the newest written
+            latest = max((v for v in self.versions() if v < latest), default=0)
+            path = self.dir / layout.state_name(latest)
         if not latest:
             return {}
-        path = self.dir / layout.state_name(latest)
         try:
             self._memory = _read_memory(path, self.namespace, self.schema, with_records)
         except PublishError as e:

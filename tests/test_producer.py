@@ -332,6 +332,15 @@ def test_restarted_producer_keeps_ordinals_and_fills_holes(root: Path) -> None:
         assert snap["Movie"][9].title == "Movie 9"
 
 
+def test_incremental_after_a_reserved_version_that_was_never_written(root: Path) -> None:
+    """A daemon killed between reserve() and the write restarts with its counter above every file."""
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(3)))
+    with movies_producer(root, versions_after=2) as p:  # version 2 was reserved, then the process died
+        assert p.run_incremental(lambda d: d.upsert("Movie", movie(3))) == 3
+    assert ids(root) == [0, 1, 2, 3]
+
+
 # -- pins ----------------------------------------------------------------------------------
 
 
