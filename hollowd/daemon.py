@@ -509,11 +509,20 @@ class Daemon:
                     runner.due = min(runner.due, due) if runner.config.delivers_changes else due
                     daemon.events.put(("wake", runner.name))
 
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(Changed(), str(directory), recursive=False)
-        observer.start()
-        runner.watch = observer
+        try:
+            runner.watch = _observe(Observer(), Changed(), directory)
+        except OSError as e:  # no inotify instance or watch left for this user (inotify(7), max_user_*)
+            from watchdog.observers.polling import PollingObserver  # noqa: PLC0415
+
+            every = min(1.0, runner.config.debounce)
+            log.warning(
+                "hollowd: event=watch-polling namespace=%s error=%r (inotify is unavailable: "
+                "the source is looked at every %.2g s instead; raise fs.inotify.max_user_instances)",
+                runner.name,
+                str(e),
+                every,
+            )
+            runner.watch = _observe(PollingObserver(timeout=every), Changed(), directory)
 
     def _reload(self) -> None:
         """SIGHUP: read the configuration again; announced versions stay; a bad file changes nothing."""
@@ -577,6 +586,14 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _observe(observer: Any, handler: Any, directory: Path) -> Any:
+    """Start *observer* on *directory* with *handler* (a daemon thread: it must not keep the process up)."""
+    observer.daemon = True
+    observer.schedule(handler, str(directory), recursive=False)
+    observer.start()
+    return observer
 
 
 def default_config(root: Path | None, state_dir: Path | None) -> Config:

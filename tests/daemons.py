@@ -18,7 +18,9 @@ from hollow import layout
 class Daemon:
     """hollowd in a subprocess, with a NOTIFY_SOCKET this test reads."""
 
-    def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, tmp: Path, env: dict[str, str] | None = None, *, wrapper: tuple[str, ...] = ()
+    ) -> None:
         self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.notify_path))
@@ -26,7 +28,7 @@ class Daemon:
         env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify_path)}
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log, env=env
+                [*wrapper, sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log, env=env
             )
 
     def notifications(self, until: str, timeout: float = 60) -> list[str]:

@@ -346,6 +346,35 @@ def test_an_incremental_callable_that_cannot_be_imported_exits_78(root: Path, tm
     assert "cannot import 'tests.incremental_source:no_such_function'" in out.stderr
 
 
+#: Runs a command in a user namespace of its own where no inotify instance can be had (user_namespaces(7)).
+NO_INOTIFY = (
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "sh",
+    "-c",
+    'echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"',
+    "sh",
+)
+
+
+def test_without_inotify_the_change_log_is_polled(
+    root: Path, tmp_path: Path, log_config: tuple[Path, Path, Path]
+) -> None:
+    if subprocess.run([*NO_INOTIFY, "true"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot make a user namespace with no inotify instances here")
+    config, source, _ = log_config
+    append(source, up(1, "a"))
+    d = Daemon(config, tmp_path, wrapper=NO_INOTIFY)
+    try:
+        d.notifications("READY=1")
+        assert "<4>hollowd: event=watch-polling namespace=movies" in d.log.read_text()
+        append(source, up(2, "b"))
+        wait_until(lambda: titles(root) == {1: "a", 2: "b"})
+    finally:
+        assert d.stop() == 0
+
+
 @pytest.fixture
 def tiny_root(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs as the root (needs CAP_SYS_ADMIN; skipped where mounting is not permitted)."""
