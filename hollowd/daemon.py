@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -511,7 +512,9 @@ class Daemon:
 
         try:
             runner.watch = _observe(Observer(), Changed(), directory)
-        except OSError as e:  # no inotify instance or watch left for this user (inotify(7), max_user_*)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENOSPC):  # no inotify instance, or watch, left (inotify(7))
+                raise
             from watchdog.observers.polling import PollingObserver  # noqa: PLC0415
 
             every = min(1.0, runner.config.debounce)

@@ -493,8 +493,8 @@ class ChangeLogSource:
             notes.append(
                 (
                     logging.WARNING,
-                    f"event=change-log-replaced file={self.path} line={cursor['line']} (the file there is new and "
-                    "the one read up to that line is gone: lines appended to it since are lost; "
+                    f"event=change-log-replaced file={self.path} line={cursor['line']} (the file there is new, and "
+                    "the one read up to that line is gone: lines added to it after that line, if any, are lost; "
                     "reading the new one from its start)",
                 )
             )
