@@ -14,6 +14,7 @@ Layout::
     [namespaces.<name>]           # one table per namespace
     schema = "schemas/airports.capnp"
     source = "examples.airports.source:populate"   # or a path to JSON, JSON Lines or CSV
+    # delivers = "changes"                         # a change log, or module:function(cursor)
     [namespaces.<name>.types.<Type>]
     primary_key = ["icao"]
     indexes = [["country"]]
@@ -91,13 +92,6 @@ def _percent(v: Any) -> float:
     return float(v)
 
 
-def _log_level(v: Any) -> str:
-    levels = ("debug", "info", "warning", "error")
-    if v not in levels:
-        raise ValueError(f"expected one of {', '.join(levels)}, got {v!r}")
-    return str(v)
-
-
 _CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -136,11 +130,13 @@ def _callables(v: Any) -> tuple[str, ...]:
     return tuple(_callable_ref(x) for x in v)
 
 
-def _formats(v: Any) -> str:
-    formats = ("auto", "json", "jsonl", "csv")
-    if v not in formats:
-        raise ValueError(f"expected one of {', '.join(formats)}, got {v!r}")
-    return str(v)
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {v!r}")
+        return str(v)
+
+    return check
 
 
 # --- declarations ------------------------------------------------------------------------
@@ -171,7 +167,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("daemon", "socket_mode", 0o660, _mode, "Permission bits of the control socket."),
     Setting("daemon", "socket_group", "", _text, "Group owning the control socket (empty: the daemon's)."),
     Setting("daemon", "metrics_port", 0, _port, "Prometheus metrics on this loopback port; 0 turns them off."),
-    Setting("daemon", "log_level", "info", _log_level, "Least severe log level written to stderr (journald)."),
+    Setting(
+        "daemon",
+        "log_level",
+        "info",
+        _one_of("debug", "info", "warning", "error"),
+        "Least severe log level written to stderr (journald).",
+    ),
     Setting("namespace", "schema", None, _path, "The namespace's Cap'n Proto schema file.", required=True),
     Setting(
         "namespace",
@@ -182,10 +184,37 @@ SETTINGS: tuple[Setting, ...] = (
         "file or directory, watched for changes.",
         required=True,
     ),
-    Setting("namespace", "format", "auto", _formats, "Format of a file source: auto (by extension), json, jsonl, csv."),
-    Setting("namespace", "type", "", _text, "Record type of a file source's records (needed with several types)."),
+    Setting(
+        "namespace",
+        "delivers",
+        "records",
+        _one_of("records", "changes"),
+        "What the source gives each cycle: 'records' (all of them), or 'changes' since a cursor kept in the "
+        'state directory: a file is then a change log (JSON Lines of {"upsert": record} and '
+        "{\"remove\": key}), a callable is 'module:function(cursor) -> (changes, new_cursor)'.",
+    ),
+    Setting(
+        "namespace",
+        "format",
+        "auto",
+        _one_of("auto", "json", "jsonl", "csv"),
+        "Format of a file source: auto (by extension), json, jsonl, csv; a change log is always jsonl.",
+    ),
+    Setting(
+        "namespace",
+        "type",
+        "",
+        _text,
+        "Record type of the records or changes that do not name theirs (needed with several types).",
+    ),
     Setting("namespace", "interval", 300.0, _seconds, "Seconds between cycles of a callable source."),
-    Setting("namespace", "debounce", 0.5, _seconds, "Seconds a file source must stay unchanged before a cycle."),
+    Setting(
+        "namespace",
+        "debounce",
+        0.5,
+        _seconds,
+        "Seconds a file source must stay unchanged before a cycle; a change log's new lines wait at most this long.",
+    ),
     Setting("namespace", "retain", 5, _positive_int, "How many versions to keep besides announced, pinned and leased."),
     Setting("namespace", "mode", 0o640, _mode, "Permission bits of published files (readers need read access)."),
     Setting("type", "primary_key", None, _fields, "Field, or list of fields, that identify a record.", required=True),
@@ -225,6 +254,7 @@ class NamespaceConfig:
     schema: Path
     source: str
     types: dict[str, TypeConfig]
+    delivers: str = "records"
     format: str = "auto"
     type: str = ""
     interval: float = 300.0
@@ -232,6 +262,11 @@ class NamespaceConfig:
     retain: int = 5
     mode: int = 0o640
     validators: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delivers_changes(self) -> bool:
+        """A source of changes (a change log, or an incremental callable), applied through run_incremental."""
+        return self.delivers == "changes"
 
     @property
     def source_is_callable(self) -> bool:
@@ -381,14 +416,21 @@ def _namespace(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
         for type_name in validators[setting]:
             if type_name not in types:
                 raise reader.fail(f"{prefix}.validators.{setting}", f"no record type {type_name!r} in this namespace")
+    if settings["type"] and settings["type"] not in types:
+        raise reader.fail(f"{prefix}.type", f"no record type {settings['type']!r}; declared here: {', '.join(types)}")
     source = settings["source"]
     if not _CALLABLE.fullmatch(source):
         source = str(base / source)
+        if settings["delivers"] == "changes" and settings["format"] not in ("auto", "jsonl"):
+            raise reader.fail(
+                f"{prefix}.format", f'a change log (delivers = "changes") is JSON Lines, not {settings["format"]}'
+            )
     return NamespaceConfig(
         name=name,
         schema=base / settings["schema"],
         source=source,
         types=types,
+        delivers=settings["delivers"],
         format=settings["format"],
         type=settings["type"],
         interval=settings["interval"],

@@ -13,6 +13,10 @@ and runs cycles one at a time. Each namespace:
    seconds (callables);
 3. after each announced version, saves a durable copy of it.
 
+A source of changes (a change log, an incremental callable) is applied through
+``run_incremental`` from a cursor kept in the state directory, each change
+exactly once across crashes (docs/decisions.md §19).
+
 ``READY=1`` goes to systemd once every namespace has an announced version.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -31,16 +36,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import orjson
+
 import hollow
 from hollow import layout
 from hollow.state import BASE_SUFFIX
 from hollowd import pidlock, systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
 from hollowd.control import ControlSocket
-from hollowd.errors import ConfigurationError, Error, ProducerLockedError, SchemaError, ValidationFailedError
+from hollowd.errors import (
+    ConfigurationError,
+    Error,
+    ProducerLockedError,
+    SchemaError,
+    ValidationError,
+    ValidationFailedError,
+)
 from hollowd.metrics import Metrics
 from hollowd.producer import Producer
-from hollowd.sources import CallableSource, FileSource
+from hollowd.sources import CallableSource, ChangeLogSource, FileSource, IncrementalSource, SourceError
 from hollowd.validators import MinimumRecordCount, RecordCountVariance, Validator, resolve
 
 log = logging.getLogger("hollowd")
@@ -58,12 +72,62 @@ class AlreadyRunningError(Error):
 
 
 class StateStore:
-    """The durable side of a namespace: its last good state file, version counter and pin."""
+    """The durable side of a namespace: its last good state file, version counter and pin, and
+    a change source's cursor (``cursor``, and ``cursor.pending`` while a version may hold more)."""
 
     def __init__(self, state_dir: Path, namespace: str) -> None:
         self.dir = state_dir / namespace
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.saved = self.dir / "latest.state"
+        self._staged: dict[str, Any] | None = None  # {"cursor": ...} of the changes being applied
+
+    @property
+    def cursor(self) -> Any:
+        """Where a change source's applied changes end (None before its first)."""
+        doc = self._read_json("cursor", ("cursor",))
+        return None if doc is None else doc["cursor"]
+
+    @property
+    def pending(self) -> dict[str, Any] | None:
+        """``{"version", "cursor"}``: the cursor of changes that *version* holds, if it was written."""
+        doc = self._read_json("cursor.pending", ("version", "cursor"))
+        if doc is not None and type(doc["version"]) is not int:
+            raise SourceError(f"{self.dir / 'cursor.pending'}: damaged (version {doc['version']!r})")
+        return doc
+
+    def stage(self, cursor: Any, changes: int) -> None:
+        """*changes* changes ending at *cursor* are being applied: a version reserved now holds them."""
+        self._staged = {"cursor": cursor, "changes": changes}
+
+    def unstage(self) -> None:
+        self._staged = None
+
+    def reserve(self, version: int) -> None:
+        """``Producer(reserve=...)``, before *version* is written: the staged cursor, then the counter."""
+        if self._staged is not None:
+            self._replace(self.dir / "cursor.pending", orjson.dumps({"version": version, **self._staged}))
+        self.save_counter(version)
+
+    def commit_cursor(self, cursor: Any) -> None:
+        """The changes up to *cursor* are applied (in a version saved, or in none, changing nothing)."""
+        self._replace(self.dir / "cursor", orjson.dumps({"cursor": cursor}))
+        self.drop_pending()
+
+    def drop_pending(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "cursor.pending").unlink()
+
+    def _read_json(self, name: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
+        path = self.dir / name
+        try:
+            doc = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as e:
+            raise SourceError(f"{path}: cannot be read ({e})") from e
+        if type(doc) is not dict or not all(f in doc for f in fields):
+            raise SourceError(f"{path}: damaged (expected an object with {', '.join(fields)})")
+        return doc
 
     @property
     def counter(self) -> int:
@@ -110,12 +174,18 @@ class StateStore:
 
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
+        """Write, fsync, rename, fsync the directory (fsync(2)): the old content or the new, after any crash."""
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @dataclass
@@ -189,12 +259,21 @@ class Daemon:
             mode=ns.mode,
             validators=_validators(ns),
             versions_after=store.counter,
-            reserve=store.save_counter,
+            reserve=store.reserve,
         )
-        if ns.source_is_callable:
-            source: Any = CallableSource(ns.source)
-        else:
-            source = FileSource(ns.source, producer.schema, fmt=ns.format, type_name=ns.type)
+        try:
+            source: Any
+            if ns.delivers_changes and ns.source_is_callable:
+                source = IncrementalSource(ns.source, producer.schema, type_name=ns.type)
+            elif ns.delivers_changes:
+                source = ChangeLogSource(ns.source, producer.schema, type_name=ns.type)
+            elif ns.source_is_callable:
+                source = CallableSource(ns.source)
+            else:
+                source = FileSource(ns.source, producer.schema, fmt=ns.format, type_name=ns.type)
+        except BaseException:
+            producer.close()
+            raise
         return NamespaceRunner(ns, producer, source, store)
 
     def _restore(self, runner: NamespaceRunner) -> None:
@@ -324,8 +403,14 @@ class Daemon:
         runner.due = time.monotonic() + ns.interval if ns.source_is_callable else float("inf")
         started = time.monotonic()
         self.in_cycle = True
+        changes = ""
         try:
-            version = runner.producer.run_cycle(runner.source)
+            if ns.delivers_changes:
+                version, count = self._apply_changes(runner)
+                changes = f" changes={count}"
+            else:
+                version = runner.producer.run_cycle(runner.source)
+                self._keep(runner, version)
         except (Error, hollow.Error, OSError) as e:
             runner.cycles["failed"] += 1
             runner.last_error = str(e)
@@ -343,17 +428,76 @@ class Daemon:
         self.metrics.cycle(runner.name, ok=True, timings=runner.producer.last_timings)
         runner.last_error = None
         runner.last_good = time.time()
-        path = runner.producer.dir / layout.state_name(version)
-        if version != runner.saved_version:
-            runner.store.save(path)
-            runner.saved_version = version
         log.info(
-            "hollowd: event=cycle namespace=%s version=%d seconds=%.3f",
+            "hollowd: event=cycle namespace=%s version=%d seconds=%.3f%s",
             runner.name,
             version,
             time.monotonic() - started,
+            changes,
         )
         systemd.status(self._status())
+
+    def _keep(self, runner: NamespaceRunner, version: int) -> None:
+        """Save a durable copy of *version* (the newest) unless it is the one saved already."""
+        if version != runner.saved_version:
+            runner.store.save(runner.producer.dir / layout.state_name(version))
+            runner.saved_version = version
+
+    def _apply_changes(self, runner: NamespaceRunner) -> tuple[int, int]:
+        """Apply a change source's next changes exactly once; returns the version and how many changes.
+
+        The cursor after them is staged, so that the reserve hook writes it next
+        to the counter (``cursor.pending``) before a version is written; it is
+        committed once that version is saved, or at once when they change
+        nothing. A pending cursor left by a crash or a failed cycle is settled
+        first: see :meth:`_settle`.
+        """
+        store = runner.store
+        self._settle(runner)
+        before = store.cursor
+        batch = runner.source.read(before)
+        for level, note in batch.notes:
+            log.log(level, "hollowd: namespace=%s %s", runner.name, note)
+        newest = max(runner.producer.versions(), default=0)
+        if not batch.changes and newest:  # nothing to apply (a partial line, blank lines): no cycle to run
+            if batch.cursor != before:
+                store.commit_cursor(batch.cursor)
+            return newest, 0
+        store.stage(batch.cursor, len(batch.changes))
+        try:
+            version = runner.producer.run_incremental(batch.apply)
+        except ValidationError as e:
+            located = batch.locate(e)  # name the line (or change) of the record it names
+            if located is e:
+                raise
+            raise located from e
+        finally:
+            store.unstage()
+        self._keep(runner, version)  # before the cursor: a reboot must not lose what the cursor says is applied
+        store.commit_cursor(batch.cursor)
+        return version, len(batch.changes)
+
+    def _settle(self, runner: NamespaceRunner) -> None:
+        """A pending cursor is committed if its version was written (the newest version here is at
+        least it: versions are minted in order, and none after it before it is settled), else dropped."""
+        pending = runner.store.pending
+        if pending is None:
+            return
+        newest = max(runner.producer.versions(), default=0)
+        written = newest >= pending["version"]
+        if written:
+            self._keep(runner, newest)
+            runner.store.commit_cursor(pending["cursor"])
+        else:
+            runner.store.drop_pending()
+        log.info(
+            "hollowd: event=cursor-settled namespace=%s version=%d written=%s changes=%s (%s)",
+            runner.name,
+            pending["version"],
+            str(written).lower(),
+            pending.get("changes", "?"),
+            "they are applied" if written else "they are read again",
+        )
 
     def _watch(self, runner: NamespaceRunner) -> None:
         """File sources: a change (create, modify, move, delete) schedules a cycle after the debounce."""
@@ -374,14 +518,28 @@ class Daemon:
                     path.is_dir()
                     or os.path.basename(str(getattr(event, "dest_path", "") or event.src_path)) == path.name
                 ):
-                    runner.due = time.monotonic() + runner.config.debounce
+                    due = time.monotonic() + runner.config.debounce
+                    # A change log's complete lines can be applied at any time: appends that never
+                    # pause must not postpone them for ever, so the first one sets the time.
+                    runner.due = min(runner.due, due) if runner.config.delivers_changes else due
                     daemon.events.put(("wake", runner.name))
 
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(Changed(), str(directory), recursive=False)
-        observer.start()
-        runner.watch = observer
+        try:
+            runner.watch = _observe(Observer(), Changed(), directory)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENOSPC):  # no inotify instance, or watch, left (inotify(7))
+                raise
+            from watchdog.observers.polling import PollingObserver  # noqa: PLC0415
+
+            every = min(1.0, runner.config.debounce)
+            log.warning(
+                "hollowd: event=watch-polling namespace=%s error=%r (inotify is unavailable: "
+                "the source is looked at every %.2g s instead; raise fs.inotify.max_user_instances)",
+                runner.name,
+                str(e),
+                every,
+            )
+            runner.watch = _observe(PollingObserver(timeout=every), Changed(), directory)
 
     def _reload(self) -> None:
         """SIGHUP: read the configuration again; announced versions stay; a bad file changes nothing."""
@@ -430,6 +588,8 @@ class Daemon:
         if runner.watch is not None:
             runner.watch.stop()
             runner.watch.join()
+        if isinstance(runner.source, ChangeLogSource):
+            runner.source.close()
         runner.producer.close()
 
     def close(self) -> None:
@@ -443,6 +603,14 @@ class Daemon:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _observe(observer: Any, handler: Any, directory: Path) -> Any:
+    """Start *observer* on *directory* with *handler* (a daemon thread: it must not keep the process up)."""
+    observer.daemon = True
+    observer.schedule(handler, str(directory), recursive=False)
+    observer.start()
+    return observer
 
 
 def default_config(root: Path | None, state_dir: Path | None) -> Config:

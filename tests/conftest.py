@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import uuid
@@ -80,6 +81,26 @@ def _describe(fd: int) -> str | None:
     if target.endswith(".capnp") or os.path.isdir(target):
         return None
     return target
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs CAP_SYS_ADMIN; skipped where mounting is not permitted)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture

@@ -94,6 +94,24 @@ def test_full_file(tmp_path: Path) -> None:
             "namespaces.airports.source",
             "missing; Where records come from",
         ),
+        (
+            ('type = "Movie"', 'type = "Film"'),
+            24,
+            "namespaces.movies.type",
+            "no record type 'Film'; declared here: Movie",
+        ),
+        (
+            ('type = "Movie"', 'type = "Movie"\ndelivers = "diffs"'),
+            25,
+            "namespaces.movies.delivers",
+            "expected one of 'records', 'changes', got 'diffs'",
+        ),
+        (
+            ('type = "Movie"', 'type = "Movie"\ndelivers = "changes"\nformat = "csv"'),
+            26,
+            "namespaces.movies.format",
+            'a change log (delivers = "changes") is JSON Lines, not csv',
+        ),
     ],
 )
 def test_bad_setting_names_file_line_key_and_fix(
@@ -109,6 +127,18 @@ def test_bad_setting_names_file_line_key_and_fix(
     assert key in message
     assert why in message
     assert err.value.exit_status == config.EXIT_CONFIG
+
+
+def test_sources_of_changes(tmp_path: Path) -> None:
+    text = GOOD.replace('type = "Movie"', 'type = "Movie"\ndelivers = "changes"')
+    text = text.replace("interval = 60", 'interval = 60\ndelivers = "changes"')
+    cfg = config.load(write(tmp_path, text))
+    movies, airports = cfg.namespaces["movies"], cfg.namespaces["airports"]
+    assert movies.delivers_changes
+    assert not movies.source_is_callable  # a change log
+    assert airports.delivers_changes
+    assert airports.source_is_callable  # module:function(cursor)
+    assert not config.load(write(tmp_path, GOOD)).namespaces["movies"].delivers_changes
 
 
 def test_syntax_error_names_the_line(tmp_path: Path) -> None:

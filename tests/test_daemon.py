@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import hollow
 from hollow import layout
 from hollowd.config import EXIT_CONFIG
 from hollowd.daemon import EXIT_RUNNING
+from tests.daemons import Daemon, announced, run, wait_until, write_jsonl
 from tests.helpers import SCHEMAS, movie
 
 CONFIG = """\
@@ -48,53 +45,6 @@ min_records = {{ Movie = 3 }}
 """
 
 
-class Daemon:
-    """hollowd in a subprocess, with a NOTIFY_SOCKET this test reads."""
-
-    def __init__(self, config: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
-        self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.notify_path))
-        self.log = tmp / "daemon.log"
-        env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify_path)}
-        with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log, env=env
-            )
-
-    def notifications(self, until: str, timeout: float = 60) -> list[str]:
-        """Messages received until one contains *until* (AssertionError on timeout or exit)."""
-        got: list[str] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.1, min(1.0, deadline - time.monotonic())))
-            try:
-                msg = self.sock.recv(4096).decode()
-            except TimeoutError:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log.read_text()}") from None
-                continue
-            got.append(msg)
-            if until in msg:
-                return got
-        raise AssertionError(f"no {until!r} within {timeout} s; got {got}; log: {self.log.read_text()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Signal the daemon, wait for it, and keep what it said on the way out in ``last_words``."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=60)
-        self.sock.setblocking(False)
-        self.last_words: list[str] = []
-        while True:
-            try:
-                self.last_words.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                break
-        self.sock.close()
-        return rc
-
-
 @pytest.fixture
 def setup(root: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     state = tmp_path / "state"
@@ -103,32 +53,6 @@ def setup(root: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     config = tmp_path / "hollowd.toml"
     config.write_text(CONFIG.format(root=root, state=state, schema=SCHEMAS / "movies.capnp", source=source))
     return config, source, state
-
-
-def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m module args`` to completion (the CLI, or a daemon expected to refuse to start)."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def write_jsonl(path: Path, records: list[dict[str, object]], *, partial: str = "") -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records) + partial)
-    os.replace(tmp, path)
-
-
-def announced(root: Path) -> int:
-    a = layout.read_announcement(root / "movies")
-    return a.version if a else 0
-
-
-def wait_until(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 def test_ready_after_first_version_then_a_changed_file_is_followed(

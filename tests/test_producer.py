@@ -8,7 +8,6 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -599,26 +598,6 @@ def test_schema_that_does_not_compile_is_a_schema_error(root: Path, tmp_path: Pa
 
 
 # -- a full /dev/shm -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (needs CAP_SYS_ADMIN; skipped where mounting is not permitted)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True, check=False
-        )
-    except FileNotFoundError:
-        pytest.skip("no mount command")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_storage_fails_the_cycle_cleanly(tiny_fs: Path) -> None:
