@@ -1,12 +1,16 @@
-"""How long hollowd takes from a source file change to the announcement, at 1M records.
+"""How long hollowd takes from a source change to a reader on the new version, at 1M records.
 
-Writes a JSON Lines source of N Movie records (bench/movie.capnp), starts
-hollowd on it, then replaces the file with one where a single title changed
-(by rename, as a careful writer does) and measures the time until the new
-version is announced, as a reader sees it (its on_update). Prints the daemon's
-own stage timings from its log as well.
+Two namespaces of N Movie records (bench/movie.capnp) in one daemon:
 
-Run: ``.venv/bin/python bench/daemon.py [--records N]``.
+* ``movies``: a JSON Lines file of every record, replaced (by rename, as a
+  careful writer does) by one in which ``--changed`` titles differ;
+* ``changes``: a change log holding the same N records as upserts, to which
+  the same ``--changed`` upserts are then appended.
+
+For each, the time from the file's change to a following reader's switch
+(its on_update), and the daemon's own cycle line from its log.
+
+Run: ``.venv/bin/python bench/daemon.py [--records N] [--changed K]``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import hollow
 
@@ -40,67 +45,120 @@ debounce = 0.1
 [namespaces.movies.types.Movie]
 primary_key = "id"
 indexes = ["genre"]
+
+[namespaces.changes]
+schema = "{schema}"
+source = "{log}"
+delivers = "changes"
+debounce = 0.1
+
+[namespaces.changes.types.Movie]
+primary_key = "id"
+indexes = ["genre"]
 """
 
 
-def write_source(path: Path, n: int, changed_title: str) -> None:
-    rng = random.Random(1)
+def movie(i: int, rng: random.Random, title: str | None = None) -> dict[str, object]:
     genres = [f"genre{g}" for g in range(20)]
     words = [f"word{w}" for w in range(50)]
+    return {
+        "id": i,
+        "title": title or f"Movie {i} {rng.choice(words)}",
+        "year": 1920 + i % 100,
+        "rating": (i % 100) / 10,
+        "genre": genres[i % 20],
+        "tags": rng.sample(words, 2 + i % 2),
+    }
+
+
+def write_source(path: Path, n: int, changed: dict[int, str]) -> None:
+    rng = random.Random(1)
     tmp = path.with_name(".movies.jsonl.tmp")
     with open(tmp, "w") as f:
         for i in range(n):
-            rec = {
-                "id": i,
-                "title": changed_title if i == 0 else f"Movie {i} {rng.choice(words)}",
-                "year": 1920 + i % 100,
-                "rating": (i % 100) / 10,
-                "genre": genres[i % 20],
-                "tags": rng.sample(words, 2 + i % 2),
-            }
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(movie(i, rng, changed.get(i))) + "\n")
     os.replace(tmp, path)
+
+
+def append_changes(path: Path, n: int, changed: dict[int, str]) -> None:
+    """Upserts of the records *changed* gives new titles to (all N when *changed* is None), appended."""
+    rng = random.Random(1)
+    with open(path, "a") as f:
+        lines = [json.dumps({"upsert": movie(i, rng, changed.get(i))}) + "\n" for i in range(n)]
+        f.write("".join(line for i, line in enumerate(lines) if not changed or i in changed))
+
+
+def follow(root: Path, namespace: str, change: Any, check: Any) -> float:
+    """Seconds from *change()* returning (the file written) to a following reader on the new version."""
+    switched = threading.Event()
+    with hollow.open(namespace, root=root) as ds:
+        ds.on_update(lambda v: switched.set())
+        changed_at = change()
+        if not switched.wait(600):
+            raise SystemExit(f"{namespace}: no new version within 600 s")
+        seen_at = time.time()
+        with ds.snapshot() as snap:
+            check(snap)
+    return seen_at - changed_at
+
+
+def wait_announced(ns: Path, daemon: Any, log: Path) -> None:
+    deadline = time.monotonic() + 900
+    while not (ns / "announce" / "announced").exists():
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            raise SystemExit(f"daemon did not publish {ns.name}: {log.read_text()}")
+        time.sleep(0.1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--changed", type=int, default=1000, help="records changed (default 1,000)")
     args = ap.parse_args()
     work = Path(f"/dev/shm/hollow-bench-{os.getpid()}")
     state = Path(f"/tmp/hollow-bench-state-{os.getpid()}")
     work.mkdir()
-    source = state / "movies.jsonl"
     state.mkdir()
+    source, changelog = state / "movies.jsonl", state / "changes.jsonl"
+    changed = {i: f"changed {i}" for i in random.Random(2).sample(range(args.records), args.changed)}
     daemon = None
     try:
-        print(f"writing {args.records:,} records ...", file=sys.stderr)
-        write_source(source, args.records, "first")
+        print(f"writing {args.records:,} records twice ...", file=sys.stderr)
+        write_source(source, args.records, {})
+        append_changes(changelog, args.records, {})
         config = state / "hollowd.toml"
-        config.write_text(CONFIG.format(root=work, state=state, schema=HERE / "movie.capnp", source=source))
-        log = open(state / "daemon.log", "w")  # noqa: SIM115 - closed in finally
+        config.write_text(
+            CONFIG.format(root=work, state=state, schema=HERE / "movie.capnp", source=source, log=changelog)
+        )
+        log_path = state / "daemon.log"
+        log = open(log_path, "w")  # noqa: SIM115 - closed in finally
         daemon = subprocess.Popen([sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log)
-        ns = work / "movies"
-        deadline = time.monotonic() + 600
-        while not (ns / "announce" / "announced").exists():
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise SystemExit(f"daemon did not publish: {(state / 'daemon.log').read_text()}")
-            time.sleep(0.1)
-        switched = threading.Event()
-        with hollow.open("movies", root=work) as ds:
-            first = ds.version
-            ds.on_update(lambda v: switched.set())
-            print(f"version {first} announced; changing one title ...", file=sys.stderr)
-            write_source(source, args.records, "second")  # not timed: writing the file is the user's
-            changed_at = os.stat(source).st_mtime
-            switched.wait(600)
-            seen_at = time.time()
-            with ds.snapshot() as snap:
-                assert snap["Movie"][0].title == "second"
-                version = snap.version
-        cycle_lines = [ln for ln in (state / "daemon.log").read_text().splitlines() if "event=cycle " in ln]
-        print(f"\n{args.records:,} records, JSON Lines source, {source.stat().st_size / 2**20:,.0f} MiB")
-        print(f"file replaced -> version {version} followed by a reader: {seen_at - changed_at:.2f} s")
-        print(f"daemon's cycle: {cycle_lines[-1] if cycle_lines else '?'}")
+        for name in ("movies", "changes"):
+            wait_announced(work / name, daemon, log_path)
+        first, last = min(changed), max(changed)
+
+        def check(snap: Any) -> None:
+            assert snap["Movie"][first].title == changed[first]
+            assert snap["Movie"][last].title == changed[last]
+
+        def replace() -> float:
+            write_source(source, args.records, changed)  # writing the file is the user's, not timed
+            return os.stat(source).st_mtime
+
+        def append() -> float:
+            append_changes(changelog, args.records, changed)
+            return os.stat(changelog).st_mtime
+
+        print(f"both published; changing {args.changed:,} records ...", file=sys.stderr)
+        whole = follow(work, "movies", replace, check)
+        logged = follow(work, "changes", append, check)
+        cycles = [ln for ln in log_path.read_text().splitlines() if "event=cycle " in ln]
+        print(f"\n{args.records:,} records, {args.changed:,} of them changed, the daemon's debounce 0.1 s")
+        print(f"JSON Lines file ({source.stat().st_size / 2**20:,.0f} MiB) replaced -> reader on it: {whole:.2f} s")
+        print(f"{args.changed:,} change-log lines appended -> reader on it:      {logged * 1e3:.0f} ms")
+        print("the daemon's last cycles:")
+        for line in cycles[-4:]:
+            print("  " + line)
     finally:
         if daemon is not None:
             daemon.terminate()
