@@ -135,6 +135,10 @@ def main() -> None:
         daemon = subprocess.Popen([sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log)
         for name in ("movies", "changes"):
             wait_announced(work / name, daemon, log_path)
+        for name in ("movies", "changes"):  # and saved: the daemon is idle before anything is timed
+            while not (state / name / "latest.state").exists():
+                time.sleep(0.1)
+        time.sleep(1)
         first, last = min(changed), max(changed)
 
         def check(snap: Any) -> None:

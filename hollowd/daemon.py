@@ -71,6 +71,15 @@ class AlreadyRunningError(Error):
     """Another daemon already owns the state directory or a namespace."""
 
 
+def _head(path: Path) -> bytes | None:
+    """The first bytes of a state file (its header), or None when there is none."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(layout.HEADER_SIZE)
+    except FileNotFoundError:
+        return None
+
+
 class StateStore:
     """The durable side of a namespace: its last good state file, version counter and pin, and
     a change source's cursor (``cursor``, and ``cursor.pending`` while a version may hold more)."""
@@ -154,7 +163,7 @@ class StateStore:
         try:
             with open(base, "rb") as f:
                 head = f.read(layout.HEADER_SIZE)
-                if not saved_base.exists() or saved_base.read_bytes()[: layout.HEADER_SIZE] != head:
+                if _head(saved_base) != head:  # the header names the file: its content hash
                     self._replace(saved_base, head + f.read())
         except FileNotFoundError:
             pass
@@ -428,12 +437,14 @@ class Daemon:
         self.metrics.cycle(runner.name, ok=True, timings=runner.producer.last_timings)
         runner.last_error = None
         runner.last_good = time.time()
+        stages = " ".join(f"{k}={v:.3f}" for k, v in runner.producer.last_timings.items())
         log.info(
-            "hollowd: event=cycle namespace=%s version=%d seconds=%.3f%s",
+            "hollowd: event=cycle namespace=%s version=%d seconds=%.3f%s %s",
             runner.name,
             version,
             time.monotonic() - started,
             changes,
+            stages,
         )
         systemd.status(self._status())
 
