@@ -68,6 +68,12 @@ def _positive_int(v: Any) -> int:
     return v
 
 
+def _count(v: Any) -> int:
+    if type(v) is not int or v < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {v!r}")
+    return v
+
+
 def _port(v: Any) -> int:
     if type(v) is not int or not 0 <= v <= 65535:
         raise ValueError(f"expected a TCP port 1-65535, or 0 for off, got {v!r}")
@@ -217,6 +223,21 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("namespace", "retain", 5, _positive_int, "How many versions to keep besides announced, pinned and leased."),
     Setting("namespace", "mode", 0o640, _mode, "Permission bits of published files (readers need read access)."),
+    Setting(
+        "namespace",
+        "compact_percent",
+        5.0,
+        _percent,
+        "A version whose changes since its base pass this share of the base's records gets a new base "
+        "(compacted in the background).",
+    ),
+    Setting(
+        "namespace",
+        "compact_min",
+        4096,
+        _count,
+        "Changes since the base below which no compaction starts, whatever their share.",
+    ),
     Setting("type", "primary_key", None, _fields, "Field, or list of fields, that identify a record.", required=True),
     Setting("type", "indexes", (), _index_list, "Secondary hash indexes: a list of field names or lists of names."),
     Setting(
@@ -261,6 +282,8 @@ class NamespaceConfig:
     debounce: float = 0.5
     retain: int = 5
     mode: int = 0o640
+    compact_percent: float = 5.0
+    compact_min: int = 4096
     validators: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -437,6 +460,8 @@ def _namespace(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
         debounce=settings["debounce"],
         retain=settings["retain"],
         mode=settings["mode"],
+        compact_percent=settings["compact_percent"],
+        compact_min=settings["compact_min"],
         validators=validators,
     )
 

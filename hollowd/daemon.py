@@ -265,6 +265,8 @@ class Daemon:
             indexes={t.name: [list(ix) for ix in t.indexes] for t in ns.types.values()},
             root=self.cfg.root,
             retain=ns.retain,
+            compact_share=ns.compact_percent / 100,
+            compact_min=ns.compact_min,
             mode=ns.mode,
             validators=_validators(ns),
             versions_after=store.counter,

@@ -72,6 +72,11 @@ class _State(Collector):
         leases = GaugeMetricFamily(
             "hollowd_leases", "Processes holding a lease, per version.", labels=["namespace", "version"]
         )
+        compaction = GaugeMetricFamily(
+            "hollowd_last_compaction_seconds",
+            "Seconds the last compaction of the namespace took (in the background, or in the cycle).",
+            labels=["namespace"],
+        )
         since = GaugeMetricFamily(
             "hollowd_seconds_since_last_good_cycle",
             "Seconds since the last cycle that succeeded.",
@@ -92,4 +97,6 @@ class _State(Collector):
                 records.add_metric([name, type_name], count)
             if runner.last_good is not None:
                 since.add_metric([name], time.time() - runner.last_good)
-        yield from (announced, pinned, records, shm, leases, since)
+            if runner.producer.last_compaction is not None:
+                compaction.add_metric([name], runner.producer.last_compaction)
+        yield from (announced, pinned, records, shm, leases, since, compaction)

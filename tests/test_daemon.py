@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -309,3 +310,35 @@ def test_bad_config_exits_78_naming_the_line(tmp_path: Path) -> None:
     out = run("hollowd.daemon", "--config", str(config))
     assert out.returncode == EXIT_CONFIG
     assert f"{config}:2: daemon.metrics_port" in out.stderr
+
+
+def test_a_namespace_compacts_in_the_background_and_reports_it(root: Path, tmp_path: Path) -> None:
+    """compact_percent and compact_min move versions to new bases while the daemon serves; the
+    metric says what the last compaction cost."""
+    source = tmp_path / "movies.jsonl"
+    write_jsonl(source, [movie(i) for i in range(50)])
+    port = free_port()
+    cfg = tmp_path / "hollowd.toml"
+    cfg.write_text(
+        CONFIG.format(root=root, state=tmp_path / "state", schema=SCHEMAS / "movies.capnp", source=source)
+        .replace("debounce = 0.2", "debounce = 0.2\ncompact_percent = 0\ncompact_min = 0")
+        .replace("[daemon]", f"[daemon]\nmetrics_port = {port}")
+    )
+    d = Daemon(cfg, tmp_path)
+    try:
+        d.notifications("READY=1")
+        bases = set()
+        for n in range(1, 6):
+            write_jsonl(source, [movie(i, title=f"v{n}") if i < 5 else movie(i) for i in range(50)])
+            wait_until(lambda n=n: hollow.status("movies", root=root).latest == n + 1)
+            state = hollow.state.StateFile(root / "movies" / str(n + 1), namespace="movies")
+            bases.add(state.base.version if state.base is not None else state.version)
+            time.sleep(1.5)  # time for the background compaction to finish before the next cycle
+        assert len(bases) > 1  # later versions were built on newer bases
+        with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+            assert [snap["Movie"][i].title for i in range(5)] == ["v5"] * 5
+            assert len(snap["Movie"]) == 50
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        assert 'hollowd_last_compaction_seconds{namespace="movies"}' in text
+    finally:
+        assert d.stop() == 0
