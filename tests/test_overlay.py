@@ -415,3 +415,21 @@ def test_debris_of_a_dead_writer_is_swept(root: Path) -> None:
         assert not left & set(planted)
         assert mine.name in left
         mine.unlink()
+
+
+def test_a_follower_moves_across_new_bases(root: Path) -> None:
+    """A following reader keeps switching while versions move to bases compacted in the background,
+    and an old version it still holds keeps reading its own base."""
+    with movies_producer(root, compact_min=0, compact_share=0.0, retain=2) as p:
+        p.run_cycle(populate(movie(i) for i in range(200)))
+        with hollow.open("movies", root=root) as ds:
+            held = ds.snapshot()
+            for n in range(1, 7):
+                v = p.run_incremental(lambda d, n=n: d.upsert("Movie", movie(n, title=f"t{n}")))
+                assert ds.wait_for(v, timeout=30)
+                with ds.snapshot() as snap:
+                    assert [snap["Movie"][i].title for i in range(1, n + 1)] == [f"t{i}" for i in range(1, n + 1)]
+                if p._compactor is not None:
+                    p._compactor.join()
+            assert held["Movie"][1].title == "Movie 1"  # the first version, reclaimed on disk meanwhile or not
+            held.close()
