@@ -421,12 +421,17 @@ class Producer:
     # -- housekeeping ---------------------------------------------------------
 
     def record_counts(self) -> dict[str, int]:
-        """Records per type in the latest version (read back from its file; empty before the first)."""
+        """Records per type in the latest version, from its file (empty before the first).
+
+        Safe from another thread (the metrics server's): it reads the file and touches
+        nothing of the cycle's.
+        """
+        latest = self._last_version
         try:
-            _, latest, _ = self._read_latest(required=False)
-        except PublishError:
+            state = StateFile(self.dir / layout.state_name(latest), namespace=self.namespace)
+            return {name: len(state.type(name)) for name in state.type_names}
+        except ReaderError:
             return {}
-        return {name: lt.count for name, lt in latest.items()}
 
     def versions(self) -> list[int]:
         """Versions with a state file, ascending."""
