@@ -433,3 +433,23 @@ def test_a_follower_moves_across_new_bases(root: Path) -> None:
                     p._compactor.join()
             assert held["Movie"][1].title == "Movie 1"  # the first version, reclaimed on disk meanwhile or not
             held.close()
+
+
+def test_a_damaged_overlay_table_ends_the_probe(root: Path) -> None:
+    """An overlay key table with no empty slot (damage) cannot make a lookup loop for ever."""
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(20)))
+        v = p.run_incremental(lambda d: d.upsert("Movie", movie(3, title="x")))
+    path = root / "movies" / str(v)
+    state = hollow.state.StateFile(path, namespace="movies")
+    sec = state._type_states["Movie"].overlay.keys.slots
+    offset, length = sec.offset, sec.length
+    del state
+    data = bytearray(path.read_bytes())
+    data[offset : offset + length] = b"\xff" * length  # every slot taken, by no key of ours
+    path.chmod(0o600)
+    path.write_bytes(bytes(data))
+    with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+        movies = snap["Movie"]
+        assert movies.get(10**9) is None
+        assert movies[5].title == "Movie 5"

@@ -172,15 +172,22 @@ class Overlay:
         self.skipped = skipped
 
     def record(self, entry: int) -> Any:
-        ref = self.refs[entry]
-        return self.chunks[ref >> 32][ref & 0xFFFFFFFF]
+        try:
+            ref = self.refs[entry]
+            return self.chunks[ref >> 32][ref & 0xFFFFFFFF]
+        except IndexError:
+            raise CorruptStateError(f"overlay entry {entry} refers outside its chunks") from None
 
     def lookup(self, fp: int) -> Any:
-        """The entry's record for *fp*, ``_GONE`` for a removed base key, or ``_MISSING``."""
+        """The entry's record for *fp*, ``_GONE`` for a removed base key, or ``_MISSING``.
+
+        At most one pass over the table, so that a damaged table without an empty slot
+        ends the probe instead of looping.
+        """
         cap = self.keys.capacity
         slots = self.keys.slots
         s = fp % cap
-        while True:
+        for _ in range(cap):
             value = slots[2 * s + 1]
             if not value:
                 return _MISSING
@@ -189,6 +196,7 @@ class Overlay:
             s += 1
             if s == cap:
                 s = 0
+        return _MISSING
 
     def entry_at(self, ordinal: int) -> int:
         """The entry holding *ordinal*, or -1 when the base record (or a hole) is there."""
