@@ -24,6 +24,8 @@ decoded and encoded again instead.
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -652,6 +654,79 @@ def diff(latest: Latest, records: list[dict[str, Any]], keys: list[Any], fps: An
     kept_keys = set(upserts)
     removals = [k for k in map(latest.key_at, gone.tolist()) if k not in kept_keys]
     return Changes(upserts, removals, new_hash[changed])
+
+
+#: Change hashes of records given as JSON lines are hashes of the lines: another seed, another space.
+LINE_SEED = 1
+_line_hash = functools.partial(xxhash.xxh3_64_intdigest, seed=LINE_SEED)
+
+
+def line_hashes(lines: list[bytes]) -> Any:
+    """The change hash of each record given as a line of JSON: the line's own hash."""
+    return np.fromiter(map(_line_hash, lines), dtype=_U64, count=len(lines))
+
+
+def diff_lines(latest: Latest, batches: list[Any], parse_keys: Any) -> Changes:
+    """The changes that turn *latest* into exactly the records of *batches* (``hollowd.state.Lines``),
+    parsing only the lines whose bytes are not those of a record the latest version holds.
+
+    *parse_keys(records)* gives their primary keys (checking them). Duplicate keys are found
+    among the new lines, and between a new line and an unchanged one.
+    """
+    rtype = latest.rtype
+    lines = list(itertools.chain.from_iterable(b.lines for b in batches))
+    hashes = line_hashes(lines)
+    new_sorted = np.sort(hashes)
+    repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]  # the same line twice: the same key twice
+    old_hash, old_ord = latest.live_hashes()
+    old_sorted = np.sort(old_hash)
+    changed = np.union1d(_positions_of(hashes, _missing(new_sorted, old_sorted)), _positions_of(hashes, repeated))
+    gone = old_ord[_positions_of(old_hash, _missing(old_sorted, new_sorted))]
+    records = _parse_lines(batches, changed.tolist())
+    keys, fps = parse_keys(records)
+    check_unique(rtype, keys, fps)
+    kinds, wheres, _ = latest.locate(fps, keys)
+    current = np.zeros(len(keys), dtype=_U64)
+    is_entry, is_base = kinds == ENTRY, kinds == BASE
+    current[is_entry] = latest.e_hash[wheres[is_entry]]
+    current[is_base] = latest.base_hashes[wheres[is_base]]
+    stays = (is_entry | is_base) & (_positions_mask(current, new_sorted)) & (current != hashes[changed])
+    for i in np.flatnonzero(stays).tolist():  # the key's old line is still there, beside this new one
+        raise DuplicateKeyError(
+            f"{rtype.name}: duplicate primary key {keys[i]!r}: two lines hold it",
+            type_name=rtype.name,
+            key=keys[i],
+            field=", ".join(rtype.primary.fields),
+        )
+    upserts = dict(zip(keys, records, strict=True))
+    removals = [k for k in map(latest.key_at, gone.tolist()) if k not in upserts]
+    return Changes(upserts, removals, hashes[changed])
+
+
+def _parse_lines(batches: list[Any], indexes: list[int]) -> list[dict[str, Any]]:
+    """The records of the given line indexes (counted across batches), in order."""
+    out: list[dict[str, Any]] = []
+    start = 0
+    at = 0
+    for batch in batches:
+        end = start + len(batch.lines)
+        mine = []
+        while at < len(indexes) and indexes[at] < end:
+            mine.append(indexes[at] - start)
+            at += 1
+        if mine:
+            out.extend(batch.parse(mine))
+        start = end
+    return out
+
+
+def _positions_mask(values: Any, pool_sorted: Any) -> Any:
+    """For each of *values*, whether sorted *pool_sorted* holds it."""
+    if not len(pool_sorted):
+        return np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(pool_sorted, values)
+    at[at == len(pool_sorted)] = len(pool_sorted) - 1
+    return pool_sorted[at] == values
 
 
 def _missing(values: Any, pool: Any) -> Any:

@@ -130,7 +130,7 @@ class Producer:
             state = WriteState(self.schema)
             populate(state)
             populated = time.monotonic() - started
-            version = self._run(full=state.records)
+            version = self._run(full=state)
             self.last_timings = {"populate": populated, **self.last_timings}
             return version
 
@@ -144,7 +144,7 @@ class Producer:
             change(delta)
             return self._run(delta=delta)
 
-    def _run(self, *, full: dict[str, list[dict[str, Any]]] | None = None, delta: Delta | None = None) -> int:
+    def _run(self, *, full: WriteState | None = None, delta: Delta | None = None) -> int:
         """A cycle's steps: read back, build, mint, validate, publish, announce, reclaim (and compact)."""
         timings = self.last_timings = {}
         clock = time.monotonic()
@@ -159,10 +159,15 @@ class Producer:
         same_schema = state is not None and state.header.schema_fingerprint == self.schema.fingerprint
         version, parent = self._next_version(), self._last_version
         if state is None or (full is not None and not same_schema) or set(latest) != set(self.schema.types):
-            records = full if full is not None else self._records_from_delta(delta, latest)
+            hashes = {}
+            if full is not None:  # records given as lines keep their lines' hashes, for the next cycle
+                hashes = {n: _line_hashes(full.lines[n]) for n in self.schema.types if full.only_lines(n)}
+            records = full.materialize() if full is not None else self._records_from_delta(delta, latest)
             self._reserve_version(version)
             built = {
-                name: build_type(rtype, records.get(name, []), latest.get(name), self._encoders)
+                name: build_type(
+                    rtype, records.get(name, []), latest.get(name), self._encoders, hashes=hashes.get(name)
+                )
                 for name, rtype in self.schema.types.items()
             }
             lap("build")
@@ -186,7 +191,12 @@ class Producer:
                 return self._unchanged(state.version)
             self._reserve_version(version)
             changed = {n: o.upserted for n, o in overlays.items()}
-            self._validate(version, {n: o.count for n, o in overlays.items()}, latest, None, changed)
+            everything: Mapping[str, Sequence[Mapping[str, Any]]] = _VersionRecords(
+                self, latest, changed, {n: c.removals for n, c in changes.items()}
+            )
+            if full is not None and not any(map(full.only_lines, self.schema.types)):
+                everything = full.records  # what the cycle was handed is every record
+            self._validate(version, {n: o.count for n, o in overlays.items()}, latest, everything, changed)
             lap("validate")
             assert base is not None
             publish.write_overlay_file(
@@ -222,7 +232,7 @@ class Producer:
             self._reserve(version)  # durable before anything is written: never handed out twice
 
     def _changes(
-        self, full: dict[str, list[dict[str, Any]]] | None, delta: Delta | None, latest: dict[str, overlay.Latest]
+        self, full: WriteState | None, delta: Delta | None, latest: dict[str, overlay.Latest]
     ) -> dict[str, overlay.Changes]:
         """Each type's changes: the delta's, or what differs between *full* and the latest version."""
         if delta is not None:
@@ -230,7 +240,10 @@ class Producer:
         assert full is not None
         changes = {}
         for name, rtype in self.schema.types.items():
-            records = full.get(name, [])
+            if full.only_lines(name):  # parse only the lines not seen in the latest version
+                changes[name] = overlay.diff_lines(latest[name], full.lines[name], _key_parser(rtype))
+                continue
+            records = full.materialize(name)[name]
             keys = full_keys(rtype, records)
             fps = full_fingerprints(rtype, records, keys)
             overlay.check_unique(rtype, keys, fps)
@@ -259,7 +272,7 @@ class Producer:
         version: int,
         counts: dict[str, int],
         latest: dict[str, overlay.Latest],
-        records: Mapping[str, Sequence[Mapping[str, Any]]] | None,
+        records: Mapping[str, Sequence[Mapping[str, Any]]],
         changed: Mapping[str, Sequence[Mapping[str, Any]]],
     ) -> None:
         if not self.validators:
@@ -271,7 +284,7 @@ class Producer:
                 version=version,
                 counts=counts,
                 previous_counts={n: lt.count for n, lt in latest.items()} if latest else None,
-                records=records if records is not None else _VersionRecords(self, latest, changed),
+                records=records,
                 changed=changed,
             ),
         )
@@ -494,6 +507,18 @@ class Producer:
         return max([self._last_version, *self.versions(), self._announced_version()]) + 1
 
 
+def _line_hashes(batches: list[Any]) -> Any:
+    return overlay.line_hashes([line for b in batches for line in b.lines])
+
+
+def _key_parser(rtype: Any) -> Callable[[list[dict[str, Any]]], tuple[list[Any], Any]]:
+    def keys_of(records: list[dict[str, Any]]) -> tuple[list[Any], Any]:
+        keys = full_keys(rtype, records)
+        return keys, full_fingerprints(rtype, records, keys)
+
+    return keys_of
+
+
 def _same_keys(state: StateFile, rtype: Any) -> bool:
     """Whether the file's primary key and indexes of a type are the ones the schema declares now."""
     view = state.type(rtype.name)
@@ -504,12 +529,19 @@ def _same_keys(state: StateFile, rtype: Any) -> bool:
 
 
 class _VersionRecords(Mapping[str, Sequence[Mapping[str, Any]]]):
-    """A validator's view of every record of an incremental version: built only if a validator asks."""
+    """A validator's view of every record of a version built from changes: built only if a validator asks."""
 
-    def __init__(self, producer: Producer, latest: dict[str, overlay.Latest], changed: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        latest: dict[str, overlay.Latest],
+        changed: Mapping[str, Any],
+        removed: Mapping[str, list[Any]],
+    ) -> None:
         self._producer = producer
         self._latest = latest
         self._changed = changed
+        self._removed = removed
         self._cache: dict[str, list[dict[str, Any]]] = {}
 
     def __getitem__(self, name: str) -> Sequence[Mapping[str, Any]]:
@@ -520,6 +552,8 @@ class _VersionRecords(Mapping[str, Sequence[Mapping[str, Any]]]):
             self._cache[name] = [r.to_dict() for r in view]  # the version before, then the changes
             rtype = self._producer.schema.types[name]
             by_key = {rtype.key_of(r): r for r in self._cache[name]}
+            for key in self._removed.get(name, ()):
+                by_key.pop(key, None)
             by_key.update({rtype.key_of(r): r for r in self._changed.get(name, ())})
             self._cache[name] = list(by_key.values())
         return self._cache[name]

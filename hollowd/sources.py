@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -93,8 +94,46 @@ class FileSource:
 
     def __call__(self, state: WriteState) -> None:
         for path in self.files():
+            if self._format_of(path) == "jsonl":
+                lines, parse = self._jsonl_lines(path, self._read(path))
+                state.add_lines(self._default_type(path), lines, parse)
+                continue
             for type_name, records in self._batches(path):
                 state.add_all(type_name, records)
+
+    def _format_of(self, path: Path) -> str | None:
+        return self.format if self.format != "auto" else FORMATS.get(path.suffix)
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise SourceError(f"{path}: cannot read ({e.strerror})") from e
+
+    def _jsonl_lines(self, path: Path, data: bytes) -> tuple[list[bytes], Any]:
+        """The file's non-blank lines, and how to parse some of them (a cycle parses only lines it has
+        not seen; the first build parses all)."""
+        if data and not data.endswith(b"\n"):
+            raise SourceError(f"{path}: ends mid-record (no final newline): still being written; retrying later")
+        lines = data.split(b"\n")[:-1]
+        numbers: list[int] | None = None  # the file's line number of each kept line, when blanks were dropped
+        if _BLANK_LINE.search(data):
+            numbers = [n for n, line in enumerate(lines, 1) if line.strip()]
+            lines = [lines[n - 1] for n in numbers]
+
+        def parse(indexes: list[int]) -> list[dict[str, Any]]:
+            docs = json_lines(
+                path, [lines[i] for i in indexes], numbers=[numbers[i] if numbers else i + 1 for i in indexes]
+            )
+            for i, doc in zip(indexes, docs, strict=True):
+                if type(doc) is not dict:
+                    raise SourceError(
+                        f"{path}:{numbers[i] if numbers else i + 1}: {_kind(doc)}, not a record (an object)"
+                    )
+            return docs
+
+        return lines, parse
 
     def _batches(self, path: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         fmt = self.format if self.format != "auto" else FORMATS.get(path.suffix)
@@ -170,12 +209,15 @@ class FileSource:
         return out
 
 
+#: A line with nothing but blanks (a JSON Lines file may have them; they hold no record).
+_BLANK_LINE = re.compile(rb"^[ \t\r]*\n", re.M)
+
 #: What :func:`json_lines` gives for a blank line.
 BLANK: Any = object()
 
 
-def json_lines(name: object, lines: list[bytes], first: int = 1) -> list[Any]:
-    """The JSON value of each line (numbered from *first*), :data:`BLANK` for a blank one.
+def json_lines(name: object, lines: list[bytes], first: int = 1, *, numbers: list[int] | None = None) -> list[Any]:
+    """The JSON value of each line (numbered from *first*, or as *numbers* says), :data:`BLANK` for a blank one.
 
     One ``orjson.loads`` per line, mapped in C; only when a line fails are they
     parsed one by one, to name it (``NAME:LINE``) or to let blank lines through.
@@ -185,7 +227,7 @@ def json_lines(name: object, lines: list[bytes], first: int = 1) -> list[Any]:
     except orjson.JSONDecodeError:
         pass
     docs = []
-    for n, line in enumerate(lines, first):
+    for n, line in zip(numbers or range(first, first + len(lines)), lines, strict=True):
         if not line.strip():
             docs.append(BLANK)
             continue

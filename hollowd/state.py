@@ -41,12 +41,46 @@ def as_dict(type_name: str, record: Any) -> dict[str, Any]:
     return dict(to_dict())
 
 
+@dataclass
+class Lines:
+    """Raw JSON Lines holding one record each, parsed only where a cycle needs the records.
+
+    *parse* gives the records of the given line indexes, in that order, and names a bad
+    line (``FILE:LINE``); a cycle that compares with the latest version parses only the
+    lines whose bytes it has not seen (their change hash is the hash of the line).
+    """
+
+    lines: list[bytes]
+    parse: Callable[[list[int]], list[dict[str, Any]]]
+
+
 class WriteState:
     """What ``populate`` receives in a full cycle: ``state.add("Movie", {...})``."""
 
     def __init__(self, schema: NamespaceSchema) -> None:
         self._schema = schema
         self.records: dict[str, list[dict[str, Any]]] = {name: [] for name in schema.types}
+        self.lines: dict[str, list[Lines]] = {name: [] for name in schema.types}
+
+    def add_lines(self, type_name: str, lines: list[bytes], parse: Callable[[list[int]], list[dict[str, Any]]]) -> None:
+        """Add one record per line of JSON (a JSON Lines source), parsed only if the cycle needs it."""
+        if type_name not in self.lines:
+            raise SchemaError(self._unknown(type_name))
+        self.lines[type_name].append(Lines(lines, parse))
+
+    def materialize(self, type_name: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Every record (of *type_name*, or of every type) as a dict, lines parsed: for a first
+        build, or a type given both ways."""
+        for name, batches in self.lines.items():
+            if type_name is None or name == type_name:
+                for batch in batches:
+                    self.records[name].extend(batch.parse(list(range(len(batch.lines)))))
+                batches.clear()
+        return self.records
+
+    def only_lines(self, type_name: str) -> bool:
+        """Whether the type's records were all given as lines."""
+        return bool(self.lines[type_name]) and not self.records[type_name]
 
     def add(self, type_name: str, record: Any) -> None:
         """Add one record (a dict, or a Cap'n Proto builder or reader of the type)."""

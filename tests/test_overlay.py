@@ -13,6 +13,7 @@ not against the implementation.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 
 import hollow
 from hollowd import Producer, overlay
+from hollowd.errors import DuplicateKeyError
 from tests.helpers import movie, movies_producer, populate
 
 ITEM_SCHEMA = Path(__file__).resolve().parent / "schemas" / "items.capnp"
@@ -453,3 +455,51 @@ def test_a_damaged_overlay_table_ends_the_probe(root: Path) -> None:
         movies = snap["Movie"]
         assert movies.get(10**9) is None
         assert movies[5].title == "Movie 5"
+
+
+# --- records given as JSON lines ---------------------------------------------------------------
+
+
+def _lines_populate(lines: list[bytes], parsed: list[int]) -> Any:
+    """A populate that hands *lines* over unparsed, noting which lines the cycle asks to parse."""
+
+    def parse(indexes: list[int]) -> list[dict[str, Any]]:
+        parsed.extend(indexes)
+        return [json.loads(lines[i]) for i in indexes]
+
+    return lambda state: state.add_lines("Movie", lines, parse)
+
+
+def _jsonl(records: list[dict[str, Any]]) -> list[bytes]:
+    return [json.dumps(r).encode() for r in records]
+
+
+def test_lines_a_cycle_has_seen_are_not_parsed(root: Path) -> None:
+    recs = [movie(i, releasedAt=None) for i in range(100)]
+    with movies_producer(root) as p:
+        parsed: list[int] = []
+        v1 = p.run_cycle(_lines_populate(_jsonl(recs), parsed))
+        assert sorted(parsed) == list(range(100))  # a first build parses every line
+        parsed.clear()
+        assert p.run_cycle(_lines_populate(_jsonl(recs), parsed)) == v1
+        assert parsed == []  # the same lines: nothing parsed, nothing published
+        recs[7]["title"] = "seven"
+        del recs[50]
+        v2 = p.run_cycle(_lines_populate(_jsonl(recs), parsed))
+        assert (v2, parsed) == (v1 + 1, [7])  # one changed line parsed; the missing one removed
+    with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+        assert snap["Movie"][7].title == "seven"
+        assert 50 not in snap["Movie"]
+        assert len(snap["Movie"]) == 99
+
+
+def test_lines_with_a_key_twice_are_refused(root: Path) -> None:
+    recs = [movie(i, releasedAt=None) for i in range(10)]
+    with movies_producer(root) as p:
+        v = p.run_cycle(_lines_populate(_jsonl(recs), []))
+        twice = _jsonl(recs)
+        with pytest.raises(DuplicateKeyError, match="duplicate primary key 3"):
+            p.run_cycle(_lines_populate([*twice, twice[3]], []))  # the same line again
+        with pytest.raises(DuplicateKeyError, match="duplicate primary key 4"):
+            p.run_cycle(_lines_populate([*twice, *_jsonl([movie(4, title="other")])], []))  # old and new line
+        assert p.versions() == [v]
