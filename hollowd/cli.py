@@ -198,15 +198,18 @@ def _inspect(args: argparse.Namespace) -> int:
                     {
                         "name": name,
                         "records": len(view),
+                        "changed_since_base": len(view.overlay.ordinals) if view.overlay is not None else None,
                         "primary_key": list(view.primary.fields),
                         "indexes": [list(ix.fields) for ix in view.indexes],
                     }
                 )
             path = ds.dir / layout.state_name(snap.version)
+            base = snap.base
             doc = {
                 "namespace": args.namespace,
                 "version": snap.version,
                 "bytes": path.stat().st_size,
+                "base": None if base is None else {"version": base[0], "bytes": base[1]},
                 "published_at_ns": snap.published_at_ns,
                 "types": types,
                 "schema": snap.schema_source,
@@ -215,8 +218,9 @@ def _inspect(args: argparse.Namespace) -> int:
         (t["name"], f"{t['records']:,}", ", ".join(t["primary_key"]), "; ".join(", ".join(i) for i in t["indexes"]))
         for t in types
     ]
+    shares = "" if base is None else f", on the base of version {base[0]} ({base[1]:,} bytes, shared)"
     human = (
-        f"{args.namespace} version {doc['version']}, {doc['bytes']:,} bytes\n"
+        f"{args.namespace} version {doc['version']}, {doc['bytes']:,} bytes{shares}\n"
         + _table(("type", "records", "primary key", "indexes"), rows)
         + "\n\n"
         + str(doc["schema"]).rstrip()

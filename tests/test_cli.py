@@ -102,10 +102,16 @@ def test_inspect(published: Path) -> None:
     counts = {t["name"]: t["records"] for t in doc["types"]}
     assert counts == {"Actor": 0, "Movie": 21, "Role": 1}
     assert "struct Movie" in doc["schema"]
+    base = (published / "movies" / "1").stat().st_size
+    assert doc["base"] == {"version": 1, "bytes": base}  # version 2 is an overlay on version 1's file
+    assert {t["name"]: t["changed_since_base"] for t in doc["types"]} == {"Actor": 0, "Movie": 1, "Role": 1}
     rc, out, _ = run(published, "inspect", "movies", "1")
     assert rc == 0
     assert "Movie" in out
     assert "20" in out
+    assert "on the base of" not in out
+    rc, out, _ = run(published, "inspect", "movies", "2")
+    assert f"on the base of version 1 ({base:,} bytes, shared)" in out
 
 
 def test_diff_field_by_field(published: Path) -> None:

@@ -114,6 +114,13 @@ class Snapshot:
         return self._live().header.parent_version
 
     @property
+    def base(self) -> tuple[int, int] | None:
+        """(version, bytes) of the base file this version is built on and shares with others;
+        None when the version's file holds every record itself."""
+        base = self._live().base
+        return None if base is None else (base.version, base.header.file_length)
+
+    @property
     def schema_source(self) -> str:
         """The text of the schema the producer published this version with."""
         return str(self._live().schema_source)
