@@ -3,7 +3,7 @@
 ``READY=1`` only after the first version is announced; ``EXTEND_TIMEOUT_USEC``
 while a slow first build runs; ``STATUS=`` with the versions; ``WATCHDOG=1``
 more often than half of ``WatchdogSec=``; ``STOPPING=1`` on the way out
-(systemd.service(5); PITFALLS.md 19). Outside systemd every call is a no-op.
+(systemd.service(5); docs/pitfalls.md 19). Outside systemd every call is a no-op.
 """
 
 from __future__ import annotations

@@ -413,7 +413,7 @@ def test_follower_whose_doorbell_was_removed_still_follows(root: Path, mode: str
 
 
 def test_follower_recreates_a_removed_doorbell(root: Path) -> None:
-    # PITFALLS 17: detect the missing semaphore and re-create it; otherwise announcements no
+    # docs/pitfalls.md 17: detect the missing semaphore and re-create it; otherwise announcements no
     # longer reach this process (it falls back to inotify or the poll) and status loses it.
     with movies_producer(root) as p:
         p.run_cycle(version_data(1))

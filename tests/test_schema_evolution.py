@@ -1,7 +1,7 @@
 """Schema evolution both ways: an older or newer reader schema reads the data under Cap'n Proto's rules.
 
 Two schema files with the same file id describe the same types; loading both
-through ``capnp.load`` in one process aborts it (PITFALLS.md), so anything that
+through ``capnp.load`` in one process aborts it (docs/pitfalls.md 21), so anything that
 loads both runs in a subprocess.
 """
 

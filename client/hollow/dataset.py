@@ -303,7 +303,7 @@ class Dataset:
             bell.ring()
 
     def _new_doorbell(self, old: Doorbell) -> Doorbell:
-        """Replace a doorbell whose name was removed under us (RemoveIPC; PITFALLS.md 17)."""
+        """Replace a doorbell whose name was removed under us (RemoveIPC; docs/pitfalls.md 17)."""
         log.warning("hollow: %s: doorbell %s was removed; making a new one", self.namespace, old.name)
         bell = Doorbell(self.root, self.namespace)
         with self._lock:
@@ -373,7 +373,7 @@ class Dataset:
         A version that cannot be attached (corrupt, truncated, foreign) is not
         fatal once this process has a good one: it stays on that one, logs the
         error, keeps it in :attr:`last_error`, and tries again when the
-        announcement changes (DESIGN.md invariant 5).
+        announcement changes (docs/design.md invariant 5).
         """
         try:
             st = os.stat(layout.announcement_path(self.dir))

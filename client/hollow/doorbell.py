@@ -1,7 +1,7 @@
 """Doorbells: one POSIX named semaphore per following reader, posted on every announcement.
 
 A semaphore wakes one waiter and keeps posts nobody waited for
-(sem_overview(7); PITFALLS.md 12), so broadcast means one semaphore per
+(sem_overview(7); docs/pitfalls.md 12), so broadcast means one semaphore per
 follower, and a post means only "look": the announced version in the
 announcement file is the truth. The producer finds followers by name in
 /dev/shm (``sem.hollow.<root id>.<namespace>.<pid>.<n>``), posts each, and

@@ -7,7 +7,7 @@ In ``gunicorn.conf.py``, two lines::
 
 Each worker opens its own following dataset after the fork (its own leases,
 doorbell and thread: flock locks and threads do not survive fork as they
-should, PITFALLS.md 4 and 16), so the first request finds the version
+should, docs/pitfalls.md 4 and 16), so the first request finds the version
 attached; ``worker_exit`` closes them, so a recycled worker (``max_requests``)
 leaves no lease or doorbell behind. Works with and without ``--preload``, and
 with sync, gthread and uvicorn workers (:mod:`hollow.wsgi`, :mod:`hollow.asgi`).

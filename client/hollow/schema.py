@@ -1,6 +1,6 @@
 """Cap'n Proto schemas on the read path: the envelope, embedded schemas, user schemas.
 
-Three pycapnp facts shape this module (see PITFALLS.md):
+Three pycapnp facts shape this module (docs/pitfalls.md 21, 8 and 9):
 
 * ``capnp.load`` of two *different* files that declare the same 64-bit file id
   aborts the process (C++ ``terminate``: "Duplicate ID"), and an older and a

@@ -4,7 +4,7 @@ The WSGI and ASGI middlewares (:mod:`hollow.wsgi`, :mod:`hollow.asgi`) and the
 gunicorn hooks (:mod:`hollow.gunicorn`) share this registry: whichever touches
 a namespace first in a worker opens it, after the fork, so a master that
 imports the app with ``--preload`` holds nothing its workers would share
-(flock leases and threads do not survive fork as they should, PITFALLS.md 4
+(flock leases and threads do not survive fork as they should, docs/pitfalls.md 4
 and 16; a forked dataset would re-arm itself anyway, but only on first use).
 
 When the namespace cannot be opened (no daemon yet, a wrong root), the error

@@ -6,7 +6,7 @@ when ``announced`` is replaced. inotify(7) coalesces and can overflow, and
 writes through mmap produce no event at all, so an event only says "look":
 the caller re-reads the announcement. Publishing by rename gives IN_MOVED_TO,
 which watchdog delivers as ``on_moved`` with the new name as ``dest_path``
-(PITFALLS.md 14).
+(docs/pitfalls.md 14).
 
 inotify instances are limited (fs.inotify.max_user_instances, 128 per user by
 default). When none can be had, :func:`watch` logs a warning and returns None;
