@@ -40,7 +40,6 @@ import orjson
 
 import hollow
 from hollow import layout
-from hollow.state import BASE_SUFFIX
 from hollowd import pidlock, systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
 from hollowd.control import ControlSocket
@@ -158,8 +157,8 @@ class StateStore:
         A version built on a base needs its base too: ``latest.state.base``, copied
         only when the base changed (a compaction), before the version that needs it.
         """
-        base = state_file.with_name(state_file.name + BASE_SUFFIX)
-        saved_base = self.saved.with_name(self.saved.name + BASE_SUFFIX)
+        base = layout.base_of(state_file)
+        saved_base = layout.base_of(self.saved)
         try:
             with open(base, "rb") as f:
                 head = f.read(layout.HEADER_SIZE)

@@ -64,6 +64,7 @@ _ARRAYS = {
     "masked": "m_ord",
 }  # fmt: skip
 _PER_INDEX = {"entryValues": "e_vals", "maskedValues": "m_vals", "maskedPositions": "m_pos"}
+OVERLAY_ARRAYS = tuple(_ARRAYS)
 _U64 = np.uint64
 _EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 _dumps = orjson.dumps
@@ -87,6 +88,11 @@ def record_hash(record: Any) -> int:
     if b"null" in blob:
         return _xxh(_exact(record))
     return _xxh(blob)
+
+
+def fields_of(record: Any, fields: tuple[str, ...]) -> Any:
+    """A record reader's value of *fields*: the value of one field, or a tuple of several (a key)."""
+    return record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
 
 
 def _exact(record: Any) -> bytes:
@@ -192,14 +198,7 @@ class Latest:
             if any(len(p) != n_ix for p in per_index.values()):
                 raise CorruptStateError(f"{state.path}: {name} overlay indexes do not match the schema's")
             chunks = [state.raw(sec, what=f"{name} chunk") for sec in ov.chunks]
-        key = (base_state.header.content_hash, name)
-        arrays_of_base = None if cache is None else cache.get(key)
-        if arrays_of_base is None:
-            arrays_of_base = BaseArrays(base)
-            if cache is not None:
-                for stale in [k for k in cache if k[1] == name]:
-                    del cache[stale]  # one base a type: the latest version's
-                cache[key] = arrays_of_base
+        arrays_of_base = BaseArrays.of(base_state, base, name, cache)
         ov_view = view.overlay
         return cls(
             key_slots=None if ov_view is None else np.frombuffer(ov_view.keys.slots, dtype=_U64).reshape(-1, 2),
@@ -262,8 +261,7 @@ class Latest:
         spec = self.rtype.primary
         if spec.kind == layout.KIND_EXACT_INT:
             return
-        fields = spec.fields
-        found = record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
+        found = fields_of(record, spec.fields)
         if found != key:
             raise ValidationError(
                 f"{self.rtype.name}: primary keys {found!r} and {key!r} share a 64-bit hash; please report this",
@@ -272,8 +270,7 @@ class Latest:
 
     def live_keys(self) -> tuple[Any, Any]:
         """(fingerprints, ordinals) of every live record of the version, in no order (vector work)."""
-        slots = self.base.primary.slots
-        table = np.frombuffer(slots, dtype=_U64).reshape(-1, 2)
+        table = self.base_arrays.key_slots
         used = table[:, 1] != 0
         fps, ords = table[used, 0], table[used, 1].astype(np.int64) - 1
         if len(self.m_ord):
@@ -294,10 +291,16 @@ class Latest:
             np.concatenate((ords, self.e_ord.astype(np.int64))),
         )
 
+    def current_hashes(self, kinds: Any, wheres: Any) -> Any:
+        """The change hash each located key has now (0 where it is absent or removed)."""
+        current = np.zeros(len(kinds), dtype=_U64)
+        is_entry, is_base = kinds == ENTRY, kinds == BASE
+        current[is_entry] = self.e_hash[wheres[is_entry]]
+        current[is_base] = self.base_hashes[wheres[is_base]]
+        return current
+
     def key_at(self, ordinal: int) -> Any:
-        record = self.view.record_at(ordinal)
-        fields = self.rtype.primary.fields
-        return record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
+        return fields_of(self.view.record_at(ordinal), self.rtype.primary.fields)
 
 
 class BaseArrays:
@@ -308,6 +311,21 @@ class BaseArrays:
         self.key_slots = np.frombuffer(base.primary.slots, dtype=_U64).reshape(-1, 2)
         self._base = base
         self._values: dict[int, tuple[Any, Any]] = {}
+
+    @classmethod
+    def of(
+        cls, base_state: StateFile, base: TypeView, name: str, cache: dict[tuple[int, str], BaseArrays] | None
+    ) -> BaseArrays:
+        """The arrays of type *name* of a base, from *cache* (which keeps one base a type) or derived now."""
+        key = (base_state.header.content_hash, name)
+        found = None if cache is None else cache.get(key)
+        if found is None:
+            found = cls(base)
+            if cache is not None:
+                for stale in [k for k in cache if k[1] == name]:
+                    del cache[stale]  # one base a type: the latest version's
+                cache[key] = found
+        return found
 
     def values(self, i: int) -> tuple[Any, Any]:
         """(value fingerprint, position in its postings) of every base ordinal, for secondary index *i*."""
@@ -329,9 +347,7 @@ class BaseArrays:
         fields = table.fields
         out_fps, out_pos = [], []
         for o in ordinals.tolist():
-            record = self._base.record_at(o)
-            value = record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
-            fp = table.fingerprint(value)
+            fp = table.fingerprint(fields_of(self._base.record_at(o), fields))
             postings = table.postings_of(fp)
             at = -1 if postings is None else bisect.bisect_left(postings, o)
             if postings is None or at >= len(postings) or postings[at] != o:
@@ -355,9 +371,6 @@ class Changes:
     upserts: dict[Any, dict[str, Any]] = field(default_factory=dict)
     removals: list[Any] = field(default_factory=list)
     hashes: Any = None  # change hash of each upsert, when the caller computed them already
-
-    def __bool__(self) -> bool:
-        return bool(self.upserts or self.removals)
 
 
 @dataclass
@@ -511,11 +524,8 @@ class _Step:
         fps = fingerprints(rtype, keys)
         hashes = changes.hashes if changes.hashes is not None else record_hashes(records)
         kinds, wheres, _ = latest.locate(fps, keys)
-        current = np.zeros(len(keys), dtype=_U64)
-        is_entry, is_base = kinds == ENTRY, kinds == BASE
-        current[is_entry] = latest.e_hash[wheres[is_entry]]
-        current[is_base] = latest.base_hashes[wheres[is_base]]
-        changed = (current != hashes) | ~(is_entry | is_base)
+        present = (kinds == ENTRY) | (kinds == BASE)
+        changed = (latest.current_hashes(kinds, wheres) != hashes) | ~present
         e_ord = latest.e_ord
         for i in np.flatnonzero(changed).tolist():
             kind, j = int(kinds[i]), int(wheres[i])
@@ -542,12 +552,7 @@ class _Step:
         for n, i in enumerate(fresh):
             self.new_ord[i] = int(free[n]) if n < take else self.size + n - take
         self.size += len(fresh) - take
-        holes = free[take:]
-        if len(holes) and holes[-1] == self.size - 1:  # holes at the end are just a shorter list
-            run = holes[::-1] == np.arange(self.size - 1, self.size - 1 - len(holes), -1)
-            trailing = len(holes) if run.all() else int(np.argmin(run))
-            holes = holes[: len(holes) - trailing]
-            self.size -= trailing
+        holes, self.size = trim_holes(free[take:], self.size)
         return holes
 
     def ordered(self) -> tuple[list[dict[str, Any]], Any, Any, Any]:
@@ -606,6 +611,15 @@ class _Step:
         return m_all[m_by], per_index
 
 
+def trim_holes(holes: Any, size: int) -> tuple[Any, int]:
+    """Sorted *holes* and list *size* without the holes at the end: they are just a shorter list."""
+    if not len(holes) or holes[-1] != size - 1:
+        return holes, size
+    run = holes[::-1] == np.arange(size - 1, size - 1 - len(holes), -1)
+    trailing = len(holes) if run.all() else int(np.argmin(run))
+    return holes[: len(holes) - trailing], size - trailing
+
+
 def _masked_values(latest: Latest, i: int, masks: list[int]) -> tuple[Any, Any]:
     """Value fingerprints of base records being masked now, and their positions in that value's postings."""
     if not masks:
@@ -634,11 +648,6 @@ def _key_table(spec: IndexSpec, entry_keys: Any, tomb_keys: Any) -> tuple[index.
     return index.BuiltIndex(spec, cap, slots, np.zeros(0, dtype=np.uint32), len(fps)), bloom
 
 
-def carry(latest: Latest, version: int, enc: Any, **kw: Any) -> BuiltOverlay:
-    """The overlay of a type this cycle did not change."""
-    return apply(latest, Changes(), version, enc, **kw)
-
-
 def diff(latest: Latest, records: list[dict[str, Any]], keys: list[Any], fps: Any) -> Changes:
     """The changes that turn *latest* into exactly *records* (all of a type's records, keys checked unique).
 
@@ -646,10 +655,7 @@ def diff(latest: Latest, records: list[dict[str, Any]], keys: list[Any], fps: An
     Python work only for the records that differ.
     """
     new_hash = record_hashes(records)
-    old_hash, old_ord = latest.live_hashes()
-    new_sorted, old_sorted = np.sort(new_hash), np.sort(old_hash)
-    changed = _positions_of(new_hash, _missing(new_sorted, old_sorted))
-    gone = old_ord[_positions_of(old_hash, _missing(old_sorted, new_sorted))]
+    changed, gone, _ = _compare(latest, new_hash)
     upserts = {keys[i]: records[i] for i in changed.tolist()}
     kept_keys = set(upserts)
     removals = [k for k in map(latest.key_at, gone.tolist()) if k not in kept_keys]
@@ -661,8 +667,10 @@ LINE_SEED = 1
 _line_hash = functools.partial(xxhash.xxh3_64_intdigest, seed=LINE_SEED)
 
 
-def line_hashes(lines: list[bytes]) -> Any:
-    """The change hash of each record given as a line of JSON: the line's own hash."""
+def line_hashes(batches: list[Any]) -> Any:
+    """The change hash of each record given as a line of JSON (``hollowd.state.Lines`` batches): the
+    line's own hash."""
+    lines = list(itertools.chain.from_iterable(b.lines for b in batches))
     return np.fromiter(map(_line_hash, lines), dtype=_U64, count=len(lines))
 
 
@@ -674,23 +682,17 @@ def diff_lines(latest: Latest, batches: list[Any], parse_keys: Any) -> Changes:
     among the new lines, and between a new line and an unchanged one.
     """
     rtype = latest.rtype
-    lines = list(itertools.chain.from_iterable(b.lines for b in batches))
-    hashes = line_hashes(lines)
-    new_sorted = np.sort(hashes)
+    hashes = line_hashes(batches)
+    unseen, gone, new_sorted = _compare(latest, hashes)
     repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]  # the same line twice: the same key twice
-    old_hash, old_ord = latest.live_hashes()
-    old_sorted = np.sort(old_hash)
-    changed = np.union1d(_positions_of(hashes, _missing(new_sorted, old_sorted)), _positions_of(hashes, repeated))
-    gone = old_ord[_positions_of(old_hash, _missing(old_sorted, new_sorted))]
+    changed = np.union1d(unseen, _positions_of(hashes, repeated))
     records = _parse_lines(batches, changed.tolist())
     keys, fps = parse_keys(records)
     check_unique(rtype, keys, fps)
     kinds, wheres, _ = latest.locate(fps, keys)
-    current = np.zeros(len(keys), dtype=_U64)
-    is_entry, is_base = kinds == ENTRY, kinds == BASE
-    current[is_entry] = latest.e_hash[wheres[is_entry]]
-    current[is_base] = latest.base_hashes[wheres[is_base]]
-    stays = (is_entry | is_base) & (_positions_mask(current, new_sorted)) & (current != hashes[changed])
+    current = latest.current_hashes(kinds, wheres)
+    present = (kinds == ENTRY) | (kinds == BASE)
+    stays = present & _in_sorted(current, new_sorted) & (current != hashes[changed])
     for i in np.flatnonzero(stays).tolist():  # the key's old line is still there, beside this new one
         raise DuplicateKeyError(
             f"{rtype.name}: duplicate primary key {keys[i]!r}: two lines hold it",
@@ -720,32 +722,28 @@ def _parse_lines(batches: list[Any], indexes: list[int]) -> list[dict[str, Any]]
     return out
 
 
-def _positions_mask(values: Any, pool_sorted: Any) -> Any:
-    """For each of *values*, whether sorted *pool_sorted* holds it."""
-    if not len(pool_sorted):
-        return np.zeros(len(values), dtype=bool)
-    at = np.searchsorted(pool_sorted, values)
-    at[at == len(pool_sorted)] = len(pool_sorted) - 1
-    return pool_sorted[at] == values
+def _compare(latest: Latest, new_hash: Any) -> tuple[Any, Any, Any]:
+    """Positions of the new hashes the latest version lacks, ordinals of its records whose hash is
+    gone, and the new hashes sorted: two sorts and sorted searches (cache-friendly)."""
+    old_hash, old_ord = latest.live_hashes()
+    new_sorted, old_sorted = np.sort(new_hash), np.sort(old_hash)
+    unseen = new_sorted[~_in_sorted(new_sorted, old_sorted)]
+    dropped = old_sorted[~_in_sorted(old_sorted, new_sorted)]
+    return _positions_of(new_hash, unseen), old_ord[_positions_of(old_hash, dropped)], new_sorted
 
 
-def _missing(values: Any, pool: Any) -> Any:
-    """The values of sorted *values* that sorted *pool* lacks (sorted queries: cache-friendly)."""
+def _in_sorted(values: Any, pool: Any) -> Any:
+    """For each of *values*, whether sorted *pool* holds it."""
     if not len(pool):
-        return values
+        return np.zeros(len(values), dtype=bool)
     at = np.searchsorted(pool, values)
     at[at == len(pool)] = len(pool) - 1
-    return values[pool[at] != values]
+    return pool[at] == values
 
 
 def _positions_of(values: Any, few: Any) -> Any:
     """Where the (few, distinct) hashes *few* stand in *values*: one search into a table that fits a cache."""
-    if not len(few):
-        return np.zeros(0, dtype=np.int64)
-    table = np.sort(few)
-    at = np.searchsorted(table, values)
-    at[at == len(table)] = len(table) - 1
-    return np.flatnonzero(table[at] == values)
+    return np.flatnonzero(_in_sorted(values, np.sort(few)))
 
 
 def check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
@@ -792,7 +790,7 @@ class Compacted:
 MAX_MERGES = 4
 
 
-def compact(latest: Latest, enc: Any, *, squeeze: bool = True, whole: bool = False) -> Compacted:
+def compact(latest: Latest, enc: Any, *, squeeze: bool = True) -> Compacted:
     """The records of *latest* (a version built on a base) as one message, no record decoded.
 
     Ordinals stay, unless *squeeze* and holes pass :data:`MAX_HOLE_SHARE`: then
@@ -813,7 +811,7 @@ def compact(latest: Latest, enc: Any, *, squeeze: bool = True, whole: bool = Fal
     value_fps = [_per_ordinal_values(latest, i, size)[live_ords] for i in range(len(latest.rtype.indexes))]
     squeeze = squeeze and len(latest.holes) > MAX_HOLE_SHARE * size
     merges = int(latest.base_state.type_state(latest.rtype.name).merges) + 1
-    if whole or merges > MAX_MERGES:
+    if merges > MAX_MERGES:
         table, segment = _reencode(latest, enc, size, live, squeeze=squeeze)
         merges = 0
     else:
@@ -830,7 +828,7 @@ def compact(latest: Latest, enc: Any, *, squeeze: bool = True, whole: bool = Fal
 
 def _per_ordinal_keys(latest: Latest, size: int) -> Any:
     out = np.zeros(max(size, latest.base.size), dtype=_U64)
-    table = np.frombuffer(latest.base.primary.slots, dtype=_U64).reshape(-1, 2)
+    table = latest.base_arrays.key_slots
     used = table[:, 1] != 0
     out[table[used, 1].astype(np.int64) - 1] = table[used, 0]
     out[latest.e_ord.astype(np.int64)] = latest.e_key
@@ -855,7 +853,6 @@ def _merge_records(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: b
     if not isinstance(enc, encoder.RecordEncoder) or any(_segment_count(s) != 1 for s in segments):
         return _reencode(latest, enc, size, live, squeeze=squeeze)  # merges counts these too: harmless
     top = enc.top
-    stride = top.words * 8
     base_n = latest.base.size
     grow = (size - base_n) * top.words  # words the element area grows by: the heap after it moves
     base_seg = np.frombuffer(base_raw, dtype=_WORD)[1:]  # after the 8-byte segment table
@@ -864,8 +861,7 @@ def _merge_records(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: b
     total = 3 + size * top.words + (len(base_seg) - heap_at) + sum(len(c) for c in chunk_segs)
     out = np.zeros(total, dtype=_WORD)
     out[:3] = base_seg[:3]
-    out[1] = _list_pointer(size, top.words)
-    out[2] = _U64(size << 2) | (_U64(top.data_words) << _U64(32)) | (_U64(top.ptr_count) << _U64(48))
+    out[1], out[2] = _list_pointer(size, top.words), _list_tag(size, top)
     keep = min(size, base_n)
     elements = out[3 : 3 + size * top.words].reshape(size, top.words)
     elements[:keep] = base_seg[3 : 3 + keep * top.words].reshape(keep, top.words)
@@ -873,10 +869,7 @@ def _merge_records(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: b
     out[new_heap : new_heap + len(base_seg) - heap_at] = base_seg[heap_at:]
     ptrs = elements[:, top.data_words :]
     _relocate(ptrs[:keep], grow)
-    dead = ~live[:keep]
-    if len(latest.m_ord):
-        dead[latest.m_ord.astype(np.int64)[latest.m_ord.astype(np.int64) < keep]] = True
-    elements[:keep][dead] = 0
+    elements[:keep][~live[:keep]] = 0  # holes; a masked record is a hole or an entry's, placed below
     at = new_heap + len(base_seg) - heap_at
     e_ord = latest.e_ord.astype(np.int64)
     chunk_of = (latest.e_ref >> _U64(32)).astype(np.int64)
@@ -895,7 +888,6 @@ def _merge_records(latest: Latest, enc: Any, size: int, live: Any, *, squeeze: b
             rows[:, top.data_words :] = moved
             elements[e_ord[mine]] = rows
         at += len(seg)
-    del stride
     if squeeze:
         out = _squeeze(out, top, size, np.flatnonzero(live))
     return struct.pack("<II", 0, len(out)), out
@@ -913,8 +905,7 @@ def _squeeze(out: Any, top: Any, size: int, live_ords: Any) -> Any:
     rows[:, top.data_words :] = moved
     new = np.empty(len(out) - dropped * words, dtype=_WORD)
     new[0] = out[0]
-    new[1] = _list_pointer(n, words)
-    new[2] = _U64(n << 2) | (_U64(top.data_words) << _U64(32)) | (_U64(top.ptr_count) << _U64(48))
+    new[1], new[2] = _list_pointer(n, words), _list_tag(n, top)
     new[3 : 3 + n * words] = rows.ravel()
     new[3 + n * words :] = out[3 + size * words :]
     return new
@@ -927,6 +918,11 @@ def _segment_count(raw: memoryview) -> int:
 def _list_pointer(count_words: int, words: int) -> Any:
     """The Records struct's pointer (word 1) to the list tag at word 2: offset 0, inline composite."""
     return _U64(1) | _U64(7 << 32) | (_U64(count_words * words) << _U64(35))
+
+
+def _list_tag(n: int, top: Any) -> Any:
+    """The tag word of an inline-composite list of *n* elements of struct layout *top*."""
+    return _U64(n << 2) | (_U64(top.data_words) << _U64(32)) | (_U64(top.ptr_count) << _U64(48))
 
 
 def _relocate(ptrs: Any, delta: Any) -> None:
@@ -974,8 +970,7 @@ def rebase(latest: Latest, base_state: StateFile, since: int, cache: dict[tuple[
     rtype = latest.rtype
     name = rtype.name
     base = base_state.type(name)
-    arrays = BaseArrays(base)
-    cache[(base_state.header.content_hash, name)] = arrays
+    arrays = BaseArrays.of(base_state, base, name, cache)
     later = latest.e_stamp > _U64(since)
     e_keys = latest.e_key[later]
     chunk_ids = (latest.e_ref[later] >> _U64(32)).astype(np.int64)
@@ -987,10 +982,9 @@ def rebase(latest: Latest, base_state: StateFile, since: int, cache: dict[tuple[
     keep_t = t_in_base >= 0
     e_in_base = index.lookup(arrays.key_slots, e_keys).astype(np.int64) - 1
     masked = np.union1d(t_in_base[keep_t], e_in_base[e_in_base >= 0]).astype(np.int64)
-    ords = masked
     e_vals, m_vals, m_pos = [], [], []
     for i in range(len(rtype.indexes)):
-        fps, positions = arrays.values_at(i, ords)
+        fps, positions = arrays.values_at(i, masked)
         e_vals.append(latest.e_vals[i][later])
         m_vals.append(fps)
         m_pos.append(positions.astype(_U64))

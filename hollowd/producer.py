@@ -22,7 +22,7 @@ from typing import Any
 
 from hollow import doorbell, layout
 from hollow.errors import Error as ReaderError
-from hollow.state import BASE_SUFFIX, StateFile
+from hollow.state import StateFile
 from hollowd import compaction, encoder, overlay, pidlock, publish
 from hollowd import validators as validation
 from hollowd.errors import ProducerLockedError, PublishError, ValidationError, VersionNotFoundError
@@ -161,7 +161,7 @@ class Producer:
         if state is None or (full is not None and not same_schema) or set(latest) != set(self.schema.types):
             hashes = {}
             if full is not None:  # records given as lines keep their lines' hashes, for the next cycle
-                hashes = {n: _line_hashes(full.lines[n]) for n in self.schema.types if full.only_lines(n)}
+                hashes = {n: overlay.line_hashes(full.lines[n]) for n in self.schema.types if full.only_lines(n)}
             records = full.materialize() if full is not None else self._records_from_delta(delta, latest)
             self._reserve_version(version)
             built = {
@@ -223,9 +223,8 @@ class Producer:
         """After a version is published on *base*: a background base it used is linked now; drop its name."""
         job = self._compactor
         if job is not None and job.path is not None and base is not None and base.path == job.path:
-            job.discard()
             self._compacted(job.version, job.seconds, "background")
-            self._compactor = None
+            self._drop_compaction()
 
     def _reserve_version(self, version: int) -> None:
         if self._reserve is not None:
@@ -303,9 +302,7 @@ class Producer:
         their mapping; new readers get the base. Holes past half the list are
         squeezed out (iteration order stays). Returns the version.
         """
-        if self._compactor is not None:
-            self._compactor.discard()
-            self._compactor = None
+        self._drop_compaction()
         version = self._last_version
         state, latest, _ = self._read_latest(required=True)
         if state is None or state.base is None:
@@ -336,12 +333,21 @@ class Producer:
         if job is None or job.is_alive():
             return None
         if job.error is not None or job.path is None:
-            log.error(
-                "hollowd: event=compact-failed namespace=%s version=%d error=%r", self.namespace, job.version, job.error
-            )
-            self._compactor = None
+            self._drop_compaction(job.error or "it wrote nothing")
             return None
         return job
+
+    def _drop_compaction(self, error: str | None = None) -> None:
+        """Stop and forget the background compaction (and what it wrote), saying why when it failed."""
+        job = self._compactor
+        if job is None:
+            return
+        if error is not None:
+            log.error(
+                "hollowd: event=compact-failed namespace=%s version=%d error=%r", self.namespace, job.version, error
+            )
+        job.discard()
+        self._compactor = None
 
     def _read_latest(self, *, required: bool) -> tuple[StateFile | None, dict[str, overlay.Latest], StateFile | None]:
         """The latest version's file, per type what a cycle needs of it (read back, never remembered),
@@ -384,16 +390,13 @@ class Producer:
         assert job.path is not None
         current = state.base or state
         if state.base is None or current.version >= job.version or set(types) != set(self.schema.types):
-            job.discard()  # the latest is a base already, or a newer one than the job's
-            self._compactor = None
+            self._drop_compaction()  # the latest is a base already, or a newer one than the job's
             return None
         try:
             base = StateFile(job.path, namespace=self.namespace)
             return {n: overlay.rebase(lt, base, job.version, self._base_cache) for n, lt in types.items()}, base
         except ReaderError as e:
-            log.error("hollowd: event=compact-failed namespace=%s error=%r", self.namespace, str(e))
-            job.discard()
-            self._compactor = None
+            self._drop_compaction(str(e))
             return None
 
     def materialize(self, saved: Path, *, pinned: bool = False) -> int:
@@ -409,7 +412,7 @@ class Producer:
             raise PublishError(f"{saved} holds namespace {header.namespace!r}, not {self.namespace!r}")
         version = header.version
         if not (self.dir / layout.state_name(version)).exists():
-            base = saved.with_name(saved.name + BASE_SUFFIX)
+            base = layout.base_of(saved)
             publish.copy_state_file(
                 self.dir, version, data, mode=self.mode, namespace=self.namespace, base=base if base.exists() else None
             )
@@ -468,16 +471,14 @@ class Producer:
                 publish.remove_version(self.dir, v)
         debris = [*self.dir.glob(".*.tmp"), *self.dir.glob(".*.tmp.base"), *self.dir.glob(".*" + compaction.SUFFIX)]
         for stale in debris:  # files of a writer that died: temporary ones, bases compacted for nobody
-            if _tmp_owner_dead(stale.name.removesuffix(BASE_SUFFIX)):
+            if _tmp_owner_dead(stale.name.removesuffix(layout.BASE_SUFFIX)):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return removed
 
     def close(self) -> None:
         """Release the namespace (other producers may then take it)."""
-        if self._compactor is not None:
-            self._compactor.discard()
-            self._compactor = None
+        self._drop_compaction()
         self._latest_cache = None  # their mappings hold descriptors of the latest files
         self._base_cache.clear()
         self._ringer.close()
@@ -505,10 +506,6 @@ class Producer:
 
     def _next_version(self) -> int:
         return max([self._last_version, *self.versions(), self._announced_version()]) + 1
-
-
-def _line_hashes(batches: list[Any]) -> Any:
-    return overlay.line_hashes([line for b in batches for line in b.lines])
 
 
 def _key_parser(rtype: Any) -> Callable[[list[dict[str, Any]]], tuple[list[Any], Any]]:

@@ -31,10 +31,10 @@ import xxhash
 from hollow import doorbell, layout, lease
 from hollow import schema as reader_schema
 from hollow.errors import Error as ReaderError
-from hollow.state import BASE_SUFFIX, StateFile
+from hollow.state import StateFile
 from hollowd.errors import PublishError, StorageFullError
 from hollowd.index import BuiltIndex
-from hollowd.overlay import BuiltOverlay
+from hollowd.overlay import OVERLAY_ARRAYS, BuiltOverlay
 from hollowd.schema import NamespaceSchema
 from hollowd.state import BuiltType
 
@@ -191,12 +191,6 @@ def write_state_file(
     return _install(ns_dir, version, total, pieces, mode, lambda tmp: verify(tmp, namespace, version, types), name=name)
 
 
-_OVERLAY_ARRAYS = (
-    "entryOrdinals", "entryRefs", "entryKeys", "entryHashes", "entryStamps",
-    "tombKeys", "tombOrdinals", "tombStamps", "masked",
-)  # fmt: skip
-
-
 def write_overlay_file(
     ns_dir: Path,
     namespace: str,
@@ -222,7 +216,7 @@ def write_overlay_file(
         chunks = ov.init("chunks", len(built.chunks))
         for sec, chunk in zip(chunks, built.chunks, strict=True):
             _set_section(sec, place.add(chunk))
-        for name in _OVERLAY_ARRAYS:
+        for name in OVERLAY_ARRAYS:
             _set_section(getattr(ov, name), place.add(built.arrays[name]))
         for name, arrays in built.per_index.items():
             secs = ov.init(name, len(arrays))
@@ -238,18 +232,11 @@ def write_overlay_file(
     total, pieces = _finish(state, place, namespace=namespace, version=version, parent=parent, schema=schema, now=now)
 
     def link_and_verify(tmp: Path) -> None:
-        link = ns_dir / (layout.state_name(version) + BASE_SUFFIX)
+        link = layout.base_of(ns_dir / layout.state_name(version))
         with contextlib.suppress(FileNotFoundError):
             link.unlink()  # debris of a crash before this version's rename
         os.link(base.path, link)
-        tmp_link = tmp.with_name(tmp.name + BASE_SUFFIX)
-        with contextlib.suppress(FileNotFoundError):
-            tmp_link.unlink()
-        os.link(base.path, tmp_link)  # the temporary file reads its base under its own name
-        try:
-            verify_overlay(tmp, namespace, version, types)
-        finally:
-            tmp_link.unlink()
+        _with_base(tmp, link, lambda: verify_overlay(tmp, namespace, version, types))
 
     return _install(ns_dir, version, total, pieces, mode, link_and_verify)
 
@@ -262,23 +249,31 @@ def copy_state_file(
     A version built on a base needs *base* (the copy of its base file), installed first as
     ``<version>.base``.
     """
-    link = ns_dir / (layout.state_name(version) + BASE_SUFFIX)
+    link = layout.base_of(ns_dir / layout.state_name(version))
     if base is not None:
         base_data = base.read_bytes()
         _install_file(link, ns_dir / f".{version}.base.{os.getpid()}.tmp", base_data, mode)
 
-    def check(tmp: Path) -> None:
+    def check(tmp: Path) -> None:  # refuse to put back a file that does not read
         if base is None:
-            StateFile(tmp, namespace=namespace)  # refuse to put back a file that does not read
-            return
-        tmp_link = tmp.with_name(tmp.name + BASE_SUFFIX)
-        os.link(link, tmp_link)
-        try:
             StateFile(tmp, namespace=namespace)
-        finally:
-            tmp_link.unlink()
+        else:
+            _with_base(tmp, link, lambda: StateFile(tmp, namespace=namespace))
 
     return _install(ns_dir, version, len(data), [_Piece(0, data)], mode, check)
+
+
+def _with_base(tmp: Path, base: Path, check: Callable[[], object]) -> None:
+    """Run *check* on the temporary file *tmp* of a version built on a base, with *base* linked
+    under the temporary name, as readers find it under the final one."""
+    tmp_link = layout.base_of(tmp)
+    with contextlib.suppress(FileNotFoundError):
+        tmp_link.unlink()
+    os.link(base, tmp_link)
+    try:
+        check()
+    finally:
+        tmp_link.unlink()
 
 
 def _install_file(final: Path, tmp: Path, data: bytes, mode: int) -> None:
@@ -310,7 +305,7 @@ def _install(
             os.unlink(tmp)
         if not final.exists():
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(ns_dir / (layout.state_name(version) + BASE_SUFFIX))
+                os.unlink(layout.base_of(ns_dir / layout.state_name(version)))
         raise
     return final
 
@@ -332,7 +327,7 @@ def remove_version(ns_dir: Path, version: int) -> bool:
     state = ns_dir / layout.state_name(version)
     lock = lease.lock_path(ns_dir, version)
     if not lock.exists():
-        for path in (state, state.with_name(state.name + BASE_SUFFIX)):
+        for path in (state, layout.base_of(state)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a file without a lockfile (not written by hollowd) cannot be leased
         return True
@@ -343,7 +338,7 @@ def remove_version(ns_dir: Path, version: int) -> bool:
         with contextlib.suppress(FileNotFoundError):
             state.unlink()
         with contextlib.suppress(FileNotFoundError):
-            state.with_name(state.name + BASE_SUFFIX).unlink()  # the base's pages go with its last link
+            layout.base_of(state).unlink()  # the base's pages go with its last link
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     finally:

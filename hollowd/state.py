@@ -300,12 +300,7 @@ def _ordinals(fps: Any, previous: Latest | None) -> tuple[Any, int, Any]:
     ordinals[fresh[:take]] = free[:take]
     ordinals[fresh[take:]] = size + np.arange(len(fresh) - take)
     size += len(fresh) - take
-    holes = free[take:]
-    if len(holes) and holes[-1] == size - 1:  # holes at the end are just a shorter list
-        run = holes[::-1] == np.arange(size - 1, size - 1 - len(holes), -1)
-        trailing = len(holes) if run.all() else int(np.argmin(run))
-        holes = holes[: len(holes) - trailing]
-        size -= trailing
+    holes, size = overlay.trim_holes(free[take:], size)
     if len(holes) > MAX_HOLE_SHARE * size:
         return np.argsort(np.argsort(ordinals, kind="stable"), kind="stable"), n, np.zeros(0, dtype=np.int64)
     return ordinals, size, holes

@@ -80,6 +80,15 @@ def state_name(version: int) -> str:
     return str(version)
 
 
+#: The suffix of a version's link to its base: ``<version>.base`` (and of a temporary file's).
+BASE_SUFFIX = ".base"
+
+
+def base_of(path: Path) -> Path:
+    """The name under which the state file at *path* finds its base: ``<path>.base``."""
+    return path.with_name(path.name + BASE_SUFFIX)
+
+
 def parse_state_name(name: str) -> int | None:
     """The version a directory entry names, or None if it is not a state file."""
     if name.isdigit() and not name.startswith("0"):

@@ -27,8 +27,6 @@ from hollow import layout, schema
 from hollow.errors import CorruptStateError, UnknownTypeError, VersionNotFoundError
 from hollow.view import IndexTable, OverlaidView, Overlay, TypeView, section
 
-BASE_SUFFIX = ".base"
-
 
 class StateFile:
     """One attached version of a namespace: its header, envelope and type views."""
@@ -111,7 +109,7 @@ class StateFile:
         }
 
     def _open_base(self, root: Any, namespace: str) -> StateFile:
-        path = self.path.with_name(self.path.name + BASE_SUFFIX)
+        path = layout.base_of(self.path)
         try:
             base = StateFile(path, namespace=namespace, structs=self._structs)
         except VersionNotFoundError as e:
@@ -182,22 +180,30 @@ class StateFile:
         if self._base is not None:
             return self._attach_overlaid(ts, struct)
         view, size = self._view, self.header.file_length
-        rec = ts.records
-        layout.check_section(rec.offset, rec.length, size, what=f"{what}: {name} records")
-        msg = schema.read_message(view[rec.offset : rec.offset + rec.length])
-        records = msg.get_root(schema.envelope().Records).list.as_list(capnp._ListSchema(struct))
+        records = self._records(ts.records, capnp._ListSchema(struct), f"{name} records")
         count, ordinals = ts.count, ts.ordinals
         if len(records) != ordinals:
             raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ordinals}")
-        # the section is padded to a whole word: take exactly (ordinals - count) holes
-        holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")[: ordinals - count]
-        if count > ordinals or len(holes) != ordinals - count:
-            raise CorruptStateError(f"{what}: {name} holes do not match its counts")
+        holes = self._holes(ts)
         primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
         secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
         return TypeView(
             name, records, count, holes, primary, secondary, content_hash=ts.contentHash, schema=struct, what=what
         )
+
+    def _records(self, sec: Any, list_schema: Any, what: str) -> Any:
+        """The list of records of one Records message section (a base's records, or an overlay chunk)."""
+        layout.check_section(sec.offset, sec.length, self.header.file_length, what=f"{self._what}: {what}")
+        msg = schema.read_message(self._view[sec.offset : sec.offset + sec.length])
+        return msg.get_root(schema.envelope().Records).list.as_list(list_schema)
+
+    def _holes(self, ts: Any) -> memoryview:
+        """A type's holes: exactly (ordinals - count) of them (the section is padded to a whole word)."""
+        count, ordinals, what = ts.count, ts.ordinals, f"{self._what}: {ts.name} holes"
+        holes = section(self._view, ts.holes, self.header.file_length, "I", what=what)[: ordinals - count]
+        if count > ordinals or len(holes) != ordinals - count:
+            raise CorruptStateError(f"{self._what}: {ts.name} holes do not match its counts")
+        return holes
 
     def _attach_overlaid(self, ts: Any, struct: Any) -> TypeView:
         """The type's view: the base's records and indexes under this file's overlay."""
@@ -208,11 +214,7 @@ class StateFile:
         base = self._base.type(name)
         ov = ts.overlay
         list_schema = capnp._ListSchema(struct)
-        chunks = []
-        for i, sec in enumerate(ov.chunks):
-            layout.check_section(sec.offset, sec.length, size, what=f"{what}: {name} chunk {i}")
-            msg = schema.read_message(view[sec.offset : sec.offset + sec.length])
-            chunks.append(msg.get_root(schema.envelope().Records).list.as_list(list_schema))
+        chunks = [self._records(sec, list_schema, f"{name} chunk {i}") for i, sec in enumerate(ov.chunks)]
         ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
         refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
         if len(refs) != len(ordinals):
@@ -229,9 +231,7 @@ class StateFile:
         if len(added) != len(base.indexes) or len(skipped) != len(base.indexes):
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
         count, ordinal_count = ts.count, ts.ordinals
-        holes = section(view, ts.holes, size, "I", what=f"{what}: {name} holes")[: ordinal_count - count]
-        if count > ordinal_count or len(holes) != ordinal_count - count:
-            raise CorruptStateError(f"{what}: {name} holes do not match its counts")
+        holes = self._holes(ts)
         overlay = Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
         return OverlaidView(
             name,

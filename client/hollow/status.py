@@ -13,7 +13,6 @@ from typing import Any
 
 from hollow import doorbell, layout, lease
 from hollow.errors import NamespaceNotFoundError
-from hollow.state import BASE_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def status(namespace: str, root: str | os.PathLike[str] | None = None) -> Status
         except FileNotFoundError:
             continue  # reclaimed while we looked
         try:
-            base = os.stat(ns_dir / (name + BASE_SUFFIX))
+            base = os.stat(layout.base_of(ns_dir / name))
             base_bytes, base_inode = base.st_size, base.st_ino
         except FileNotFoundError:
             base_bytes = base_inode = 0
