@@ -24,6 +24,7 @@ decoded and encoded again instead.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import itertools
 import struct
@@ -990,13 +991,11 @@ def rebase(latest: Latest, base_state: StateFile, since: int, cache: dict[tuple[
         m_pos.append(positions.astype(_U64))
     bts = base_state.type_state(name)
     table, _ = _key_table(rtype.primary, e_keys, t_keys[keep_t])
-    return Latest(
+    return dataclasses.replace(  # the same version, holes and counts; the overlay as seen from the new base
+        latest,
         key_slots=table.slots,
         chunk_offset=first,
         base_arrays=arrays,
-        rtype=rtype,
-        state=latest.state,
-        view=latest.view,
         base=base,
         base_state=base_state,
         base_hashes=_u64(base_state, bts.hashes, f"{name} hashes"),
@@ -1010,10 +1009,6 @@ def rebase(latest: Latest, base_state: StateFile, since: int, cache: dict[tuple[
         t_ord=t_in_base[keep_t].astype(_U64),
         t_stamp=latest.t_stamp[t_later][keep_t],
         m_ord=masked.astype(_U64),
-        holes=latest.holes,
-        size=latest.size,
-        count=latest.count,
-        content_hash=latest.content_hash,
         e_vals=e_vals,
         m_vals=m_vals,
         m_pos=m_pos,
