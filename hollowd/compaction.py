@@ -30,6 +30,7 @@ from pathlib import Path
 
 import hollow
 import hollowd
+from hollow.lease import Lease
 from hollow.state import StateFile
 from hollowd import encoder, overlay, publish
 from hollowd.schema import NamespaceSchema
@@ -71,10 +72,16 @@ def compact_to(ns_dir: Path, namespace: str, schema: NamespaceSchema, version: i
 
 
 class Compactor:
-    """A background compaction of one version, in a child process."""
+    """A background compaction of one version, in a child process.
+
+    It holds a lease on the version until the child is done, so that the cycles
+    going on meanwhile do not reclaim what the child is reading (with ``retain``
+    versions and fast cycles, they would before the child even opened it).
+    """
 
     def __init__(self, ns_dir: Path, namespace: str, schema: NamespaceSchema, version: int, mode: int) -> None:
         self.version = version
+        self._lease: Lease | None = Lease(ns_dir, version)  # O_CLOEXEC: the parent's, not the child's
         self.path: Path | None = ns_dir / f".{version}.{os.getpid()}{SUFFIX}"
         self.error: str | None = None
         self.seconds = 0.0
@@ -89,14 +96,18 @@ class Compactor:
             "name": self.path.name,
             "mode": mode,
         }
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "hollowd.compaction", json.dumps(job)],
-            env=_child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "hollowd.compaction", json.dumps(job)],
+                env=_child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+            )
+        except BaseException:
+            self._release()
+            raise
 
     def is_alive(self) -> bool:
         if self._proc.poll() is None:
@@ -108,7 +119,13 @@ class Compactor:
         self._proc.wait()
         self._finish()
 
+    def _release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
+
     def _finish(self) -> None:
+        self._release()
         if self._proc.stderr is None:
             return
         err = self._proc.stderr.read().decode(errors="replace").strip()

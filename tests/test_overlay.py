@@ -44,8 +44,7 @@ def item_producer(root: Path, **kw: Any) -> Producer:
         primary_keys={"Item": "id"},
         indexes={"Item": ["group", ["group", "n"]]},
         root=root,
-        retain=2,
-        **kw,
+        **{"retain": 2, **kw},
     )
 
 
@@ -225,6 +224,28 @@ def test_automatic_compaction_keeps_every_record(root: Path) -> None:
                 p._compactor.join()  # done before the next cycle, which builds on it
         assert p.last_compaction is not None
         assert len(bases) > 3  # the versions moved to newer bases as they went
+
+
+def test_a_background_compaction_holds_its_version_while_cycles_reclaim(root: Path) -> None:
+    """Cycles go on while the child compacts; with retain = 1 they would reclaim the version it reads."""
+    base = [{"id": i, "name": "a", "group": GROUPS[i % 3], "n": i % 2, "tags": [], "code": ""} for i in range(30)]
+    with item_producer(root, compact_min=3, compact_share=0.0, retain=1) as p:
+        p.run_cycle(populate(base, "Item"))
+        for i in range(4):
+            rec = {"id": i, "name": f"v{i}", "group": "red", "n": 1, "tags": [], "code": ""}
+            p.run_incremental(lambda d, rec=rec: d.upsert("Item", rec))
+        job = p._compactor
+        assert job is not None
+        for i in range(4):  # faster than the child starts: without its lease, it finds the version gone
+            rec = {"id": 10 + i, "name": f"w{i}", "group": "red", "n": 1, "tags": [], "code": ""}
+            p.run_incremental(lambda d, rec=rec: d.upsert("Item", rec))
+        assert job.version in p.versions()  # leased: kept past retain
+        job.join()
+        assert job.error is None
+        p.run_incremental(lambda d: d.upsert("Item", {**base[20], "name": "after"}))
+        latest = hollow.state.StateFile(p.dir / str(p.versions()[-1]), namespace="items")
+        assert latest.base is not None and latest.base.version == job.version  # rebased on what it wrote
+        assert job.version not in p.versions()  # its lease released, it was reclaimed like any other
 
 
 # --- O(changes) -------------------------------------------------------------------------
