@@ -99,7 +99,10 @@ def build_unique(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
 
 def build_multi(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
     """A secondary table: slot -> (hash, start in postings + 1 | count << 32); postings by ordinal per key."""
-    order = np.lexsort((ordinals, fps))
+    if len(ordinals) < 2 or (ordinals[1:] > ordinals[:-1]).all():
+        order = np.argsort(fps, kind="stable")  # in ordinal order already: one key to sort by
+    else:
+        order = np.lexsort((ordinals, fps))
     sorted_fps = fps[order]
     postings = ordinals[order].astype(np.uint32)
     distinct, starts, counts = np.unique(sorted_fps, return_index=True, return_counts=True)

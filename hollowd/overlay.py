@@ -280,17 +280,24 @@ class Latest:
         return np.concatenate((fps, self.e_key)), np.concatenate((ords, self.e_ord.astype(np.int64)))
 
     def live_hashes(self) -> tuple[Any, Any]:
-        """(change hashes, ordinals) of every live record of the version."""
-        live = np.ones(self.base.size, dtype=bool)
-        if len(self.base.holes):
-            live[np.frombuffer(self.base.holes, dtype=np.uint32)] = False
+        """(change hashes, ordinals) of every live record of the version, ascending by hash.
+
+        The base's part comes sorted from :class:`BaseArrays` (once per base); only the
+        entries are sorted here, and the two runs merged (a stable sort of two sorted runs
+        is a merge)."""
+        b_hash, b_ord = self.base_arrays.hashes_by_value(self.base_hashes)
         if len(self.m_ord):
-            live[self.m_ord.astype(np.int64)] = False
-        ords = np.flatnonzero(live)
-        return (
-            np.concatenate((self.base_hashes[ords], self.e_hash)),
-            np.concatenate((ords, self.e_ord.astype(np.int64))),
-        )
+            masked = np.zeros(self.base.size, dtype=bool)
+            masked[self.m_ord.astype(np.int64)] = True
+            keep = ~masked[b_ord]
+            b_hash, b_ord = b_hash[keep], b_ord[keep]
+        if not len(self.e_hash):
+            return b_hash, b_ord
+        by = np.argsort(self.e_hash)
+        hashes = np.concatenate((b_hash, self.e_hash[by]))
+        ords = np.concatenate((b_ord, self.e_ord.astype(np.int64)[by]))
+        merged = np.argsort(hashes, kind="stable")
+        return hashes[merged], ords[merged]
 
     def current_hashes(self, kinds: Any, wheres: Any) -> Any:
         """The change hash each located key has now (0 where it is absent or removed)."""
@@ -312,6 +319,7 @@ class BaseArrays:
         self.key_slots = np.frombuffer(base.primary.slots, dtype=_U64).reshape(-1, 2)
         self._base = base
         self._values: dict[int, tuple[Any, Any]] = {}
+        self._by_hash: tuple[Any, Any] | None = None
 
     @classmethod
     def of(
@@ -327,6 +335,18 @@ class BaseArrays:
                     del cache[stale]  # one base a type: the latest version's
                 cache[key] = found
         return found
+
+    def hashes_by_value(self, hashes: Any) -> tuple[Any, Any]:
+        """(change hashes, ordinals) of the base's live records, ascending by hash (*hashes*: the
+        base's, per ordinal)."""
+        if self._by_hash is None:
+            live = np.ones(self._base.size, dtype=bool)
+            if len(self._base.holes):
+                live[np.frombuffer(self._base.holes, dtype=np.uint32)] = False
+            ords = np.flatnonzero(live)
+            by = np.argsort(hashes[ords])
+            self._by_hash = (hashes[ords][by], ords[by])
+        return self._by_hash
 
     def values(self, i: int) -> tuple[Any, Any]:
         """(value fingerprint, position in its postings) of every base ordinal, for secondary index *i*."""
@@ -400,9 +420,10 @@ class BuiltOverlay:
         return len(self.arrays["entryOrdinals"]) + len(self.arrays["tombKeys"])
 
 
-def fingerprints(rtype: RecordType, keys: list[Any], *, positions: bool = False) -> Any:
+def fingerprints(rtype: RecordType, keys: list[Any], *, positions: bool | list[int] = False) -> Any:
     """The primary-key fingerprints of *keys*; a key of the wrong type is named (with its input
-    position when *positions*: the keys are a full cycle's records, in order)."""
+    position when *positions*: True when the keys are a full cycle's records in order, or the
+    input position of each key)."""
     try:
         return index.fingerprints(rtype.primary, keys)
     except TypeError:
@@ -411,7 +432,8 @@ def fingerprints(rtype: RecordType, keys: list[Any], *, positions: bool = False)
         try:
             rtype.primary.fingerprint(k)
         except TypeError as e:
-            where = f" record at input position {i}:" if positions else ""
+            at = positions[i] if isinstance(positions, list) else i
+            where = f" record at input position {at}:" if positions is not False else ""
             raise ValidationError(
                 f"{rtype.name}{where} primary key {k!r} ({', '.join(rtype.primary.fields)}): {e}",
                 type_name=rtype.name,
@@ -649,18 +671,17 @@ def _key_table(spec: IndexSpec, entry_keys: Any, tomb_keys: Any) -> tuple[index.
     return index.BuiltIndex(spec, cap, slots, np.zeros(0, dtype=np.uint32), len(fps)), bloom
 
 
-def diff(latest: Latest, records: list[dict[str, Any]], keys: list[Any], fps: Any) -> Changes:
-    """The changes that turn *latest* into exactly *records* (all of a type's records, keys checked unique).
+def diff(latest: Latest, records: list[dict[str, Any]], parse_keys: Any) -> Changes:
+    """The changes that turn *latest* into exactly *records* (all of a type's records).
 
     Vector work over every record (one change hash each, two sorts and sorted searches);
-    Python work only for the records that differ.
+    Python work, keys included, only for the records that differ: a record whose hash the
+    latest version holds is a record it holds, key and all. *parse_keys(records, positions)*
+    gives the keys and fingerprints of the records at those input positions (checking them).
     """
-    new_hash = record_hashes(records)
-    changed, gone, _ = _compare(latest, new_hash)
-    upserts = {keys[i]: records[i] for i in changed.tolist()}
-    kept_keys = set(upserts)
-    removals = [k for k in map(latest.key_at, gone.tolist()) if k not in kept_keys]
-    return Changes(upserts, removals, new_hash[changed])
+    return _diff_hashed(
+        latest, record_hashes(records), lambda at: [records[i] for i in at], parse_keys, "two records hold it"
+    )
 
 
 #: Change hashes of records given as JSON lines are hashes of the lines: another seed, another space.
@@ -679,24 +700,34 @@ def diff_lines(latest: Latest, batches: list[Any], parse_keys: Any) -> Changes:
     """The changes that turn *latest* into exactly the records of *batches* (``hollowd.state.Lines``),
     parsing only the lines whose bytes are not those of a record the latest version holds.
 
-    *parse_keys(records)* gives their primary keys (checking them). Duplicate keys are found
-    among the new lines, and between a new line and an unchanged one.
+    *parse_keys(records, positions)* as for :func:`diff`; positions count lines across batches.
+    """
+    return _diff_hashed(
+        latest, line_hashes(batches), lambda at: _parse_lines(batches, at), parse_keys, "two lines hold it"
+    )
+
+
+def _diff_hashed(latest: Latest, hashes: Any, records_at: Any, parse_keys: Any, twice: str) -> Changes:
+    """What :func:`diff` and :func:`diff_lines` share, from each input record's change hash.
+
+    Duplicate keys are found without the unchanged records' keys: the same record twice is the
+    same hash twice; a changed record with an unchanged one's key finds that key's current hash
+    still among the new ones; two changed records with one key are compared directly.
     """
     rtype = latest.rtype
-    hashes = line_hashes(batches)
-    unseen, gone, new_sorted = _compare(latest, hashes)
-    repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]  # the same line twice: the same key twice
-    changed = np.union1d(unseen, _positions_of(hashes, repeated))
-    records = _parse_lines(batches, changed.tolist())
-    keys, fps = parse_keys(records)
-    check_unique(rtype, keys, fps)
+    changed, gone, new_sorted = _compare(latest, hashes)  # the same record twice: the same key twice
+    positions = changed.tolist()
+    records = records_at(positions)
+    keys, fps = parse_keys(records, positions)
+    check_unique(rtype, keys, fps, positions)
     kinds, wheres, _ = latest.locate(fps, keys)
     current = latest.current_hashes(kinds, wheres)
     present = (kinds == ENTRY) | (kinds == BASE)
     stays = present & _in_sorted(current, new_sorted) & (current != hashes[changed])
-    for i in np.flatnonzero(stays).tolist():  # the key's old line is still there, beside this new one
+    for i in np.flatnonzero(stays).tolist():  # the key's current record is still there, beside this one
+        first, then = sorted((int(np.flatnonzero(hashes == current[i])[0]), positions[i]))
         raise DuplicateKeyError(
-            f"{rtype.name}: duplicate primary key {keys[i]!r}: two lines hold it",
+            f"{rtype.name}: duplicate primary key {keys[i]!r} at input positions {first} and {then} ({twice})",
             type_name=rtype.name,
             key=keys[i],
             field=", ".join(rtype.primary.fields),
@@ -724,13 +755,20 @@ def _parse_lines(batches: list[Any], indexes: list[int]) -> list[dict[str, Any]]
 
 
 def _compare(latest: Latest, new_hash: Any) -> tuple[Any, Any, Any]:
-    """Positions of the new hashes the latest version lacks, ordinals of its records whose hash is
-    gone, and the new hashes sorted: two sorts and sorted searches (cache-friendly)."""
-    old_hash, old_ord = latest.live_hashes()
-    new_sorted, old_sorted = np.sort(new_hash), np.sort(old_hash)
+    """Input positions of the new hashes the latest version lacks, or that the input holds more than
+    once (the same record twice); ordinals of the latest's records whose hash is gone; and the new
+    hashes sorted.
+
+    One sort (the latest's hashes come sorted: :meth:`Latest.live_hashes`) and sorted
+    searches, which walk both arrays in order and so stay in the cache."""
+    old_sorted, old_ord = latest.live_hashes()
+    new_sorted = np.sort(new_hash)
     unseen = new_sorted[~_in_sorted(new_sorted, old_sorted)]
-    dropped = old_sorted[~_in_sorted(old_sorted, new_sorted)]
-    return _positions_of(new_hash, unseen), old_ord[_positions_of(old_hash, dropped)], new_sorted
+    repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
+    gone = np.sort(old_ord[~_in_sorted(old_sorted, new_sorted)])
+    in_overlay = np.isin(gone, latest.e_ord.astype(np.int64))
+    gone = np.concatenate((gone[~in_overlay], gone[in_overlay]))  # base records first, as the files list them
+    return _positions_of(new_hash, np.union1d(unseen, repeated)), gone, new_sorted
 
 
 def _in_sorted(values: Any, pool: Any) -> Any:
@@ -743,20 +781,23 @@ def _in_sorted(values: Any, pool: Any) -> Any:
 
 
 def _positions_of(values: Any, few: Any) -> Any:
-    """Where the (few, distinct) hashes *few* stand in *values*: one search into a table that fits a cache."""
-    return np.flatnonzero(_in_sorted(values, np.sort(few)))
+    """Where the (few, distinct, sorted) hashes *few* stand in *values*: one search into a table that
+    fits a cache."""
+    return np.flatnonzero(_in_sorted(values, few))
 
 
-def check_unique(rtype: RecordType, keys: list[Any], fps: Any) -> None:
-    """Raise :class:`DuplicateKeyError` naming the first repeated key."""
+def check_unique(rtype: RecordType, keys: list[Any], fps: Any, positions: list[int] | None = None) -> None:
+    """Raise :class:`DuplicateKeyError` naming the first repeated key (and the input *positions* of
+    the keys, when they are not 0, 1, ...)."""
     ordered = np.sort(fps)
     if not (ordered[1:] == ordered[:-1]).any():
         return
     seen: dict[Any, int] = {}
     for i, k in enumerate(keys):
         if k in seen:
+            first, then = (seen[k], i) if positions is None else (positions[seen[k]], positions[i])
             raise DuplicateKeyError(
-                f"{rtype.name}: duplicate primary key {k!r} at input positions {seen[k]} and {i}",
+                f"{rtype.name}: duplicate primary key {k!r} at input positions {first} and {then}",
                 type_name=rtype.name,
                 key=k,
                 field=", ".join(rtype.primary.fields),

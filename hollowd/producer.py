@@ -243,10 +243,7 @@ class Producer:
                 changes[name] = overlay.diff_lines(latest[name], full.lines[name], _key_parser(rtype))
                 continue
             records = full.materialize(name)[name]
-            keys = full_keys(rtype, records)
-            fps = full_fingerprints(rtype, records, keys)
-            overlay.check_unique(rtype, keys, fps)
-            changes[name] = overlay.diff(latest[name], records, keys, fps)
+            changes[name] = overlay.diff(latest[name], records, _key_parser(rtype))
         return changes
 
     def _records_from_delta(self, delta: Delta | None, latest: dict[str, overlay.Latest]) -> dict[str, list[Any]]:
@@ -508,10 +505,12 @@ class Producer:
         return max([self._last_version, *self.versions(), self._announced_version()]) + 1
 
 
-def _key_parser(rtype: Any) -> Callable[[list[dict[str, Any]]], tuple[list[Any], Any]]:
-    def keys_of(records: list[dict[str, Any]]) -> tuple[list[Any], Any]:
-        keys = full_keys(rtype, records)
-        return keys, full_fingerprints(rtype, records, keys)
+def _key_parser(rtype: Any) -> Callable[[list[dict[str, Any]], list[int]], tuple[list[Any], Any]]:
+    """Keys and fingerprints of some records of a full cycle, errors naming their input positions."""
+
+    def keys_of(records: list[dict[str, Any]], positions: list[int]) -> tuple[list[Any], Any]:
+        keys = full_keys(rtype, records, positions)
+        return keys, full_fingerprints(rtype, keys, positions)
 
     return keys_of
 

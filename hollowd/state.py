@@ -180,7 +180,7 @@ def build_type(
     """
     columns = encoder.ColumnCache(records)
     keys = _keys(rtype, records, columns)
-    fps = _fingerprints(rtype, records, keys)
+    fps = full_fingerprints(rtype, keys)
     overlay.check_unique(rtype, keys, fps)
     ordinals, size, holes = _ordinals(fps, previous)
     if size == len(records) and (ordinals[1:] > ordinals[:-1]).all():
@@ -243,17 +243,20 @@ def _object_array(items: list[Any]) -> Any:
     return arr
 
 
-def full_keys(rtype: RecordType, records: list[dict[str, Any]]) -> list[Any]:
-    """The primary key of every record (a full cycle's input); a record without one is named."""
-    return _keys(rtype, records, encoder.ColumnCache(records))
+def full_keys(rtype: RecordType, records: list[dict[str, Any]], positions: list[int] | None = None) -> list[Any]:
+    """The primary key of every record (a full cycle's input, or the records at input *positions*
+    of it); a record without one is named by its input position."""
+    return _keys(rtype, records, encoder.ColumnCache(records), positions)
 
 
-def full_fingerprints(rtype: RecordType, records: list[dict[str, Any]], keys: list[Any]) -> Any:
-    """The primary-key fingerprint of every record; a key of the wrong type is named with its position."""
-    return _fingerprints(rtype, records, keys)
+def full_fingerprints(rtype: RecordType, keys: list[Any], positions: list[int] | None = None) -> Any:
+    """The primary-key fingerprint of every key; a key of the wrong type is named with its position."""
+    return overlay.fingerprints(rtype, keys, positions=True if positions is None else positions)
 
 
-def _keys(rtype: RecordType, records: list[dict[str, Any]], columns: encoder.ColumnCache) -> list[Any]:
+def _keys(
+    rtype: RecordType, records: list[dict[str, Any]], columns: encoder.ColumnCache, positions: list[int] | None = None
+) -> list[Any]:
     fields = rtype.primary.fields
     if len(fields) == 1:
         name = fields[0]
@@ -261,17 +264,14 @@ def _keys(rtype: RecordType, records: list[dict[str, Any]], columns: encoder.Col
         if keys is None:
             keys = [d.get(name) if isinstance(d, Mapping) else None for d in records]
         if None in keys:
-            _hashable_key(rtype, None, keys.index(None))
+            at = keys.index(None)
+            _hashable_key(rtype, None, at if positions is None else positions[at])
         return keys
-    tuples = [tuple(d.get(f) for f in fields) for d in records]
+    tuples = [tuple(d.get(f) if isinstance(d, Mapping) else None for f in fields) for d in records]
     for i, k in enumerate(tuples):
         if None in k:
-            _hashable_key(rtype, k, i)
+            _hashable_key(rtype, k, i if positions is None else positions[i])
     return list(tuples)
-
-
-def _fingerprints(rtype: RecordType, records: list[dict[str, Any]], keys: list[Any]) -> Any:
-    return overlay.fingerprints(rtype, keys, positions=True)
 
 
 def _ordinals(fps: Any, previous: Latest | None) -> tuple[Any, int, Any]:

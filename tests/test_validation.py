@@ -103,6 +103,16 @@ def test_duplicate_primary_key_names_key_and_both_positions(producer: Producer, 
     assert e.key == 42
 
 
+def test_a_key_twice_is_found_when_one_record_is_unchanged(producer: Producer, root: Path) -> None:
+    """Only changed records' keys are read in a later cycle: a new record with the key of an unchanged one,
+    or an unchanged record given twice, is still refused, naming both positions."""
+    e = reject(producer, root, populate([*GOOD[:10], movie(4, title="other")]), hollowd.DuplicateKeyError)
+    assert "4 and 10" in str(e)
+    assert e.key == 4
+    e = reject(producer, root, populate([*GOOD[:10], GOOD[6]]), hollowd.DuplicateKeyError)
+    assert "6 and 10" in str(e)
+
+
 def test_duplicate_composite_key_is_rejected(producer: Producer, root: Path) -> None:
     def fill(state: Any) -> None:
         state.add("Role", {"movieId": 1, "actorId": 2, "character": "a"})
