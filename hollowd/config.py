@@ -283,7 +283,7 @@ class NamespaceConfig:
     retain: int = 5
     mode: int = 0o640
     compact_percent: float = 5.0
-    compact_min: int = 4096
+    compact_min: int = 1024
     validators: dict[str, Any] = field(default_factory=dict)
 
     @property

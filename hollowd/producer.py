@@ -73,7 +73,9 @@ class Producer:
     :param reserve: called with each new version number before anything is written, to make
         it durable first (the daemon's counter): a version number is never handed out twice.
     :param compact_share: a version whose overlays hold more than this share of its base's
-        records (and more than *compact_min*) is written again as a new base (docs/decisions.md §18).
+        records (and more than *compact_min*) is written again as a new base, as is one whose
+        overlays have cost the versions since the base more than a compaction would
+        (``hollowd.overlay.COMPACT_REWRITE``; docs/decisions.md §18).
     """
 
     def __init__(

@@ -249,6 +249,52 @@ def test_a_background_compaction_holds_its_version_while_cycles_reclaim(root: Pa
         assert job.version not in p.versions()  # its lease released, it was reclaimed like any other
 
 
+def test_a_stream_of_small_changes_is_compacted_once_carrying_it_costs_more(root: Path) -> None:
+    """Share and chunk count would let the overlay grow to 64 cycles' worth (320 entries); what the versions
+    since the base spent rewriting it (overlay.COMPACT_REWRITE a base record) compacts it near 170."""
+    base = [{"id": i, "name": "a", "group": GROUPS[i % 3], "n": 0, "tags": [], "code": ""} for i in range(1000)]
+    most, bases = 0, set()
+    with item_producer(root, compact_min=10, compact_share=1.0) as p:
+        p.run_cycle(populate(base, "Item"))
+        for cycle in range(120):
+            recs = [{**base[(cycle * 5 + j) % 1000], "n": cycle + 1} for j in range(5)]
+            p.run_incremental(lambda d, recs=recs: [d.upsert("Item", r) for r in recs])
+            state = hollow.state.StateFile(p.dir / str(p.versions()[-1]), namespace="items")
+            overlay_of = state.type("Item").overlay
+            most = max(most, 0 if overlay_of is None else len(overlay_of.ordinals))
+            bases.add(state.base.version if state.base is not None else state.version)
+            del state, overlay_of
+            if p._compactor is not None:
+                p._compactor.join()
+    assert len(bases) >= 3  # compacted again and again
+    assert most <= 5 * 40  # 5 * 34 cycles carried 3,000 times: compacted then, not at 64 chunks
+
+
+def test_chunks_past_the_limit_are_merged_into_one_without_a_new_base(root: Path) -> None:
+    """One chunk a cycle: past overlay.MAX_CHUNKS the live records are merged into one chunk by bytes,
+    instead of compacting the whole base every 64 cycles of a stream of small changes."""
+    model = Model()
+    base = [{"id": i, "name": "a", "group": GROUPS[i % 3], "n": i % 2, "tags": ["t"], "code": ""} for i in range(100)]
+    with item_producer(root) as p:
+        p.run_cycle(populate(base, "Item"))
+        model.full(base)
+        first = p.versions()[-1]
+        for i in range(overlay.MAX_CHUNKS * 2 + 10):
+            rec = {"id": (i * 7) % 130, "name": f"v{i}", "group": GROUPS[i % 3], "n": i, "tags": [f"x{i}"], "code": "c"}
+            gone = (i * 11) % 130 if i % 5 == 0 else None
+            removals = [] if gone is None or gone == rec["id"] else [gone]
+            p.run_incremental(
+                lambda d, rec=rec, removals=removals: (d.upsert("Item", rec), [d.remove("Item", k) for k in removals])
+            )
+            model.apply([rec], removals)
+            if i % 40 == 0 or i > overlay.MAX_CHUNKS * 2:
+                check(root, model)
+        state = hollow.state.StateFile(p.dir / str(p.versions()[-1]), namespace="items")
+        assert state.base is not None
+        assert state.base.version == first  # never compacted
+        assert len(state.type_state("Item").overlay.chunks) <= overlay.MAX_CHUNKS
+
+
 # --- O(changes) -------------------------------------------------------------------------
 
 
