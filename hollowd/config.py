@@ -12,12 +12,12 @@ Layout::
     root = "/dev/shm/hollow"
 
     [namespaces.<name>]           # one table per namespace
-    schema = "schemas/airports.capnp"
-    source = "examples.airports.source:populate"   # or a path to JSON, JSON Lines or CSV
+    schema = "schemas/movies.capnp"                # relative paths are the file's
+    source = "feeds.movies:populate"               # or a path to JSON, JSON Lines or CSV
     # delivers = "changes"                         # a change log, or module:function(cursor)
     [namespaces.<name>.types.<Type>]
-    primary_key = ["icao"]
-    indexes = [["country"]]
+    primary_key = ["id"]
+    indexes = [["genre"]]
 """
 
 from __future__ import annotations

@@ -210,3 +210,8 @@ def user_struct(module: Any, name: str, type_id: int, *, what: str) -> Any:
             f"{type_id:#x}; they are different types (was the file id or the struct renamed?)"
         )
     return schema
+
+
+# The envelope and the flat-array reader class are the library's own, the same for every dataset:
+# they are made as hollow is imported, not by a fresh process's first open (docs/decisions.md §21).
+_FlatReader = _flat_reader_class()
