@@ -104,6 +104,11 @@ def _died(daemon: subprocess.Popen[bytes], log_path: Path) -> int:
         print(f"hollowd exited with status {daemon.returncode} before it was ready:", file=sys.stderr)
     lines = log_path.read_text(errors="replace").splitlines()[-5:]
     print("\n".join(f"  {line}" for line in lines), file=sys.stderr)
+    if daemon.returncode == 78 and not os.environ.get("HOLLOW_ROOT"):
+        print(
+            "(if the shared-memory root is another user's: HOLLOW_ROOT=/dev/shm/hollow-$USER make run)",
+            file=sys.stderr,
+        )
     return daemon.returncode or 1
 
 
