@@ -433,7 +433,8 @@ def parse(text: str, path: Path | None = None) -> Config:
         ("control_socket", "HOLLOWD_SOCKET"),
     ):
         if daemon[setting] is None:
-            origins[setting] = f"${env}" if os.environ.get(env) else f"the default {setting} for this user"
+            from_env = os.environ.get(env) and not (setting == "state_dir" and paths.as_root())
+            origins[setting] = f"${env}" if from_env else f"the default {setting} for this user"
     state_dir = base / daemon["state_dir"] if daemon["state_dir"] is not None else paths.default_state_dir()
     if daemon["control_socket"] is not None:
         socket_path = base / daemon["control_socket"]
