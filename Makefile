@@ -1,4 +1,4 @@
-# make run   — set up, start hollowd on the bundled airports example and show it serving
+# make run   — set up, start hollowd on the bundled airports example and show it serving (make clean undoes it)
 # make test  — set up, lint (ruff), type-check (mypy) and run the tests
 # make bench — the benchmark table (bench/core.py)
 # make bench-web — gunicorn workers against a dict, --preload and Redis (bench/gunicorn.py; needs wrk, redis-server)
@@ -16,7 +16,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,bench,example]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -41,5 +41,9 @@ bench-web: $(STAMP)
 bench-changes: $(STAMP)
 	$(PY) bench/changes.py
 
+# make clean also removes what make run left: var/ (its state, socket and log) and the namespace it
+# published (var/root names the shared-memory root it used).
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	@if [ -f var/root ] && [ -d "$$(cat var/root)/airports" ]; then \
+	    echo "rm -rf $$(cat var/root)/airports  # published by make run"; rm -rf "$$(cat var/root)/airports"; fi
+	rm -rf var $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

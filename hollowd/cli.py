@@ -1,98 +1,156 @@
-"""``hollow``: the operator's and reader's command line.
+"""``hollow``: the operator's and reader's command line (``hollow --help`` says the same).
 
-The read-only commands read /dev/shm directly and need no daemon::
-
-    hollow status NS            versions, sizes, announced/pinned/latest, leases, followers
-    hollow versions NS          the versions and their sizes
-    hollow get NS TYPE KEY      one record (KEY: a value, or JSON for a composite key)
-    hollow inspect NS [VERSION] types, counts, indexes, sizes and the schema
-    hollow diff NS A B          records added, removed and changed (field by field) by primary key
-    hollow history NS           the versions present: when, parent, record counts
-    hollow schema check FILE [--namespace NS]   compiles? can it read NS's data (evolution rules)?
-
-The commands that change things ask the daemon, over its control socket::
-
-    hollow pin NS VERSION       every follower moves to VERSION and stays
-    hollow unpin NS             followers move back to the latest version
-    hollow cycle NS             run a cycle now
-
-Human tables by default, ``--json`` for scripts. Exit status: 0 done, 1 not
-found (namespace, version, type or record) or refused, 2 usage, 3 a damaged
-file, 4 no daemon answering, 5 an incompatible schema.
+The read-only commands read /dev/shm directly and need no daemon; ``pin``,
+``unpin`` and ``cycle`` ask the daemon over its control socket. Human tables by
+default, ``--json`` for scripts; the options shared by every command may come
+before or after it. Exit status: see :data:`EXIT_STATUSES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import hollow
 from hollow import layout
 from hollow import schema as reader_schema
-from hollowd import control
+from hollow.status import namespaces
+from hollowd import control, paths
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CORRUPT, EXIT_NO_DAEMON, EXIT_INCOMPATIBLE = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_CORRUPT, EXIT_NO_DAEMON, EXIT_INCOMPATIBLE, EXIT_DENIED = 0, 1, 2, 3, 4, 5, 6
+EXIT_STATUSES = {
+    EXIT_OK: "done",
+    EXIT_NOT_FOUND: "not found (namespace, version, type or record) or refused",
+    EXIT_USAGE: "usage",
+    EXIT_CORRUPT: "a damaged file",
+    EXIT_NO_DAEMON: "no daemon answers",
+    EXIT_INCOMPATIBLE: "an incompatible schema",
+    EXIT_DENIED: "no permission to read the namespace's files",
+}
+
+_DESCRIPTION = """Read what hollowd publishes in shared memory, and ask the daemon to pin or cycle.
+
+read-only, no daemon needed:
+  hollow status [NS]          every namespace (or one: versions, sizes, announced/pinned/latest,
+                              leases, followers, and what the daemon says)
+  hollow versions NS          the versions and their sizes
+  hollow get NS TYPE KEY      one record; a composite key as a JSON list: '[3, 7]'
+  hollow inspect NS [VERSION] types, counts, indexes, sizes and the schema
+  hollow diff NS A B          records added, removed and changed between two versions
+  hollow history NS           the versions present: when, parent, record counts
+  hollow schema check FILE [--namespace NS]   compiles? can it read NS's data?
+
+through the daemon's control socket:
+  hollow pin NS VERSION       every follower moves to VERSION and stays
+  hollow unpin NS             followers move back to the latest version
+  hollow cycle NS             run a cycle now
+"""
+
+
+def _epilog() -> str:
+    return "exit status:\n" + "\n".join(f"  {code}  {what}" for code, what in EXIT_STATUSES.items())
+
+
+def version() -> str:
+    """The installed package's version."""
+    try:
+        return metadata.version("hollowd")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("options of every command")
+    g.add_argument(
+        "--root",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="shared-memory root (default: $HOLLOW_ROOT or /dev/shm/hollow)",
+    )
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    g.add_argument(
+        "--socket",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"the daemon's control socket (default: $HOLLOWD_SOCKET or {paths.default_socket()})",
+    )
+    return common
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = _common()
     ap = argparse.ArgumentParser(
-        prog="hollow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="hollow",
+        description=_DESCRIPTION,
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
     )
-    ap.add_argument("--root", type=Path, help="shared-memory root (default: $HOLLOW_ROOT or /dev/shm/hollow)")
-    ap.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("status", help="versions, announcement, leases and followers of a namespace")
+    ap.add_argument("--version", action="version", version=f"hollow {version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, helped: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=helped, description=helped, parents=[common])
+
+    p = command("status", "every namespace under the root, or one namespace's versions, leases and followers")
+    p.add_argument("namespace", nargs="?")
+    p = command("versions", "the versions of a namespace and their sizes")
     p.add_argument("namespace")
-    p = sub.add_parser("versions", help="the versions of a namespace and their sizes")
-    p.add_argument("namespace")
-    p = sub.add_parser("get", help="one record by primary key")
+    p = command("get", "one record by primary key")
     p.add_argument("namespace")
     p.add_argument("type")
-    p.add_argument("key", help="the key: a number or text as is; JSON list for a composite key")
+    p.add_argument("key", help="the key: a number or text as is; a JSON list for a composite key: '[3, 7]'")
     p.add_argument("--version", type=int, help="read this version instead of the announced one")
-    p = sub.add_parser("inspect", help="types, counts, indexes, sizes and schema of a version")
+    p = command("inspect", "types, counts, indexes, sizes and schema of a version")
     p.add_argument("namespace")
     p.add_argument("version", nargs="?", type=int)
-    p = sub.add_parser("diff", help="records added, removed and changed (field by field) between two versions")
+    p = command("diff", "records added, removed and changed (field by field) between two versions")
     p.add_argument("namespace")
     p.add_argument("a", type=int)
     p.add_argument("b", type=int)
     p.add_argument("--limit", type=int, default=50, help="show at most this many records per type and kind")
-    p = sub.add_parser("history", help="the versions still present: when, from which parent, how many records")
+    p = command("history", "the versions still present: when, from which parent, how many records")
     p.add_argument("namespace")
-    p = sub.add_parser("schema", help="schema tools")
+    p = command("schema", "schema tools: check FILE [--namespace NS]")
     p.add_argument("action", choices=["check"])
     p.add_argument("file", type=Path)
     p.add_argument("--namespace", help="also check that FILE can read this namespace's current data")
-    p = sub.add_parser("pin", help="(daemon) move every follower to VERSION and keep them there")
+    p = command("pin", "(daemon) move every follower to VERSION and keep them there")
     p.add_argument("namespace")
     p.add_argument("version", type=int)
-    p = sub.add_parser("unpin", help="(daemon) move every follower back to the latest version")
+    p = command("unpin", "(daemon) move every follower back to the latest version")
     p.add_argument("namespace")
-    p = sub.add_parser("cycle", help="(daemon) run a cycle of NAMESPACE now")
+    p = command("cycle", "(daemon) run a cycle of NAMESPACE now")
     p.add_argument("namespace")
-    ap.add_argument(
-        "--socket",
-        type=Path,
-        default=Path(os.environ.get("HOLLOWD_SOCKET", "/run/hollowd/control.sock")),
-        help="the daemon's control socket (default: $HOLLOWD_SOCKET or /run/hollowd/control.sock)",
-    )
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = _parser().parse_args(argv)
+    args.root = getattr(args, "root", None)
+    args.json = getattr(args, "json", False)
+    args.socket = getattr(args, "socket", None) or paths.default_socket()
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _args(argv)
     try:
         return int(_COMMANDS[args.command](args))
     except (hollow.NamespaceNotFoundError, hollow.VersionNotFoundError, hollow.UnknownTypeError) as e:
         print(f"hollow: {e}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except hollow.PermissionDeniedError as e:
+        print(f"hollow: {e}", file=sys.stderr)
+        return EXIT_DENIED
     except hollow.CorruptStateError as e:
         print(f"hollow: {e}", file=sys.stderr)
         return EXIT_CORRUPT
@@ -105,7 +163,14 @@ def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:
     print(json.dumps(doc, indent=1, default=str) if args.json else human)
 
 
+def _none(value: Any) -> str:
+    """How the tables say "none": ``-`` (JSON says null)."""
+    return "-" if value is None else str(value)
+
+
 def _status(args: argparse.Namespace) -> int:
+    if args.namespace is None:
+        return _status_all(args)
     st = hollow.status(args.namespace, root=args.root)
     rows = [
         (
@@ -119,29 +184,101 @@ def _status(args: argparse.Namespace) -> int:
     ]
     doc = st.to_dict()
     human = (
-        f"{st.namespace} at {st.root}: announced {st.announced}"
+        f"{st.namespace} at {st.root}: announced {_none(st.announced)}"
         + (f" (pinned; latest {st.latest})" if st.pinned else "")
         + f", {len(st.followers)} following process(es), {st.bytes:,} bytes in all (shared bases once)\n"
         + _table(("version", "bytes", "shares", "", "leases (pids)"), rows)
     )
-    daemon = _daemon_view(args, st.namespace)
+    answer, why = _daemon_status(args)
+    daemon = (answer or {}).get(st.namespace)
+    doc["daemon"] = daemon
     if daemon is not None:
-        doc["daemon"] = daemon
         human += f"\ndaemon: {daemon['cycles_ok']} cycles ok, {daemon['cycles_failed']} failed"
         if daemon.get("last_error"):
             human += f"; the last failed: {daemon['last_error']}"
+    elif answer is not None:
+        human += f"\ndaemon: the hollowd at {args.socket} does not serve {st.namespace}"
+    else:
+        human += f"\ndaemon: {why}"
     _emit(args, doc, human)
     return EXIT_OK
 
 
-def _daemon_view(args: argparse.Namespace, namespace: str) -> dict[str, Any] | None:
-    """What the daemon says of *namespace* (cycles, the last error), when one answers on the socket."""
+def _status_all(args: argparse.Namespace) -> int:
+    """Every namespace under the root, one line each (``systemctl status`` with no unit)."""
+    root = layout.root_dir(args.root)
+    answer, why = _daemon_status(args)
+    rows: list[tuple[str, ...]] = []
+    docs: list[dict[str, Any]] = []
+    now = time.time_ns()
+    for name in namespaces(root):
+        try:
+            st = hollow.status(name, root=root)
+        except hollow.Error as e:
+            docs.append({"namespace": name, "error": str(e)})
+            rows.append((name, "-", "-", "-", "-", f"unreadable: {e}"))
+            continue
+        announcement = layout.read_announcement(root / name)
+        age = (now - announcement.announced_at_ns) / 1e9 if announcement and announcement.announced_at_ns else None
+        readers = sorted(set(st.followers).union(*(v.leases for v in st.versions)))
+        daemon = (answer or {}).get(name)
+        docs.append(
+            {
+                "namespace": name,
+                "announced": st.announced,
+                "pinned": st.pinned is not None,
+                "bytes": st.bytes,
+                "age_seconds": age,
+                "readers": readers,
+                "daemon": daemon,
+            }
+        )
+        rows.append(
+            (
+                name,
+                _none(st.announced) + (" (pinned)" if st.pinned else ""),
+                f"{st.bytes:,}",
+                "-" if age is None else _age(age),
+                str(len(readers)),
+                _daemon_word(daemon, answer is not None),
+            )
+        )
+    human = _table(("namespace", "version", "bytes", "age", "readers", "daemon"), rows) if rows else ""
+    human = (human or f"no namespaces under {root}") + ("" if answer is not None else f"\ndaemon: {why}")
+    _emit(
+        args,
+        {"root": str(root), "namespaces": docs, "daemon": None if answer is None else {"socket": str(args.socket)}},
+        human,
+    )
+    return EXIT_OK
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _daemon_word(view: dict[str, Any] | None, daemon_answers: bool) -> str:
+    if view is None:
+        return "not served" if daemon_answers else "-"
+    if view.get("last_error"):
+        return "last cycle failed"
+    return f"ok, {view['cycles_ok']} cycles"
+
+
+def _daemon_status(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str]:
+    """What the daemon says of its namespaces, by name; or None and why not (none answers)."""
     try:
-        answer = control.call(args.socket, {"command": "status", "namespace": namespace}, timeout=10)
-    except (OSError, ValueError):
-        return None
-    view = answer.get("namespaces", {}).get(namespace) if answer.get("ok") else None
-    return view if isinstance(view, dict) else None
+        answer = control.call(args.socket, {"command": "status"}, timeout=10)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        return None, f"no hollowd answers at {args.socket} ({reason}; --socket or $HOLLOWD_SOCKET)"
+    views = answer.get("namespaces") if answer.get("ok") else None
+    if not isinstance(views, dict):
+        return None, f"the hollowd at {args.socket} said: {answer.get('error')}"
+    return views, ""
 
 
 def _versions(args: argparse.Namespace) -> int:
@@ -170,11 +307,24 @@ def _key(view: hollow.TypeView, text: str) -> Any:
     """The command line's key as the type's primary key wants it."""
     types = view.primary.key_types
     if len(types) > 1:
-        parts = json.loads(text)
+        fields = ", ".join(view.primary.fields)
+        example = json.dumps(
+            [_EXAMPLES[t] if t != layout.KEY_INT else (3, 7, 9, 11)[i % 4] for i, t in enumerate(types)]
+        )
+        try:
+            parts = json.loads(text)
+        except ValueError:
+            parts = None
         if not isinstance(parts, list) or len(parts) != len(types):
-            raise ValueError(f"{view.name} has a composite key of {len(types)} fields: pass a JSON list")
+            raise ValueError(
+                f"{view.name} has a composite key of {len(types)} fields ({fields}): give them as a JSON list "
+                f"in that order, quoted for the shell, e.g. '{example}'; got {text!r}"
+            )
         return tuple(_one(t, p) for t, p in zip(types, parts, strict=True))
     return _one(types[0], text)
+
+
+_EXAMPLES = {layout.KEY_INT: 3, layout.KEY_TEXT: "a", layout.KEY_BOOL: True, layout.KEY_DATA: "00ff"}
 
 
 def _one(key_type: int, value: Any) -> Any:
@@ -300,14 +450,15 @@ def _history(args: argparse.Namespace) -> int:
                 with ds.attach(v.version) as snap:
                     counts = {t: len(snap[t]) for t in snap.types}
                     published = snap.published_at_ns
-                    parent = snap.parent_version
+                    parent: int | None = snap.parent_version
             except hollow.Error as e:
                 doc.append({"version": v.version, "error": str(e)})
                 rows.append((str(v.version), "-", "-", f"unreadable: {e}"))
                 continue
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(published / 1e9))
+            parent = parent or None  # a first version has none (0 in the file)
             doc.append({"version": v.version, "published_at_ns": published, "parent": parent, "records": counts})
-            rows.append((str(v.version), when, str(parent or "-"), ", ".join(f"{t} {n:,}" for t, n in counts.items())))
+            rows.append((str(v.version), when, _none(parent), ", ".join(f"{t} {n:,}" for t, n in counts.items())))
     _emit(args, doc, _table(("version", "published", "parent", "records"), rows))
     return EXIT_OK
 
@@ -369,7 +520,7 @@ def _daemon(args: argparse.Namespace) -> int:
     if not answer.get("ok"):
         print(f"hollow: {answer.get('error')}", file=sys.stderr)
         return int(answer.get("code", 1))
-    human = f"{answer['namespace']}: announced {answer['announced']}" + (
+    human = f"{answer['namespace']}: announced {_none(answer['announced'])}" + (
         f" (pinned; latest {answer['latest']})" if answer.get("pinned") else ""
     )
     _emit(args, answer, human)

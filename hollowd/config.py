@@ -12,16 +12,17 @@ Layout::
     root = "/dev/shm/hollow"
 
     [namespaces.<name>]           # one table per namespace
-    schema = "schemas/airports.capnp"
-    source = "examples.airports.source:populate"   # or a path to JSON, JSON Lines or CSV
+    schema = "schemas/movies.capnp"                # relative paths are the file's
+    source = "feeds.movies:populate"               # or a path to JSON, JSON Lines or CSV
     # delivers = "changes"                         # a change log, or module:function(cursor)
     [namespaces.<name>.types.<Type>]
-    primary_key = ["icao"]
-    indexes = [["country"]]
+    primary_key = ["id"]
+    indexes = [["genre"]]
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hollow import layout
+from hollowd import paths
 from hollowd.errors import Error
 
 #: Exit status for a configuration error (systemd: RestartPreventExitStatus=).
@@ -87,13 +89,13 @@ def _mode(v: Any) -> int:
 
 
 def _seconds(v: Any) -> float:
-    if type(v) not in (int, float) or v <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {v!r}")
+    if type(v) not in (int, float) or not math.isfinite(v) or v <= 0:  # TOML has nan and inf
+        raise ValueError(f"expected a positive, finite number of seconds, got {v!r}")
     return float(v)
 
 
 def _percent(v: Any) -> float:
-    if type(v) not in (int, float) or not 0 <= v <= 100:
+    if type(v) not in (int, float) or not 0 <= v <= 100:  # (nan fails both comparisons)
         raise ValueError(f"expected a percentage 0-100, got {v!r}")
     return float(v)
 
@@ -161,15 +163,32 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("daemon", "root", layout.DEFAULT_ROOT, _path, "Shared-memory directory the state files are published in."),
+    Setting(
+        "daemon",
+        "root",
+        None,
+        _path,
+        "Shared-memory directory the state files are published in (`--root`). Default: `$HOLLOW_ROOT`, "
+        "else `/dev/shm/hollow`, the readers' rule.",
+    ),
     Setting(
         "daemon",
         "state_dir",
-        "/var/lib/hollowd",
+        None,
         _path,
-        "Durable directory for the latest good state, the version counter and any pin (survives reboots).",
+        "Durable directory for the latest good state, the version counter and any pin (survives reboots; "
+        "`--state-dir`). Default: `/var/lib/hollowd` as root, else `$XDG_STATE_HOME/hollowd` "
+        "(`~/.local/state/hollowd`).",
     ),
-    Setting("daemon", "control_socket", "/run/hollowd/control.sock", _path, "Unix socket the `hollow` CLI talks to."),
+    Setting(
+        "daemon",
+        "control_socket",
+        None,
+        _path,
+        "Unix socket the `hollow` CLI talks to (`--socket`). Default: `$HOLLOWD_SOCKET`, else "
+        "`/run/hollowd/control.sock` as root, else `$XDG_RUNTIME_DIR/hollowd/control.sock` "
+        "(`control.sock` in the state directory without `XDG_RUNTIME_DIR`).",
+    ),
     Setting("daemon", "socket_mode", 0o660, _mode, "Permission bits of the control socket."),
     Setting("daemon", "socket_group", "", _text, "Group owning the control socket (empty: the daemon's)."),
     Setting("daemon", "metrics_port", 0, _port, "Prometheus metrics on this loopback port; 0 turns them off."),
@@ -308,6 +327,17 @@ class Config:
     metrics_port: int
     log_level: str
     namespaces: dict[str, NamespaceConfig]
+    text: str = field(default="", repr=False, compare=False)
+    #: where each of root, state_dir and control_socket came from, for messages ("--root", "$HOLLOW_ROOT" ...)
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def fail(self, key: str, why: str) -> ConfigError:
+        """A :class:`ConfigError` naming the file, the line that sets *key* (a dotted path) and *key*."""
+        return _Reader(self.path, self.text).fail(key, why)
+
+    def origin(self, setting: str) -> str:
+        """Where the daemon setting *setting* came from, as a message should say it."""
+        return self.origins.get(setting) or f"{_Reader(self.path, self.text).where(f'daemon.{setting}')}: {setting}"
 
 
 class _Reader:
@@ -318,10 +348,14 @@ class _Reader:
         self.lines = text.splitlines()
 
     def fail(self, key: str, why: str) -> ConfigError:
-        where = str(self.path) if self.path else "<config>"
+        return ConfigError(f"{self.where(key)}: {key}: {why}")
+
+    def where(self, key: str) -> str:
+        """``FILE:LINE`` of *key*, or the file alone when no line sets it."""
+        if self.path is None:
+            return "the bundled example's configuration (no --config)"
         line = self._line_of(key)
-        at = f"{where}:{line}" if line else where
-        return ConfigError(f"{at}: {key}: {why}")
+        return f"{self.path}:{line}" if line else str(self.path)
 
     def _line_of(self, key: str) -> int | None:
         """The line that sets *key* (a dotted path): its own table header, or ``name =`` in its table."""
@@ -392,16 +426,34 @@ def parse(text: str, path: Path | None = None) -> Config:
     namespaces: dict[str, NamespaceConfig] = {}
     for name, table in _table(reader, doc, "namespaces").items():
         namespaces[name] = _namespace(reader, name, table, base)
+    origins = {}
+    for setting, env in (
+        ("root", "HOLLOW_ROOT"),
+        ("state_dir", "XDG_STATE_HOME"),
+        ("control_socket", "HOLLOWD_SOCKET"),
+    ):
+        if daemon[setting] is None:
+            from_env = os.environ.get(env) and not (setting == "state_dir" and paths.as_root())
+            origins[setting] = f"${env}" if from_env else f"the default {setting} for this user"
+    state_dir = base / daemon["state_dir"] if daemon["state_dir"] is not None else paths.default_state_dir()
+    if daemon["control_socket"] is not None:
+        socket_path = base / daemon["control_socket"]
+    elif not paths.as_root() and not os.environ.get("HOLLOWD_SOCKET") and not os.environ.get("XDG_RUNTIME_DIR"):
+        socket_path = state_dir / "control.sock"  # follows a state directory set in the file
+    else:
+        socket_path = paths.default_socket()
     return Config(
         path=path,
-        root=base / daemon["root"],
-        state_dir=base / daemon["state_dir"],
-        control_socket=base / daemon["control_socket"],
+        root=base / daemon["root"] if daemon["root"] is not None else paths.default_root(),
+        state_dir=state_dir,
+        control_socket=socket_path,
         socket_mode=daemon["socket_mode"],
         socket_group=daemon["socket_group"],
         metrics_port=daemon["metrics_port"],
         log_level=daemon["log_level"],
         namespaces=namespaces,
+        text=text,
+        origins=origins,
     )
 
 
@@ -485,6 +537,8 @@ def reference() -> str:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "see meaning"
     if isinstance(value, int) and not isinstance(value, bool) and value in (0o640, 0o660):
         return f"`{value:#o}`"
     if value in ((), {}, ""):

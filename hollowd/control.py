@@ -24,11 +24,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hollowd.errors import Error
+
 log = logging.getLogger("hollowd")
 
 #: How long a client waits for the daemon's answer (a cycle may be running first).
 TIMEOUT = 300.0
 MAX_REQUEST = 64 * 1024
+
+
+class SocketTakenError(Error):
+    """Another process listens on the control socket's path (another hollowd, with another state directory)."""
 
 
 class Request:
@@ -51,8 +57,13 @@ class ControlSocket:
         self.path = path
         self._submit = submit
         path.parent.mkdir(parents=True, exist_ok=True)
+        if _answers(path):
+            raise SocketTakenError(
+                f"another process (another hollowd?) already listens on the control socket {path}; give this "
+                "daemon its own with --socket or control_socket, or stop the other one"
+            )
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket of a daemon that died; the state-directory lock says we are alone
+            path.unlink()  # a stale socket of a daemon that died: nothing answers on it
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._sock.bind(str(path))
         os.chmod(path, mode)
@@ -106,6 +117,17 @@ class ControlSocket:
         self._thread.join(timeout=5)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _answers(path: Path) -> bool:
+    """Whether a process accepts connections on the socket at *path* (a stale one refuses them)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        probe.settimeout(5)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def call(path: Path, request: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:

@@ -40,9 +40,9 @@ import orjson
 
 import hollow
 from hollow import layout
-from hollowd import pidlock, systemd
-from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load
-from hollowd.control import ControlSocket
+from hollowd import pidlock, preflight, systemd
+from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load, parse
+from hollowd.control import ControlSocket, SocketTakenError
 from hollowd.errors import (
     ConfigurationError,
     Error,
@@ -223,12 +223,42 @@ def _validators(cfg: NamespaceConfig) -> list[Validator]:
     return checks
 
 
+@dataclass(frozen=True)
+class Flags:
+    """What the command line set; it overrides the file's settings at start and at every reload."""
+
+    root: Path | None = None
+    state_dir: Path | None = None
+    socket: Path | None = None
+
+    def apply(self, cfg: Config) -> Config:
+        from dataclasses import replace  # noqa: PLC0415
+
+        origins = dict(cfg.origins)
+        for setting, flag, value in (
+            ("root", "--root", self.root),
+            ("state_dir", "--state-dir", self.state_dir),
+            ("control_socket", "--socket", self.socket),
+        ):
+            if value is not None:
+                origins[setting] = flag
+        return replace(
+            cfg,
+            root=self.root or cfg.root,
+            state_dir=self.state_dir or cfg.state_dir,
+            control_socket=self.socket or cfg.control_socket,
+            origins=origins,
+        )
+
+
 class Daemon:
     """The daemon's state and loop (see the module docstring)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, flags: Flags | None = None) -> None:
         self.cfg = cfg
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.flags = flags or Flags()
+        # Signal handlers put events here: SimpleQueue.put is reentrant, Queue.put (a lock) is not.
+        self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.control: ControlSocket | None = None
         self.metrics = Metrics(lambda: list(self.runners.values()))
         self.runners: dict[str, NamespaceRunner] = {}
@@ -236,6 +266,7 @@ class Daemon:
         self.stopping = False
         self._ready_sent = False
         self._lock_fd: int | None = None
+        self._pinger: systemd.Pinger | None = None
 
     # -- start ------------------------------------------------------------------------
 
@@ -306,6 +337,14 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, lambda *_: self.events.put(("hup", "")))
+        log.info(
+            "hollowd: event=start root=%s state_dir=%s socket=%s config=%s namespaces=%s",
+            self.cfg.root,
+            self.cfg.state_dir,
+            self.cfg.control_socket,
+            self.cfg.path or "none (the bundled airports example)",
+            ",".join(self.cfg.namespaces) or "none",
+        )
         self.start()
         self.control = ControlSocket(
             self.cfg.control_socket,
@@ -321,15 +360,12 @@ class Daemon:
         for runner in self.runners.values():
             self._watch(runner)
             self.events.put(("cycle", runner.name))
-        ping = systemd.watchdog_interval()
-        next_ping = time.monotonic()
+        self._pinger = systemd.Pinger(lambda: self.in_cycle)
         try:
             while not self.stopping:
                 now = time.monotonic()
-                if ping is not None and now >= next_ping:
-                    systemd.watchdog()
-                    next_ping = now + ping
-                timeout = min([r.due for r in self.runners.values()] + [next_ping if ping else now + 3600]) - now
+                self._pinger.alive()
+                timeout = min([r.due for r in self.runners.values()] + [now + self._pinger.every]) - now
                 try:
                     kind, arg = self.events.get(timeout=max(0.0, min(timeout, 3600)))
                 except queue.Empty:
@@ -390,6 +426,9 @@ class Daemon:
             return {"ok": False, "error": f"bad request: {e}", "code": 2}
         except (Error, hollow.Error) as e:
             return {"ok": False, "error": str(e), "code": 1}
+        except Exception as e:  # noqa: BLE001 - a request fails alone (a full /dev/shm, a state directory gone)
+            log.error("hollowd: event=control-failed command=%s namespace=%s error=%r", command, name, _describe(e))
+            return {"ok": False, "error": _describe(e), "code": 1}
         systemd.status(self._status())
         return {"ok": True, **self._report(runner)}
 
@@ -419,16 +458,17 @@ class Daemon:
                 version, count = self._apply_changes(runner)
                 changes = f" changes={count}"
             else:
-                version = runner.producer.run_cycle(runner.source)
+                version = self._full_cycle(runner)
+                self.in_cycle = False  # announced: SIGTERM no longer abandons what follows (the durable copy)
                 self._keep(runner, version)
-        except (Error, hollow.Error, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - a cycle is a boundary: whatever it raises fails it, not the daemon
             runner.cycles["failed"] += 1
-            runner.last_error = str(e)
+            runner.last_error = _describe(e)
             self.metrics.cycle(runner.name, ok=False, timings=runner.producer.last_timings)
             log.error(
                 "hollowd: event=cycle-failed namespace=%s error=%r (nothing announced)%s",
                 runner.name,
-                str(e),
+                runner.last_error,
                 f" validator={e.validator}" if isinstance(e, ValidationFailedError) else "",
             )
             return
@@ -448,6 +488,26 @@ class Daemon:
             stages,
         )
         systemd.status(self._status())
+
+    @staticmethod
+    def _full_cycle(runner: NamespaceRunner) -> int:
+        """A cycle of every record; an error of a file source's record is led by its ``FILE:LINE``."""
+        source = runner.source
+        try:
+            return runner.producer.run_cycle(source)
+        except ValidationError as e:
+            if not isinstance(source, FileSource):
+                raise
+            located = source.locate(e)
+            if located is e:
+                raise
+            raise located from e
+        except (Error, hollow.Error):
+            raise
+        except Exception as e:
+            if not isinstance(source, FileSource):
+                raise
+            raise SourceError(f"{source.path}: {_describe(e)}") from e
 
     def _keep(self, runner: NamespaceRunner, version: int) -> None:
         """Save a durable copy of *version* (the newest) unless it is the one saved already."""
@@ -485,6 +545,7 @@ class Daemon:
             raise located from e
         finally:
             store.unstage()
+        self.in_cycle = False  # announced: SIGTERM no longer abandons the durable copy and the cursor
         self._keep(runner, version)  # before the cursor: a reboot must not lose what the cursor says is applied
         store.commit_cursor(batch.cursor)
         return version, len(batch.changes)
@@ -556,10 +617,26 @@ class Daemon:
     def _reload(self) -> None:
         """SIGHUP: read the configuration again; announced versions stay; a bad file changes nothing."""
         try:
-            cfg = load(self.cfg.path) if self.cfg.path else self.cfg
+            cfg = self.flags.apply(load(self.cfg.path)) if self.cfg.path else self.cfg
+            preflight.check(cfg)
         except ConfigError as e:
-            log.error("hollowd: reload refused, keeping the running configuration: %s", e)
+            log.error("hollowd: event=reload-refused error=%r (keeping the running configuration)", str(e))
             return
+        if (cfg.root, cfg.state_dir, cfg.control_socket) != (
+            self.cfg.root,
+            self.cfg.state_dir,
+            self.cfg.control_socket,
+        ):
+            log.warning(
+                "hollowd: event=reload-paths root, state_dir and control_socket take effect at the next start; "
+                "keeping root=%s state_dir=%s socket=%s",
+                self.cfg.root,
+                self.cfg.state_dir,
+                self.cfg.control_socket,
+            )
+            from dataclasses import replace  # noqa: PLC0415
+
+            cfg = replace(cfg, root=self.cfg.root, state_dir=self.cfg.state_dir, control_socket=self.cfg.control_socket)
         log.info("hollowd: configuration reloaded from %s", self.cfg.path)
         for name in list(self.runners):
             if name not in cfg.namespaces or cfg.namespaces[name] != self.runners[name].config:
@@ -569,8 +646,8 @@ class Daemon:
             if name not in self.runners:
                 try:
                     self.runners[name] = runner = self._runner(ns)
-                except (Error, hollow.Error, OSError) as e:
-                    log.error("hollowd: %s: cannot set up: %s", name, e)
+                except Exception as e:  # noqa: BLE001 - a namespace that cannot start must not stop the others
+                    log.error("hollowd: event=setup-failed namespace=%s error=%r", name, _describe(e))
                     continue
                 self._restore(runner)
                 self._watch(runner)
@@ -605,6 +682,9 @@ class Daemon:
         runner.producer.close()
 
     def close(self) -> None:
+        if self._pinger is not None:
+            self._pinger.close()
+            self._pinger = None
         self.metrics.close()
         if self.control is not None:
             self.control.close()
@@ -625,35 +705,20 @@ def _observe(observer: Any, handler: Any, directory: Path) -> Any:
     return observer
 
 
-def default_config(root: Path | None, state_dir: Path | None) -> Config:
-    """No --config: serve the bundled airports example (from a source checkout)."""
-    project = Path(__file__).resolve().parent.parent
-    text = f"""
-[namespaces.airports]
-schema = "{project / "schemas" / "airports.capnp"}"
-source = "examples.airports.source:populate"
-interval = 3600
-[namespaces.airports.types.Airport]
-primary_key = "icao"
-indexes = ["country"]
-"""
-    if str(project) not in sys.path:
-        sys.path.insert(0, str(project))
-    from hollowd.config import parse  # noqa: PLC0415
+def default_config() -> Config:
+    """No --config: the bundled airports example (``hollowd.example``), from the installed package."""
+    from hollowd import example  # noqa: PLC0415
 
-    cfg = parse(text, None)
-    return _override(cfg, root, state_dir)
+    return parse(example.CONFIG, None)
 
 
-def _override(cfg: Config, root: Path | None, state_dir: Path | None, socket_path: Path | None = None) -> Config:
-    from dataclasses import replace  # noqa: PLC0415
-
-    return replace(
-        cfg,
-        root=root or cfg.root,
-        state_dir=state_dir or cfg.state_dir,
-        control_socket=socket_path or cfg.control_socket,
-    )
+def _describe(e: BaseException) -> str:
+    """An error as a log line says it: hollow's own by their message, anything else with its type."""
+    if isinstance(e, (Error, hollow.Error)):
+        return str(e)
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return f"{type(e).__name__}: {e}"
 
 
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -665,36 +730,40 @@ def _priority(record: logging.LogRecord) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hollowd.cli import version  # noqa: PLC0415
+
     ap = argparse.ArgumentParser(prog="hollowd", description="Serve versioned datasets in shared memory.")
     ap.add_argument("--config", type=Path, help="TOML configuration (default: the bundled airports example)")
     ap.add_argument("--root", type=Path, help="override the configuration's shared-memory root")
     ap.add_argument("--state-dir", type=Path, help="override the configuration's state directory")
     ap.add_argument("--socket", type=Path, help="override the configuration's control socket")
+    ap.add_argument("--version", action="version", version=f"hollowd {version()}")
     args = ap.parse_args(argv)
     # journald keeps stderr lines; the "<N>" prefix gives each its syslog priority (sd-daemon(3)).
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="<%(priority)s>%(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_priority)
+    flags = Flags(args.root, args.state_dir, args.socket)
     try:
-        base = load(args.config) if args.config else default_config(None, None)
-        cfg = _override(base, args.root, args.state_dir, args.socket)
+        cfg = flags.apply(load(args.config) if args.config else default_config())
+        preflight.check(cfg)  # before anything is made on disk
     except ConfigError as e:
         print(f"hollowd: {e}", file=sys.stderr)
         return EXIT_CONFIG
     logging.getLogger().setLevel(cfg.log_level.upper())
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, flags)
     try:
         return daemon.run()
-    except (AlreadyRunningError, ProducerLockedError) as e:
+    except (AlreadyRunningError, ProducerLockedError, SocketTakenError) as e:
         print(f"hollowd: {e}", file=sys.stderr)
         daemon.close()
         return EXIT_RUNNING
-    except (SchemaError, ConfigurationError) as e:
-        print(f"hollowd: configuration: {e}", file=sys.stderr)
+    except (SchemaError, ConfigurationError, ConfigError) as e:
+        print(f"hollowd: {e}", file=sys.stderr)
         daemon.close()
         return EXIT_CONFIG
-    except (Error, hollow.Error) as e:
-        print(f"hollowd: {e}", file=sys.stderr)
+    except (Error, hollow.Error, OSError) as e:
+        print(f"hollowd: cannot start: {_describe(e)}", file=sys.stderr)
         daemon.close()
         return 1
 

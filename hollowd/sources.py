@@ -45,7 +45,7 @@ import xxhash
 
 import hollow
 from hollow import layout
-from hollowd.errors import Error, ValidationError
+from hollowd.errors import DuplicateKeyError, Error, MissingKeyError, ValidationError
 from hollowd.schema import NamespaceSchema
 from hollowd.state import Delta, WriteState
 from hollowd.validators import resolve
@@ -100,6 +100,62 @@ class FileSource:
                 continue
             for type_name, records in self._batches(path):
                 state.add_all(type_name, records)
+
+    def locate(self, error: ValidationError) -> ValidationError:
+        """*error*, led by where its record is: ``FILE:LINE`` (from 1) for JSON Lines and CSV,
+        ``FILE[INDEX]`` for a JSON list (``FILE[TYPE][INDEX]`` in an object of types).
+
+        Found only when a cycle failed, by reading the files again and looking for
+        the record the error names (by its key; for a missing key, the first
+        record without one), so that a good cycle pays nothing for it. An error
+        that names no record of these files is returned as it is.
+        """
+        if error.type_name is None:
+            return error
+        rtype = self.schema.types.get(error.type_name)
+        if rtype is None:
+            return error
+        missing = isinstance(error, MissingKeyError)
+        found: list[str] = []
+        try:
+            for where, record in self._located(error.type_name):
+                key = rtype.key_of(record)
+                none = key is None or (isinstance(key, tuple) and None in key)
+                if none if missing else (not none and key == error.key):
+                    found.append(where)
+                    if missing or len(found) == 2:
+                        break
+        except (Error, OSError, ValueError, RecursionError):
+            return error  # the files changed meanwhile, or do not parse: say what we know
+        if not found:
+            return error
+        if not isinstance(error, DuplicateKeyError):
+            found = found[-1:] if not missing else found[:1]
+        message = _POSITION.sub("", str(error))
+        return type(error)(
+            f"{' and '.join(found)}: {message}", type_name=error.type_name, key=error.key, field=error.field
+        )
+
+    def _located(self, type_name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every record of *type_name* in these files, with where it is, in order."""
+        for path in self.files():
+            fmt = self._format_of(path)
+            if fmt == "json":
+                doc = orjson.loads(self._read(path))
+                if isinstance(doc, list) and type_name == self.type_name:
+                    yield from ((f"{path}[{i}]", r) for i, r in enumerate(doc) if type(r) is dict)
+                elif isinstance(doc, dict) and isinstance(doc.get(type_name), list):
+                    yield from (
+                        (f"{path}[{type_name!r}][{i}]", r) for i, r in enumerate(doc[type_name]) if type(r) is dict
+                    )
+            elif type_name == self.type_name and fmt == "jsonl":
+                for n, line in enumerate(self._read(path).split(b"\n"), 1):
+                    if line.strip():
+                        doc = orjson.loads(line)
+                        if type(doc) is dict:
+                            yield f"{path}:{n}", doc
+            elif type_name == self.type_name and fmt == "csv":
+                yield from ((f"{path}:{n}", r) for n, r in enumerate(self._csv(path, self._read(path)), 2))
 
     def _format_of(self, path: Path) -> str | None:
         return self.format if self.format != "auto" else FORMATS.get(path.suffix)
@@ -208,6 +264,10 @@ class FileSource:
             out.append(rec)
         return out
 
+
+#: How the producer's errors say where a record was in its input (0-based positions), which a
+#: source that knows the file and line says better.
+_POSITION = re.compile(r" (?:record )?at input positions? \d+(?: and \d+)?:?")
 
 #: A line with nothing but blanks (a JSON Lines file may have them; they hold no record).
 _BLANK_LINE = re.compile(rb"^[ \t\r]*\n", re.M)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable
 
 
 def notify(*assignments: str) -> bool:
@@ -57,3 +60,46 @@ def watchdog_interval() -> float | None:
 
 def watchdog() -> bool:
     return notify("WATCHDOG=1")
+
+
+#: The longest one cycle may run with the watchdog kept quiet; past it the cycle is taken as stuck.
+CYCLE_LIMIT = 3600.0
+
+
+class Pinger:
+    """``WATCHDOG=1`` from a thread of its own, so that a cycle longer than ``WatchdogSec=`` is not killed.
+
+    The main loop calls :meth:`alive` each time round (it wakes at least every
+    :attr:`every` seconds). The thread pings while the loop has been round
+    within ``WatchdogSec``, or while *busy()* says a cycle is running, for at
+    most :data:`CYCLE_LIMIT` seconds: a hung loop, or a cycle stuck for an
+    hour, stops the pings and systemd restarts the daemon, as the watchdog is
+    meant to. Outside systemd (no ``WATCHDOG_USEC``) it does nothing.
+    """
+
+    def __init__(self, busy: Callable[[], bool], *, cycle_limit: float = CYCLE_LIMIT) -> None:
+        self._interval = watchdog_interval()
+        self.every = self._interval if self._interval is not None else 3600.0
+        self._busy = busy
+        self._limit = cycle_limit
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self._interval is not None:
+            self._thread = threading.Thread(target=self._run, name="hollowd-watchdog", daemon=True)
+            self._thread.start()
+
+    def alive(self) -> None:
+        self._last = time.monotonic()
+
+    def _run(self) -> None:
+        assert self._interval is not None
+        while not self._stop.wait(self._interval):
+            quiet = time.monotonic() - self._last
+            if quiet <= 2 * self._interval or (self._busy() and quiet <= self._limit):
+                watchdog()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import gc
 import os
+import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +113,112 @@ def movies_schema() -> Path:
 
 
 PYTHON = sys.executable
+
+
+# --- as a new user would: an installed copy, another user, another directory ----------------------
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A copy of the worktree and a fresh venv with ``pip install .`` of it (no editable install)."""
+
+    src: Path  # the copied project (the Makefile, examples/, schemas/ ...)
+    bin: Path  # the venv's bin: hollowd, hollow, python
+    install_log: str  # what pip said
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A clean environment: PATH to the venv first, no PYTHONPATH pointing into the worktree."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "HOLLOWD_SOCKET")}
+        env.pop("HOLLOW_ROOT", None)
+        env["PATH"] = f"{self.bin}:{env.get('PATH', '/usr/bin:/bin')}"
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def installed() -> Iterator[Installed]:
+    """The project as a user installs it: copied elsewhere, ``pip install .`` into a fresh venv.
+
+    Everything is world-readable (0755), so that another user (``stranger``) can run it too.
+    """
+    base = Path(tempfile.mkdtemp(prefix="hollow-install-", dir="/tmp"))
+    base.chmod(0o755)
+    src = base / "src"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        rel = Path(os.fsdecode(name))
+        if not (ROOT / rel).is_file():
+            continue  # deleted in the worktree
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, src / rel)
+    venv = base / "venv"
+    # the system's python3, as a new user has it (this interpreter may live where others cannot run it)
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    done = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", str(src)], capture_output=True, text=True, check=False, cwd=base
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"pip install . failed:\n{done.stdout}\n{done.stderr}")
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    try:
+        yield Installed(src, venv / "bin", done.stdout + done.stderr)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class User:
+    """A real user made by the test, for running things as someone who is not root."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in base.items() if not k.startswith("XDG_")}
+        return {**env, "HOME": str(self.home), "USER": self.name, "LOGNAME": self.name}
+
+    def run(self, argv: list[str], *, env: dict[str, str], timeout: float = 120, **kw: Any) -> Any:
+        """*argv* run as this user (their own uid, gid and groups only) in a fresh process."""
+        kw.setdefault("cwd", "/")
+        return subprocess.run(
+            argv,
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            env=self.env(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            **kw,
+        )
+
+
+@pytest.fixture
+def stranger() -> Iterator[User]:
+    """An ordinary user, in no group of the daemon's; removed with its home afterwards (its processes must be gone)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a user needs root")
+    name = f"hlw{os.getpid() % 100000}{uuid.uuid4().hex[:5]}"
+    subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name], check=True)
+    pw = pwd.getpwnam(name)
+    try:
+        yield User(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+    finally:
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A scratch directory every user may use (tmp_path is root's alone), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="hollow-shared-", dir="/tmp"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hollow import layout
 
@@ -19,17 +20,34 @@ class Daemon:
     """hollowd in a subprocess, with a NOTIFY_SOCKET this test reads."""
 
     def __init__(
-        self, config: Path, tmp: Path, env: dict[str, str] | None = None, *, wrapper: tuple[str, ...] = ()
+        self,
+        config: Path | None,
+        tmp: Path,
+        env: dict[str, str] | None = None,
+        *,
+        wrapper: tuple[str, ...] = (),
+        argv: list[str] | None = None,
+        user: Any = None,
+        cwd: str | None = None,
+        base_env: dict[str, str] | None = None,
     ) -> None:
+        """hollowd with ``--config`` *config*, or the command line *argv* (an installed ``hollowd``, say),
+        optionally as *user* (a ``tests.conftest.User``) from *cwd*."""
         self.notify_path = tmp / f"notify-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.notify_path))
         self.log = tmp / "daemon.log"
-        env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify_path)}
+        env = {**(os.environ if base_env is None else base_env), **(env or {}), "NOTIFY_SOCKET": str(self.notify_path)}
+        extra: dict[str, Any] = {}
+        if user is not None:
+            self.notify_path.chmod(0o777)
+            env = user.env(env)
+            extra = {"user": user.uid, "group": user.gid, "extra_groups": []}
+        if argv is None:
+            assert config is not None
+            argv = [sys.executable, "-m", "hollowd.daemon", "--config", str(config)]
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(
-                [*wrapper, sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log, env=env
-            )
+            self.proc = subprocess.Popen([*wrapper, *argv], stderr=log, env=env, cwd=cwd, **extra)
 
     def notifications(self, until: str, timeout: float = 60) -> list[str]:
         """Messages received until one contains *until* (AssertionError on timeout or exit)."""

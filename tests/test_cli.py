@@ -142,7 +142,7 @@ def test_history(published: Path) -> None:
     rc, out, _ = run(published, "history", "movies", json_out=True)
     doc = json.loads(out)
     assert rc == 0
-    assert [(d["version"], d["parent"], d["records"]["Movie"]) for d in doc] == [(1, 0, 20), (2, 1, 21)]
+    assert [(d["version"], d["parent"], d["records"]["Movie"]) for d in doc] == [(1, None, 20), (2, 1, 21)]
     rc, out, _ = run(published, "history", "movies")
     assert "Movie 21" in out
 

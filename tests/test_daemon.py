@@ -186,7 +186,7 @@ def test_sighup_reload_keeps_serving_and_a_bad_reload_changes_nothing(
         good = config.read_text()
         config.write_text(good.replace("debounce = 0.2", "debounce = -1"))
         d.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "reload refused" in d.log.read_text())
+        wait_until(lambda: "event=reload-refused" in d.log.read_text())
         config.write_text(good.replace("min_records = { Movie = 3 }", "min_records = { Movie = 4 }"))
         d.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "configuration reloaded" in d.log.read_text())

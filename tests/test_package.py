@@ -22,6 +22,7 @@ def test_hollow_public_api_is_exactly_the_documented_names() -> None:
         "InvalidNameError",
         "InvalidSchemaError",
         "NamespaceNotFoundError",
+        "PermissionDeniedError",
         "RecordList",
         "SchemaMismatchError",
         "Snapshot",

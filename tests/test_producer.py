@@ -18,6 +18,7 @@ import hollowd
 from hollow import layout
 from hollow import schema as hollow_schema
 from hollowd import Producer
+from hollowd.example import SCHEMA as AIRPORTS
 from tests.helpers import ROOT, SCHEMAS, movie, movies_producer, populate, run_python
 
 GENRES = ["Drama", "Comedy", "Action", "Horror", "Documentary"]
@@ -558,15 +559,15 @@ def test_iot_round_trip(root: Path) -> None:
 
 def test_float_primary_key_is_unsupported(root: Path) -> None:
     with pytest.raises(hollowd.UnsupportedSchemaError):
-        Producer("air", schema=SCHEMAS / "airports.capnp", primary_keys={"Airport": "elevationFeet"}, root=root)
+        Producer("air", schema=AIRPORTS, primary_keys={"Airport": "elevationFeet"}, root=root)
 
 
 def test_key_on_a_missing_field_or_type_is_a_schema_error(root: Path) -> None:
     with pytest.raises(hollowd.SchemaError) as info:
-        Producer("air", schema=SCHEMAS / "airports.capnp", primary_keys={"Airport": "code"}, root=root)
+        Producer("air", schema=AIRPORTS, primary_keys={"Airport": "code"}, root=root)
     assert "code" in str(info.value)
     with pytest.raises(hollowd.SchemaError) as info:
-        Producer("air", schema=SCHEMAS / "airports.capnp", primary_keys={"Runway": "id"}, root=root)
+        Producer("air", schema=AIRPORTS, primary_keys={"Runway": "id"}, root=root)
     assert "Runway" in str(info.value)
 
 

@@ -37,6 +37,7 @@ from hollow.errors import (
     CorruptStateError,
     Error,
     NamespaceNotFoundError,
+    PermissionDeniedError,
     VersionNotFoundError,
 )
 from hollow.lease import Lease
@@ -44,6 +45,9 @@ from hollow.state import StateFile
 from hollow.view import TypeView
 
 _RACE_RETRIES = 5
+#: Seconds the follower thread leaves the opening thread alone (watchdog's import would compete with
+#: it for the GIL) before it sets up inotify; the doorbell covers announcements meanwhile.
+WATCH_DELAY = 0.05
 #: Seconds between safety polls when neither the doorbell nor inotify says anything.
 POLL_INTERVAL = 5.0
 log = logging.getLogger("hollow")
@@ -183,7 +187,7 @@ class Dataset:
         #: The error that kept this process from following the last announcement, if any.
         self.last_error: Error | None = None
         _Fork.datasets.add(self)
-        if not self.dir.is_dir():
+        if not layout.namespace_exists(self.dir):
             raise NamespaceNotFoundError(
                 f"namespace {namespace!r} does not exist under {self.root} "
                 "(is hollowd running, and is HOLLOW_ROOT or root= the same for both?)"
@@ -293,9 +297,21 @@ class Dataset:
     # -- following ----------------------------------------------------------
 
     def _start_following(self) -> None:
-        self._watch = watch.watch(self.dir / layout.ANNOUNCE_DIR, self._ring)
+        """Start the follower thread; it sets up inotify itself, so that ``hollow.open`` and the first
+        snapshot never wait for watchdog's import and observer (docs/decisions.md §21)."""
         self._thread = threading.Thread(target=self._follow_loop, name=f"hollow-follow-{self.namespace}", daemon=True)
         self._thread.start()
+
+    def _start_watch(self) -> None:
+        """In the follower thread: inotify on the announcement's directory, a second path after the doorbell."""
+        w = watch.watch(self.dir / layout.ANNOUNCE_DIR, self._ring)
+        with self._lock:
+            if self._stopped() or self._thread is not threading.current_thread():
+                stale = True
+            else:
+                self._watch, stale = w, False
+        if stale and w is not None:
+            w.close()
 
     def _ring(self) -> None:
         bell = self._doorbell
@@ -312,15 +328,18 @@ class Dataset:
         return bell
 
     def _stop_following(self) -> None:
-        bell, thread, w = self._doorbell, self._thread, self._watch
-        self._thread = self._watch = None
-        if w is not None:
-            w.close()
+        with self._lock:
+            bell, thread = self._doorbell, self._thread
+            self._thread = None
         if thread is not None and bell is not None:
             bell.ring()
             while thread.is_alive():
                 thread.join(0.1)
                 self._ring()  # the thread may have replaced its doorbell meanwhile
+        with self._lock:
+            w, self._watch = self._watch, None
+        if w is not None:
+            w.close()
         with self._lock:
             bell, self._doorbell = self._doorbell, None
         if bell is not None:
@@ -328,8 +347,16 @@ class Dataset:
 
     def _follow_loop(self) -> None:
         bell = self._doorbell
+        # The opener gets a head start: announcements meanwhile ring the doorbell, made before the
+        # first read of the announcement; then inotify, and one look for what came before it.
+        rung = bell is not None and bell.wait(WATCH_DELAY)
+        if not self._stopped():
+            self._start_watch()
+        first = True
         while bell is not None and not self._stopped():
-            rung = bell.wait(self.poll_interval)
+            if not first:
+                rung = bell.wait(self.poll_interval)
+            first = False
             if self._stopped():
                 return
             if not rung and not bell.present():
@@ -375,11 +402,14 @@ class Dataset:
         error, keeps it in :attr:`last_error`, and tries again when the
         announcement changes (docs/design.md invariant 5).
         """
+        path = layout.announcement_path(self.dir)
         try:
-            st = os.stat(layout.announcement_path(self.dir))
+            st = os.stat(path)
             stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except FileNotFoundError:
             stamp = None
+        except PermissionError as e:
+            raise PermissionDeniedError.of(path, e) from e
         if not initial and stamp == self._announce_stamp:
             return
         with self._refreshing:
@@ -387,7 +417,7 @@ class Dataset:
                 return
             try:
                 att, pinned = self._follow_announcement()
-            except (CorruptStateError, VersionNotFoundError) as e:
+            except (CorruptStateError, VersionNotFoundError, PermissionDeniedError) as e:
                 if self._current is None:
                     raise
                 # Kept and logged without its traceback: its frames would keep the bad file mapped.

@@ -7,6 +7,11 @@ a setting, says which.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import stat
+
 
 class Error(Exception):
     """Base class of every error the hollow reader raises."""
@@ -45,3 +50,55 @@ class UnknownTypeError(Error, KeyError):
 
 class ClosedError(Error):
     """The dataset or snapshot was closed; open a new one."""
+
+
+class PermissionDeniedError(Error, PermissionError):
+    """This process may not read a namespace's files; the message names the file, its owner and mode, and the fix.
+
+    (Also a ``PermissionError``, which is what it was before it had a name.)
+    """
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], error: OSError | None = None) -> PermissionDeniedError:
+        """The error for *path*, which this process could not open (*error*, if the kernel said so)."""
+        path = os.fspath(path)
+        # The nearest of path and its directories that can be looked at: when that is a directory
+        # above path, it is the one this process may not search.
+        st = None
+        while st is None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                parent = os.path.dirname(path)
+                if parent == path:
+                    break
+                path = parent
+        if st is None:
+            owner, what, mode = "unknown", "", "unknown"
+        else:
+            owner = f"{_user(st.st_uid)}:{_group(st.st_gid)}"
+            what = "directory " if stat.S_ISDIR(st.st_mode) else ""
+            mode = f"{stat.S_IMODE(st.st_mode):04o}"
+        me = _user(os.geteuid())
+        groups = ", ".join(sorted({_group(g) for g in (os.getegid(), *os.getgroups())}))
+        group = owner.partition(":")[2] or "the daemon's group"
+        return cls(
+            f"no read permission on {what}{path} (owned by {owner}, mode {mode}; this process runs as {me}, "
+            f"in groups {groups}): add {me} to group {group} (usermod -aG {group} {me}, then start the process "
+            "again), or have hollowd publish readable files for everyone with the namespace's `mode` setting "
+            "(e.g. mode = 0o644)" + (f" [{error.strerror}]" if error is not None and error.strerror else "")
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -32,7 +32,7 @@ from typing import Any
 
 import xxhash
 
-from hollow.errors import CorruptStateError, InvalidNameError
+from hollow.errors import CorruptStateError, InvalidNameError, PermissionDeniedError
 
 FORMAT_VERSION = 4
 MAGIC = b"\x89HOLLOW\n"
@@ -72,6 +72,16 @@ def check_namespace(name: str) -> str:
     return name
 
 
+def namespace_exists(ns_dir: Path) -> bool:
+    """Whether *ns_dir* is a directory; :class:`PermissionDeniedError` when this process may not look."""
+    try:
+        return stat.S_ISDIR(os.stat(ns_dir).st_mode)
+    except FileNotFoundError:
+        return False
+    except PermissionError as e:
+        raise PermissionDeniedError.of(ns_dir.parent, e) from e
+
+
 def namespace_dir(namespace: str, root: str | os.PathLike[str] | None = None) -> Path:
     return root_dir(root) / check_namespace(namespace)
 
@@ -102,6 +112,8 @@ def list_versions(ns_dir: Path) -> list[int]:
         names = os.listdir(ns_dir)
     except FileNotFoundError:
         return []
+    except PermissionError as e:
+        raise PermissionDeniedError.of(ns_dir, e) from e
     return sorted(v for v in map(parse_state_name, names) if v is not None)
 
 
@@ -206,7 +218,7 @@ def check_section(offset: int, length: int, file_length: int, *, what: str) -> N
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
-    """What ``<ns>/announced`` says: the version readers should be on now."""
+    """What ``<ns>/announce/announced`` says: the version readers should be on now."""
 
     version: int
     pinned: bool = False
@@ -253,6 +265,8 @@ def read_announcement(ns_dir: Path) -> Announcement | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except PermissionError as e:
+        raise PermissionDeniedError.of(path, e) from e
     except OSError as e:
         raise CorruptStateError(f"{path}: cannot open the announcement ({e.strerror}); is it a symlink?") from e
     try:

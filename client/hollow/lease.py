@@ -25,7 +25,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from hollow.errors import VersionNotFoundError
+from hollow.errors import PermissionDeniedError, VersionNotFoundError
 
 
 def lock_path(ns_dir: Path, version: int) -> Path:
@@ -44,6 +44,8 @@ class Lease:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise VersionNotFoundError(f"version {version} is gone (no lockfile {self.path})") from None
+        except PermissionError as e:
+            raise PermissionDeniedError.of(self.path, e) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -20,6 +20,7 @@ Three pycapnp facts shape this module (docs/pitfalls.md 21, 8 and 9):
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -75,9 +76,35 @@ def _compile_in_child(path: str, dirs: list[str]) -> None:
         [sys.executable, "-c", _COMPILE, path, *dirs], capture_output=True, text=True, timeout=120, check=False
     )
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if "failed:" in ln or "error" in ln.lower()]
-        detail = "; ".join(lines) or proc.stderr.strip()[-500:] or f"exit status {proc.returncode}"
-        raise InvalidSchemaError(f"schema {path} does not compile: {detail}")
+        raise InvalidSchemaError(f"schema {path} does not compile: {compile_errors(proc.stderr, path)}")
+
+
+#: A compiler error in what pycapnp prints as it aborts: ``FILE:LINE[:COL[-COL]]: failed: MESSAGE``.
+_FAILED = re.compile(r"(?P<file>[^\s:]+\.capnp):(?P<line>\d+)(?::(?P<col>\d+)(?:-\d+)?)?: failed: (?P<message>.*)")
+PARSE_HINT = (
+    "the parser names the line where it stopped, which can be after the mistake (a missing ';' is found "
+    "at the next line, an unclosed '{' at the end of the file)"
+)
+
+
+def compile_errors(stderr: str, path: str) -> str:
+    """The compiler's errors in *stderr*, as ``FILE:LINE: message`` without the C++ around them.
+
+    pycapnp's SchemaParser numbers lines and columns from 0 (docs/pitfalls.md 22):
+    they are given here from 1, as editors count them.
+    """
+    found = []
+    for match in _FAILED.finditer(stderr):
+        line = int(match["line"]) + 1
+        col = f":{int(match['col']) + 1}" if match["col"] else ""
+        message = match["message"].strip()
+        if message.rstrip(".") == "Parse error":
+            message = f"parse error ({PARSE_HINT})"
+        found.append(f"{os.path.basename(path)}:{line}{col}: {message}")
+    if found:
+        return "; ".join(dict.fromkeys(found))
+    tail = [ln.strip() for ln in stderr.splitlines() if ln.strip() and "terminate called" not in ln]
+    return "; ".join(tail[-3:]) or "the compiler gave no message"
 
 
 def envelope() -> Any:
@@ -183,3 +210,8 @@ def user_struct(module: Any, name: str, type_id: int, *, what: str) -> Any:
             f"{type_id:#x}; they are different types (was the file id or the struct renamed?)"
         )
     return schema
+
+
+# The envelope and the flat-array reader class are the library's own, the same for every dataset:
+# they are made as hollow is imported, not by a fresh process's first open (docs/decisions.md §21).
+_FlatReader = _flat_reader_class()

@@ -24,7 +24,7 @@ from typing import Any
 import capnp
 
 from hollow import layout, schema
-from hollow.errors import CorruptStateError, UnknownTypeError, VersionNotFoundError
+from hollow.errors import CorruptStateError, PermissionDeniedError, UnknownTypeError, VersionNotFoundError
 from hollow.view import IndexTable, OverlaidView, Overlay, TypeView, section
 
 
@@ -56,6 +56,8 @@ class StateFile:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError as e:
             raise VersionNotFoundError(f"{what}: no such version (never published, or reclaimed)") from e
+        except PermissionError as e:
+            raise PermissionDeniedError.of(path, e) from e
         except OSError as e:
             raise CorruptStateError(f"{what}: cannot open ({e.strerror}); is it a symlink?") from e
         try:

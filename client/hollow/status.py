@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hollow import doorbell, layout, lease
-from hollow.errors import NamespaceNotFoundError
+from hollow.errors import NamespaceNotFoundError, PermissionDeniedError
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,30 @@ class Status:
         return sum(files.values())
 
 
+def namespaces(root: str | os.PathLike[str] | None = None) -> list[str]:
+    """The names of the namespaces under *root* (directories with a valid name), sorted."""
+    path = layout.root_dir(root)
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    except PermissionError as e:
+        raise PermissionDeniedError.of(path, e) from e
+    out = []
+    for entry in entries:
+        try:
+            layout.check_namespace(entry.name)
+        except ValueError:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            out.append(entry.name)
+    return out
+
+
 def status(namespace: str, root: str | os.PathLike[str] | None = None) -> Status:
     """The state of *namespace* under *root* (default ``$HOLLOW_ROOT`` or ``/dev/shm/hollow``)."""
     ns_dir = layout.namespace_dir(namespace, root)
-    if not ns_dir.is_dir():
+    if not layout.namespace_exists(ns_dir):
         raise NamespaceNotFoundError(f"namespace {namespace!r} does not exist under {ns_dir.parent}")
     announcement = layout.read_announcement(ns_dir)
     versions = layout.list_versions(ns_dir)
