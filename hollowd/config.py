@@ -248,14 +248,15 @@ SETTINGS: tuple[Setting, ...] = (
         5.0,
         _percent,
         "A version whose changes since its base pass this share of the base's records gets a new base "
-        "(compacted in the background).",
+        "(compacted in the background). A stream of small changes gets one sooner: once the versions since "
+        "the base have rewritten about three changes a base record (docs/decisions.md §18).",
     ),
     Setting(
         "namespace",
         "compact_min",
-        4096,
+        1024,
         _count,
-        "Changes since the base below which no compaction starts, whatever their share.",
+        "Changes since the base below which no compaction starts, whatever their share or cost.",
     ),
     Setting("type", "primary_key", None, _fields, "Field, or list of fields, that identify a record.", required=True),
     Setting("type", "indexes", (), _index_list, "Secondary hash indexes: a list of field names or lists of names."),

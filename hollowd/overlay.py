@@ -99,6 +99,17 @@ def record_hash(record: Any) -> int:
     return _xxh(blob)
 
 
+def _deep(records: list[Any], start: int) -> ValidationError:
+    """The error for a record nested too deeply to hash (orjson stops at 254 levels, repr at the
+    interpreter's recursion limit): no schema nests that deep, so it is bad input, named by position."""
+    for i, r in enumerate(records):
+        try:
+            record_hash(r)
+        except RecursionError:
+            return ValidationError(f"record at input position {start + i} is nested too deeply (over 254 levels)")
+    return ValidationError(f"a record at input positions {start}-{start + len(records) - 1} is nested too deeply")
+
+
 def fields_of(record: Any, fields: tuple[str, ...]) -> Any:
     """A record reader's value of *fields*: the value of one field, or a tuple of several (a key)."""
     return record._get(fields[0]) if len(fields) == 1 else tuple(record._get(f) for f in fields)
@@ -124,7 +135,10 @@ def record_hashes(records: list[Any]) -> Any:
         try:
             blobs = list(map(_dumps, part))
         except TypeError:
-            out[start : start + len(part)] = np.fromiter(map(record_hash, part), dtype=_U64, count=len(part))
+            try:
+                out[start : start + len(part)] = np.fromiter(map(record_hash, part), dtype=_U64, count=len(part))
+            except RecursionError:
+                raise _deep(part, start) from None
             continue
         out[start : start + len(part)] = np.fromiter(map(_xxh, blobs), dtype=_U64, count=len(part))
         if b"null" in b"".join(blobs):

@@ -113,6 +113,17 @@ def test_a_key_twice_is_found_when_one_record_is_unchanged(producer: Producer, r
     assert "6 and 10" in str(e)
 
 
+def test_a_record_nested_too_deeply_is_named_not_a_crash(producer: Producer, root: Path) -> None:
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(5000):  # past orjson's 254 levels and the interpreter's recursion limit
+        inner.append([])
+        inner = inner[0]
+    e = reject(producer, root, with_bad(movie(1000, title=deep), at=7), hollowd.ValidationError)
+    assert "position 7" in str(e)
+    assert "nested too deeply" in str(e)
+
+
 def test_duplicate_composite_key_is_rejected(producer: Producer, root: Path) -> None:
     def fill(state: Any) -> None:
         state.add("Role", {"movieId": 1, "actorId": 2, "character": "a"})
