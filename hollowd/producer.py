@@ -103,7 +103,7 @@ class Producer:
         self.last_timings: dict[str, float] = {}
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
         self._lock_fd: int | None = _lock_namespace(self.dir)
-        self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
+        self._ringer = doorbell.ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
         self._latest_cache: tuple[int, StateFile, dict[str, overlay.Latest], Any, StateFile] | None = None
         self._compactor: compaction.Compactor | None = None

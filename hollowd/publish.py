@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from hollow import doorbell, layout, lease
+from hollow import doorbell, layout, lease, ring
 from hollow import schema as reader_schema
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
@@ -433,7 +433,7 @@ def verify_overlay(path: Path, namespace: str, version: int, types: list[BuiltOv
 
 
 def announce(
-    ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640, ringer: doorbell.Ringer | None = None
+    ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640, ringer: ring.Ringer | None = None
 ) -> None:
     """Replace ``announced`` by rename, so readers see the old or the new one, never a mix."""
     where = ns_dir / layout.ANNOUNCE_DIR
@@ -451,7 +451,9 @@ def announce(
         os.fsync(dfd)
     finally:
         os.close(dfd)
+    # Ringing happens in a helper process and can neither fail nor delay the announcement
+    # (hollow.ring): a follower's damaged doorbell is the follower's problem only.
     if ringer is not None:
         ringer.ring()
     else:
-        doorbell.ring_all(ns_dir.parent, ns_dir.name)
+        ring.ring_once("sem." + doorbell.prefix(ns_dir.parent, ns_dir.name))

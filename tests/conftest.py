@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile import other_user, user  # noqa: F401 - fixtures: real users made by the test
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 SHM = Path("/dev/shm")

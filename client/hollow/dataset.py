@@ -190,7 +190,7 @@ class Dataset:
             )
         if follow:
             # Ring first, then read: an announcement made in between is not missed (#273 in Hollow).
-            self._doorbell = Doorbell(self.root, namespace)
+            self._doorbell = self._make_doorbell()
         try:
             self._refresh(initial=True)
         except BaseException:
@@ -302,10 +302,18 @@ class Dataset:
         if bell is not None:
             bell.ring()
 
+    def _make_doorbell(self) -> Doorbell:
+        """A doorbell that the namespace's producer (the owner of its directory) may ring."""
+        try:
+            producer = os.stat(self.dir).st_uid
+        except OSError:
+            producer = None
+        return Doorbell(self.root, self.namespace, producer_uid=producer)
+
     def _new_doorbell(self, old: Doorbell) -> Doorbell:
         """Replace a doorbell whose name was removed under us (RemoveIPC; docs/pitfalls.md 17)."""
         log.warning("hollow: %s: doorbell %s was removed; making a new one", self.namespace, old.name)
-        bell = Doorbell(self.root, self.namespace)
+        bell = self._make_doorbell()
         with self._lock:
             self._doorbell = bell
         old.close(unlink=False)
@@ -516,7 +524,7 @@ class Dataset:
             return
         self._announce_stamp = None
         if self.follow:
-            self._doorbell = Doorbell(self.root, self.namespace)
+            self._doorbell = self._make_doorbell()
         self._refresh()
         if self.follow:
             self._start_following()
