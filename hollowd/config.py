@@ -170,8 +170,21 @@ SETTINGS: tuple[Setting, ...] = (
         "Durable directory for the latest good state, the version counter and any pin (survives reboots).",
     ),
     Setting("daemon", "control_socket", "/run/hollowd/control.sock", _path, "Unix socket the `hollow` CLI talks to."),
-    Setting("daemon", "socket_mode", 0o660, _mode, "Permission bits of the control socket."),
-    Setting("daemon", "socket_group", "", _text, "Group owning the control socket (empty: the daemon's)."),
+    Setting(
+        "daemon",
+        "socket_mode",
+        0o600,
+        _mode,
+        "Permission bits of the control socket (owner only: control is for operators, not readers).",
+    ),
+    Setting(
+        "daemon",
+        "socket_group",
+        "",
+        _text,
+        "Operator group: its members may use the control socket (pin, unpin, cycle, status), and it owns "
+        "the socket with read and write; empty: only root and the daemon's user.",
+    ),
     Setting("daemon", "metrics_port", 0, _port, "Prometheus metrics on this loopback port; 0 turns them off."),
     Setting(
         "daemon",

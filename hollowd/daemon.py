@@ -355,7 +355,13 @@ class Daemon:
         elif kind == "hup":
             self._reload()
         elif kind == "control":
-            arg.reply(self._control(arg.doc))
+            try:
+                answer = self._control(arg.doc)
+            except Exception as e:  # one request never takes the daemon down (docs/decisions.md §31)
+                log.exception("hollowd: event=control-failed request=%r", arg.doc)
+                error = f"the daemon could not carry this out: {type(e).__name__}: {e}"
+                answer = {"ok": False, "error": error, "code": 1}
+            arg.reply(answer)
         now = time.monotonic()
         for runner in self.runners.values():
             if runner.due <= now:
@@ -374,7 +380,7 @@ class Daemon:
             return {"ok": False, "error": f"no namespace {name!r}; serving: {', '.join(self.runners)}", "code": 1}
         try:
             if command == "pin":
-                version = int(doc["version"])
+                version = doc["version"]  # an int >= 1: hollowd.control.parse checked it
                 runner.producer.pin(version)
                 runner.store.save_pin(version)
             elif command == "unpin":

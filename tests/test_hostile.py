@@ -3,18 +3,30 @@ only itself. Every cross-user case uses real users made by the test (tests/hosti
 
 from __future__ import annotations
 
+import grp
+import json
 import os
+import re
+import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import hollow
-from hollow import doorbell
-from tests.helpers import movies_producer
+from hollow import doorbell, layout
+from hollowd import control
+from tests.daemons import Daemon, announced, write_jsonl
+from tests.helpers import SCHEMAS, movie, movies_producer
 from tests.hostile import User, made_user
+from tests.test_daemon import CONFIG
 from tests.test_follow import TIMEOUT, dead_pid, doorbells, follower, version_data
 
 SHM = Path("/dev/shm")
@@ -170,3 +182,160 @@ def test_a_ringer_that_dies_is_replaced_and_the_cycle_goes_on(root: Path) -> Non
             kid.expect("update", version=3)
             assert p._ringer._proc is not helper
             kid.finish()
+
+
+# -- 9.3 the control socket ---------------------------------------------------------------
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may enter (tmp_path is under root's private /tmp/pytest-of-root)."""
+    path = Path(tempfile.mkdtemp(prefix="hollow-hostile-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _daemon_config(root: Path, where: Path, extra: str = "") -> Path:
+    source = where / "movies.jsonl"
+    write_jsonl(source, [movie(i) for i in range(5)])
+    (where / "state").mkdir()
+    config = where / "hollowd.toml"
+    text = CONFIG.format(root=root, state=where / "state", schema=SCHEMAS / "movies.capnp", source=source)
+    text = text.replace(
+        f'control_socket = "{where / "state"}/control.sock"', f'control_socket = "{where}/control.sock"'
+    )
+    config.write_text(text.replace("[daemon]\n", "[daemon]\n" + extra))
+    return config
+
+
+ASK = r"""
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print(json.dumps({"connect": e.strerror}))
+    sys.exit()
+try:
+    s.sendall(sys.argv[2].encode() + b"\n")
+except OSError:
+    pass  # answered and closed before the whole request was sent (refused, too long)
+print(s.makefile().readline().strip() or "{}")
+"""
+
+
+def _ask(who: User | None, sock: Path, request: object) -> dict[str, Any]:
+    body = request if isinstance(request, str) else json.dumps(request)
+    if who is None:
+        out = subprocess.run(
+            [sys.executable, "-c", ASK, str(sock), body], capture_output=True, text=True, timeout=TIMEOUT, check=False
+        )
+    else:
+        out = who.run(ASK, str(sock), body)
+    assert out.returncode == 0, out.stderr
+    answer: dict[str, Any] = json.loads(out.stdout)
+    return answer
+
+
+def test_control_is_for_operators_not_readers(root: Path, open_dir: Path, user: User, other_user: User) -> None:
+    group = f"hg{uuid.uuid4().hex[:8]}"
+    subprocess.run(["groupadd", "--system", group], check=True)
+    try:
+        subprocess.run(["usermod", "-aG", group, other_user.name], check=True)
+        operator = User(
+            other_user.name, other_user.uid, other_user.gid, (*other_user.groups, grp.getgrnam(group).gr_gid)
+        )
+        config = _daemon_config(root, open_dir)
+        sock = open_dir / "control.sock"
+        d = Daemon(config, open_dir)
+        try:
+            d.notifications("READY=1")
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+            assert _ask(user, sock, {"command": "pin", "namespace": "movies", "version": 1}) == {
+                "connect": "Permission denied"
+            }
+            sock.chmod(0o666)  # an operator's mistake: the peer's credentials still decide
+            answer = _ask(user, sock, {"command": "pin", "namespace": "movies", "version": 1})
+            assert answer["ok"] is False
+            assert f"uid {user.uid}" in answer["error"]
+            assert "socket_group" in answer["error"]
+            assert announced(root) == 1
+            assert not layout.read_announcement(root / "movies").pinned  # type: ignore[union-attr]
+            assert _ask(None, sock, {"command": "status"})["ok"] is True  # root
+        finally:
+            assert d.stop() == 0
+        config.write_text(config.read_text().replace("[daemon]\n", f'[daemon]\nsocket_group = "{group}"\n'))
+        d = Daemon(config, open_dir)
+        try:
+            d.notifications("READY=1")
+            st = sock.stat()
+            assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, grp.getgrnam(group).gr_gid)
+            answer = _ask(operator, sock, {"command": "pin", "namespace": "movies", "version": 1})
+            assert answer.get("pinned") is True, answer
+            assert _ask(user, sock, {"command": "unpin", "namespace": "movies"}) == {"connect": "Permission denied"}
+        finally:
+            assert d.stop() == 0
+    finally:
+        subprocess.run(["groupdel", group], check=False)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "says"),
+    [
+        ("[" * 2000 + "]" * 2000, "nested too deeply"),
+        ('{"command": "pin", "namespace": "movies", "version": ' + "[" * 1900 + "]" * 1900 + "}", "nested"),
+        ("[" * 5000 + "]" * 5000, "longer than 4096 bytes"),
+        ("[[1]]", "a request is a JSON object"),
+        ('{"command": "pin", "namespace": "movies", "version": Infinity}', "Infinity is not a value"),
+        ('{"command": "pin", "namespace": "movies", "version": -Infinity}', "-Infinity is not a value"),
+        ('{"command": "pin", "namespace": "movies", "version": NaN}', "NaN is not a value"),
+        ('{"command": "pin", "namespace": "movies", "version": 1e400}', "1e400 is not an integer"),
+        ('{"command": "pin", "namespace": "movies", "version": 1.5}', "1.5 is not an integer"),
+        ('{"command": "pin", "namespace": "movies", "version": "1"}', "version must be an integer"),
+        ('{"command": "pin", "namespace": "movies", "version": true}', "version must be an integer"),
+        ('{"command": "pin", "namespace": "movies", "version": 0}', "version must be an integer"),
+        ('{"command": "pin", "namespace": "movies", "version": 99999999999999999999}', "version must be an integer"),
+        ('{"command": "pin", "namespace": ["movies"], "version": 1}', "namespace must be a string"),
+        ('{"command": "pin", "namespace": "movies", "version": 1, "x": 2}', "unknown field"),
+        ('{"command": "rm -rf", "namespace": "movies"}', "command must be one of"),
+        ("x" * 10_000, "longer than"),
+        ("\xff\xfe", "not JSON"),
+    ],
+)
+def test_bad_requests_are_refused_by_name_and_change_nothing(request_line: str, says: str) -> None:
+    with pytest.raises(control.BadRequestError, match=re.escape(says)):
+        control.parse(request_line.encode("utf-8", "surrogateescape"))
+
+
+def test_slow_silent_huge_and_malformed_clients_never_stop_control(root: Path, open_dir: Path) -> None:
+    sock = open_dir / "control.sock"
+    d = Daemon(_daemon_config(root, open_dir), open_dir)
+    held: list[socket.socket] = []
+    try:
+        d.notifications("READY=1")
+        for _ in range(3):  # connections that never send a newline, and one that drips
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(sock))
+            s.sendall(b'{"command": ')
+            held.append(s)
+        bodies = [
+            "[" * 2000 + "]" * 2000,
+            "[" * 5000 + "]" * 5000,
+            '{"command": "pin", "namespace": "movies", "version": Infinity}',
+            '{"command": "pin", "namespace": "movies", "version": 1e400}',
+            "x" * 100_000,
+        ]
+        for body in bodies:
+            answer = _ask(None, sock, body)
+            assert (answer["ok"], answer["code"]) == (False, 2), answer
+            held[-1].sendall(b" ")
+        answer = _ask(None, sock, {"command": "pin", "namespace": "movies", "version": 1})
+        assert answer["ok"] is True, answer
+        assert d.proc.poll() is None
+        answer = json.loads(held[0].makefile().readline())  # the silent ones get their own answer, in time
+        assert "no whole request line" in answer["error"]
+    finally:
+        for s in held:
+            s.close()
+        assert d.stop() == 0
