@@ -101,7 +101,7 @@ class Producer:
         self._reserve = reserve
         #: Seconds per stage of the last cycle (build, validate, publish, announce, reclaim).
         self.last_timings: dict[str, float] = {}
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
+        publish.prepare_dirs(self.dir, mode)  # ours, or refused: docs/decisions.md §32
         self._lock_fd: int | None = _lock_namespace(self.dir)
         self._ringer = doorbell.ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
@@ -261,7 +261,7 @@ class Producer:
 
     def _unchanged(self, version: int) -> int:
         """Nothing differs from the latest version: make sure it is the one announced, publish nothing."""
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         if current is None or (not current.pinned and current.version != version):
             self._announce(self._announcement(version, pinned=False))  # published, never announced (a crash)
         return version
@@ -289,7 +289,7 @@ class Producer:
         )
 
     def _announce_latest(self, version: int) -> None:
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         if current is not None and current.pinned:  # followers stay on the pin; record the new latest
             self._announce(layout.Announcement(current.version, True, version, time.time_ns()))
         else:
@@ -461,7 +461,7 @@ class Producer:
         """
         versions = self.versions()
         keep = set(versions[-self.retain :])
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         if current is not None:
             keep.add(current.version)
         removed = [v for v in versions if v not in keep and publish.remove_version(self.dir, v)]
@@ -500,8 +500,17 @@ class Producer:
     def _announcement(self, version: int, *, pinned: bool) -> layout.Announcement:
         return layout.Announcement(version, pinned, self._last_version, time.time_ns())
 
+    def announcement(self) -> layout.Announcement | None:
+        """The announcement as it is, or None if there is none or something else was planted under its
+        name (logged; the next announcement replaces it: docs/decisions.md §34)."""
+        try:
+            return layout.read_announcement(self.dir)
+        except ReaderError as e:
+            log.warning("hollowd: %s; the next announcement replaces it", str(e))  # not e: its frames hold mappings
+            return None
+
     def _announced_version(self) -> int:
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         return current.version if current is not None else 0
 
     def _next_version(self) -> int:
@@ -565,6 +574,8 @@ class _VersionRecords(Mapping[str, Sequence[Mapping[str, Any]]]):
 def _lock_namespace(ns_dir: Path) -> int:
     try:
         return pidlock.acquire(ns_dir / LOCK_FILE)
+    except pidlock.NotRegularError as e:
+        raise ProducerLockedError(f"cannot lock {ns_dir}: {e}") from None
     except pidlock.HeldError as e:
         raise ProducerLockedError(
             f"another producer (PID {e.holder}) owns {ns_dir}; stop it first, or use another namespace or root"

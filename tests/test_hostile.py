@@ -3,6 +3,7 @@ only itself. Every cross-user case uses real users made by the test (tests/hosti
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
@@ -23,7 +24,11 @@ import pytest
 import hollow
 from hollow import doorbell, layout
 from hollowd import control
-from tests.daemons import Daemon, announced, write_jsonl
+from hollowd.errors import ConfigurationError
+from hollowd.schema import NamespaceSchema
+from hollowd.sources import FileSource, SourceError
+from hollowd.state import WriteState
+from tests.daemons import Daemon, announced, run, write_jsonl
 from tests.helpers import SCHEMAS, movie, movies_producer
 from tests.hostile import User, made_user
 from tests.test_daemon import CONFIG
@@ -339,3 +344,241 @@ def test_slow_silent_huge_and_malformed_clients_never_stop_control(root: Path, o
         for s in held:
             s.close()
         assert d.stop() == 0
+
+
+# -- 9.2 root and namespace directory trust --------------------------------------------------
+
+
+def _chown(path: Path, who: User, mode: int) -> None:
+    os.chown(path, who.uid, who.gid)
+    path.chmod(mode)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o755])
+def test_a_root_made_by_another_user_is_refused_by_name(root: Path, user: User, mode: int) -> None:
+    shared = root / "shared"
+    shared.mkdir()
+    _chown(shared, user, mode)  # made first by someone else, as on a host where anyone may write /dev/shm
+    with pytest.raises(ConfigurationError) as e:
+        movies_producer(shared)
+    message = str(e.value)
+    assert str(shared) in message
+    assert user.name in message
+    assert f"{mode:04o}" in message
+    assert "chown" in message
+    assert not (shared / "movies").exists(), "published into it anyway"
+
+
+def test_a_forged_namespace_cannot_reach_readers(root: Path, user: User) -> None:
+    """The issue's attack: the root is writable by others, who swap the namespace for a forged one."""
+    with movies_producer(root, mode=0o644) as p:
+        p.run_cycle(version_data(1))
+    forged = root / "forged"
+    with movies_producer(forged, mode=0o644) as p:
+        p.run_cycle(lambda s: [s.add("Movie", movie(0, title="FORGED-0")), s.add("Actor", {"id": 0, "name": "x"})])
+    root.chmod(0o777)
+    (root / "movies").rename(root / "real")
+    (forged / "movies").rename(root / "movies")
+    with pytest.raises(hollow.UntrustedDirectoryError, match="0777"):
+        hollow.open("movies", root=root)
+    with pytest.raises(hollow.UntrustedDirectoryError):
+        hollow.status("movies", root=root)
+    root.chmod(0o755)
+    (root / "movies").chmod(0o777)
+    with pytest.raises(hollow.UntrustedDirectoryError, match="namespace directory"):
+        hollow.open("movies", root=root)
+    os.chown(root / "movies", user.uid, user.gid)
+    (root / "movies").chmod(0o755)
+    with pytest.raises(hollow.UntrustedDirectoryError, match=user.name):
+        hollow.open("movies", root=root)  # a stranger's namespace in a root it does not own
+
+
+def test_a_symlinked_root_or_namespace_is_not_followed(root: Path) -> None:
+    real = root / "real"
+    with movies_producer(real) as p:
+        p.run_cycle(version_data(1))
+    link = root / "link"
+    link.symlink_to(real)
+    with pytest.raises(ConfigurationError, match="symlink"):
+        movies_producer(link)
+    with pytest.raises(hollow.UntrustedDirectoryError, match="symlink"):
+        hollow.open("movies", root=link)
+    (real / "other").symlink_to(real / "movies")
+    with pytest.raises(hollow.UntrustedDirectoryError, match="symlink"):
+        hollow.open("other", root=real)
+
+
+def test_the_daemon_exits_78_naming_an_untrusted_root(root: Path, open_dir: Path, user: User) -> None:
+    shared = root / "shared"
+    shared.mkdir()
+    _chown(shared, user, 0o777)
+    done = run("hollowd.daemon", "--config", str(_daemon_config(shared, open_dir)))
+    assert done.returncode == 78, done.stderr
+    assert str(shared) in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_roots_and_namespaces_are_made_with_exact_modes_whatever_the_umask(root: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with movies_producer(root / "private") as p:
+            p.run_cycle(version_data(1))
+        with movies_producer(root / "public", mode=0o644) as p:
+            p.run_cycle(version_data(1))
+    finally:
+        os.umask(old)
+    modes = {
+        name: stat.S_IMODE(path.stat().st_mode)
+        for name, path in {
+            "private root": root / "private",
+            "private ns": root / "private" / "movies",
+            "public root": root / "public",
+            "public ns": root / "public" / "movies",
+        }.items()
+    }
+    # outside the group no one lists namespaces; with world-readable files others may enter, not list
+    assert modes == {"private root": 0o750, "private ns": 0o750, "public root": 0o751, "public ns": 0o755}
+
+
+# -- 9.4 readers that block others -----------------------------------------------------------
+
+BLOCKER = r"""
+import sys
+ns = sys.argv[1]
+held, tried = [], {}
+for name in sorted(os.listdir(ns)):
+    for flags in (os.O_RDONLY, os.O_RDWR):
+        try:
+            fd = os.open(os.path.join(ns, name), flags | os.O_NONBLOCK)
+        except OSError as e:
+            tried[f"{name} {flags}"] = e.errno
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tried[f"{name} flock"] = 0
+        except OSError as e:
+            tried[f"{name} flock"] = e.errno
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+            tried[f"{name} ofd"] = 0
+        except OSError as e:
+            tried[f"{name} ofd"] = e.errno
+        held.append(fd)
+print(json.dumps(tried), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_reader_cannot_block_leases_reclaim_or_the_producer(root: Path, user: User) -> None:
+    with movies_producer(root, mode=0o644, retain=2) as p:
+        for v in range(1, 4):
+            p.run_cycle(version_data(v))
+        assert stat.S_IMODE((root / "movies" / ".producer.lock").stat().st_mode) == 0o600
+        blocker = subprocess.Popen(
+            [sys.executable, "-c", user.code(BLOCKER), str(root / "movies")],
+            env={**os.environ, **user.env()},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert blocker.stdout is not None
+            tried = json.loads(blocker.stdout.readline())
+            assert tried[f".producer.lock {os.O_RDONLY}"] == errno.EACCES, tried
+            assert tried["3.lock flock"] == 0, tried  # a flock it may take: it is only a name tag now
+            assert tried["3.lock ofd"] == errno.EBADF, tried  # but no write lock: leases are OFD read locks
+            assert tried[f"3.lock {os.O_RDWR}"] == errno.EACCES, tried
+            with hollow.open("movies", root=root) as ds:  # a new reader leases version 3 all the same
+                assert ds.version == 3
+            for v in range(4, 8):
+                p.run_cycle(version_data(v))
+            assert p.versions() == [6, 7], "reclaim was blocked by a reader's flock"
+        finally:
+            assert blocker.stdin is not None
+            blocker.stdin.close()
+            blocker.wait(TIMEOUT)
+            blocker.stdout.close()  # type: ignore[union-attr]
+
+
+def test_the_daemons_locks_are_its_own(tmp_path: Path, root: Path) -> None:
+    lock = root / "movies" / ".producer.lock"
+    lock.parent.mkdir()
+    lock.write_text("1\n")
+    lock.chmod(0o644)  # as an older hollowd left it
+    with movies_producer(root):
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+# -- 9.5 files planted by the daemon's user or root ------------------------------------------
+
+
+def test_a_fifo_as_a_lockfile_hangs_no_one(root: Path) -> None:
+    with movies_producer(root) as p:
+        p.run_cycle(version_data(1))
+        os.mkfifo(root / "movies" / "2.lock")  # where the next version's lockfile goes
+        assert p.run_cycle(version_data(2)) == 2
+        assert stat.S_ISREG((root / "movies" / "2.lock").lstat().st_mode)
+        (root / "movies" / "2.lock").unlink()
+        os.mkfifo(root / "movies" / "2.lock")  # under the announced version
+        code = (
+            "import sys, hollow\ntry:\n    hollow.open('movies', root=sys.argv[1])\n"
+            "except hollow.CorruptStateError as e:\n    print(e)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=TIMEOUT, check=True
+        )
+        assert "not a regular file" in out.stdout, out
+        (root / "movies" / "2.lock").unlink()
+        assert p.run_cycle(version_data(3)) == 3  # and reclaiming past it hangs nothing
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory", "garbage"])
+def test_anything_planted_as_the_announcement_is_replaced_at_the_next_cycle(root: Path, kind: str) -> None:
+    announced = root / "movies" / "announce" / "announced"
+    decoy = root / "decoy.json"
+    decoy.write_text('{"version": 1, "pinned": true}')
+    with movies_producer(root) as p:
+        p.run_cycle(version_data(1))
+        announced.unlink()
+        if kind == "fifo":
+            os.mkfifo(announced)
+        elif kind == "symlink":
+            announced.symlink_to(decoy)
+        elif kind == "directory":
+            announced.mkdir()
+            (announced / "x").write_text("x")
+        else:
+            announced.write_bytes(b"\xff" * 10)
+        with pytest.raises(hollow.CorruptStateError):
+            layout.read_announcement(root / "movies")
+        assert p.announcement() is None
+        assert p.run_cycle(version_data(2)) == 2
+        assert layout.read_announcement(root / "movies") == p.announcement()
+        assert p.announcement().version == 2  # type: ignore[union-attr]
+        assert stat.S_ISREG(announced.lstat().st_mode)
+        assert decoy.read_text() == '{"version": 1, "pinned": true}'
+
+
+def test_a_symlinked_announce_directory_is_replaced_not_followed(root: Path) -> None:
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    with movies_producer(root) as p:
+        p.run_cycle(version_data(1))
+        shutil.rmtree(root / "movies" / "announce")
+        (root / "movies" / "announce").symlink_to(elsewhere)
+        with pytest.raises(hollow.CorruptStateError, match="symlink"):
+            layout.read_announcement(root / "movies")
+        assert p.run_cycle(version_data(2)) == 2
+        assert (root / "movies" / "announce").is_dir()
+        assert not (root / "movies" / "announce").is_symlink()
+        assert os.listdir(elsewhere) == []
+        with hollow.open("movies", root=root, follow=False) as ds:
+            assert ds.version == 2
+
+
+def test_a_fifo_as_the_source_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "movies.jsonl"
+    os.mkfifo(fifo)
+    source = FileSource(fifo, NamespaceSchema(SCHEMAS / "movies.capnp", {"Movie": "id"}), type_name="Movie")
+    with pytest.raises(SourceError, match="not a regular file"):
+        source(WriteState(source.schema))

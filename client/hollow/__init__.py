@@ -21,6 +21,7 @@ from hollow.errors import (
     NamespaceNotFoundError,
     SchemaMismatchError,
     UnknownTypeError,
+    UntrustedDirectoryError,
     VersionNotFoundError,
 )
 from hollow.status import Status, VersionStatus, status
@@ -40,6 +41,7 @@ __all__ = [
     "Status",
     "TypeView",
     "UnknownTypeError",
+    "UntrustedDirectoryError",
     "VersionNotFoundError",
     "VersionStatus",
     "open",

@@ -37,6 +37,7 @@ from hollow.errors import (
     CorruptStateError,
     Error,
     NamespaceNotFoundError,
+    UntrustedDirectoryError,
     VersionNotFoundError,
 )
 from hollow.lease import Lease
@@ -183,11 +184,7 @@ class Dataset:
         #: The error that kept this process from following the last announcement, if any.
         self.last_error: Error | None = None
         _Fork.datasets.add(self)
-        if not self.dir.is_dir():
-            raise NamespaceNotFoundError(
-                f"namespace {namespace!r} does not exist under {self.root} "
-                "(is hollowd running, and is HOLLOW_ROOT or root= the same for both?)"
-            )
+        self._producer_uid = self._check_tree().st_uid
         if follow:
             # Ring first, then read: an announcement made in between is not missed (#273 in Hollow).
             self._doorbell = self._make_doorbell()
@@ -302,13 +299,19 @@ class Dataset:
         if bell is not None:
             bell.ring()
 
+    def _check_tree(self) -> os.stat_result:
+        """The namespace directory's lstat, once the root and it are found trustworthy (layout.check_trusted)."""
+        try:
+            return layout.check_namespace_tree(self.dir)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NamespaceNotFoundError(
+                f"namespace {self.namespace!r} does not exist under {self.root} "
+                "(is hollowd running, and is HOLLOW_ROOT or root= the same for both?)"
+            ) from None
+
     def _make_doorbell(self) -> Doorbell:
         """A doorbell that the namespace's producer (the owner of its directory) may ring."""
-        try:
-            producer = os.stat(self.dir).st_uid
-        except OSError:
-            producer = None
-        return Doorbell(self.root, self.namespace, producer_uid=producer)
+        return Doorbell(self.root, self.namespace, producer_uid=self._producer_uid)
 
     def _new_doorbell(self, old: Doorbell) -> Doorbell:
         """Replace a doorbell whose name was removed under us (RemoveIPC; docs/pitfalls.md 17)."""
@@ -395,7 +398,7 @@ class Dataset:
                 return
             try:
                 att, pinned = self._follow_announcement()
-            except (CorruptStateError, VersionNotFoundError) as e:
+            except (CorruptStateError, VersionNotFoundError, UntrustedDirectoryError, NamespaceNotFoundError) as e:
                 if self._current is None:
                     raise
                 # Kept and logged without its traceback: its frames would keep the bad file mapped.
@@ -465,6 +468,7 @@ class Dataset:
             if att is not None:
                 return att
         path = self.dir / layout.state_name(version)
+        self._check_tree()  # before trusting what is in it: it may have been changed since open
         try:
             lease = _lease(self.dir, version)
         except VersionNotFoundError as e:

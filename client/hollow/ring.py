@@ -170,7 +170,10 @@ def _helper(start: str) -> int:
         if not lines:
             continue
         rung, removed = ring_pass(start, sem_post)
-        os.write(1, b"%s %d %d\n" % (lines[-1], rung, removed))
+        try:
+            os.write(1, b"%s %d %d\n" % (lines[-1], rung, removed))
+        except BrokenPipeError:
+            return 0  # the producer closed us: it is done
 
 
 class Ringer:

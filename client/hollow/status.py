@@ -55,8 +55,10 @@ class Status:
 def status(namespace: str, root: str | os.PathLike[str] | None = None) -> Status:
     """The state of *namespace* under *root* (default ``$HOLLOW_ROOT`` or ``/dev/shm/hollow``)."""
     ns_dir = layout.namespace_dir(namespace, root)
-    if not ns_dir.is_dir():
-        raise NamespaceNotFoundError(f"namespace {namespace!r} does not exist under {ns_dir.parent}")
+    try:
+        layout.check_namespace_tree(ns_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NamespaceNotFoundError(f"namespace {namespace!r} does not exist under {ns_dir.parent}") from None
     announcement = layout.read_announcement(ns_dir)
     versions = layout.list_versions(ns_dir)
     latest = max([*versions, announcement.latest if announcement else 0]) or None
