@@ -266,6 +266,7 @@ class Daemon:
             indexes={t.name: [list(ix) for ix in t.indexes] for t in ns.types.values()},
             root=self.cfg.root,
             retain=ns.retain,
+            max_versions=ns.max_versions,
             compact_share=ns.compact_percent / 100,
             compact_min=ns.compact_min,
             mode=ns.mode,

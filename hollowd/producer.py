@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hollow import doorbell, layout
+from hollow import doorbell, layout, lease
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import compaction, encoder, overlay, pidlock, publish
@@ -66,6 +66,9 @@ class Producer:
     :param indexes: type name → list of secondary indexes (a field name, or a list of names).
     :param root: defaults to ``$HOLLOW_ROOT`` or ``/dev/shm/hollow``.
     :param retain: how many versions to keep (the announced and pinned ones always stay).
+    :param max_versions: the most versions present at once, leased ones included (at least
+        *retain* + 2): past it the oldest leased versions are removed despite their leases, and
+        the PIDs holding them logged (docs/decisions.md §33). A reader may hurt only itself.
     :param mode: permission bits of published files (made read-only); readers need read access.
     :param validators: checks a candidate version must pass before it is published (hollowd.validators).
     :param versions_after: no version at or below this is minted (the daemon's persisted counter,
@@ -85,6 +88,7 @@ class Producer:
         indexes: Mapping[str, Iterable[Sequence[str] | str]] | None = None,
         root: str | os.PathLike[str] | None = None,
         retain: int = 5,
+        max_versions: int = 20,
         mode: int = 0o640,
         validators: Sequence[validation.Validator] = (),
         versions_after: int = 0,
@@ -96,6 +100,9 @@ class Producer:
         self.schema = NamespaceSchema(schema, primary_keys, indexes)
         self.dir = layout.namespace_dir(namespace, root)
         self.retain = max(1, retain)
+        self.max_versions = max(max_versions, self.retain + 2)
+        #: {version: PIDs holding it} of the leased versions the last reclaim removed anyway.
+        self.last_revoked: dict[int, list[int]] = {}
         self.mode = mode
         self.validators = list(validators)
         self._reserve = reserve
@@ -465,6 +472,8 @@ class Producer:
         if current is not None:
             keep.add(current.version)
         removed = [v for v in versions if v not in keep and publish.remove_version(self.dir, v)]
+        self.last_revoked = self._revoke([v for v in versions if v not in removed], keep)
+        removed += list(self.last_revoked)
         for lock in self.dir.glob("*.lock"):  # lockfiles whose state file is gone (a crash mid-removal)
             v = layout.parse_state_name(lock.name[: -len(".lock")])
             if v is not None and v not in versions:
@@ -475,6 +484,30 @@ class Producer:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return removed
+
+    def _revoke(self, present: list[int], keep: set[int]) -> dict[int, list[int]]:
+        """Past *max_versions* present, remove the oldest leased versions anyway: {version: holders}.
+
+        Their holders keep reading what they mapped (an unlinked file stays while mapped:
+        docs/pitfalls.md 7); nobody can attach them any more."""
+        excess = len(present) - self.max_versions
+        if excess <= 0:
+            return {}
+        revoked = {
+            v: lease.holders(lease.lock_path(self.dir, v)) for v in [v for v in present if v not in keep][:excess]
+        }
+        for v in revoked:
+            publish.remove_version(self.dir, v, force=True)
+        if revoked:
+            log.warning(
+                "hollowd: event=leases-revoked namespace=%s versions=%s holders=%s (more than max_versions=%d "
+                "versions present; those readers keep what they mapped, nobody can attach these versions again)",
+                self.namespace,
+                ",".join(map(str, revoked)),
+                ",".join(sorted({str(p) for pids in revoked.values() for p in pids})) or "unknown",
+                self.max_versions,
+            )
+        return revoked
 
     def close(self) -> None:
         """Release the namespace (other producers may then take it)."""

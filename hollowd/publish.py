@@ -327,12 +327,13 @@ def _create_lockfile(ns_dir: Path, version: int, mode: int) -> None:
         os.close(fd)
 
 
-def remove_version(ns_dir: Path, version: int) -> bool:
-    """Remove *version* if no process holds a lease on it; True when removed.
+def remove_version(ns_dir: Path, version: int, *, force: bool = False) -> bool:
+    """Remove *version* if no process holds a lease on it (or anyway, with *force*); True when removed.
 
-    Takes ``LOCK_EX | LOCK_NB`` on the lockfile and, holding it, unlinks the
-    state file and then the lockfile, so a reader that wins the race sees a
-    lockfile with no links and moves on (hollow.lease).
+    Takes the lockfile's write lock and, holding it, unlinks the state file and
+    then the lockfile, so a reader that wins the race sees a lockfile with no
+    links and moves on (hollow.lease). With *force*, a leased version is unlinked
+    all the same: its holders keep their mappings, new readers cannot attach it.
     """
     state = ns_dir / layout.state_name(version)
     lock = lease.lock_path(ns_dir, version)
@@ -342,7 +343,7 @@ def remove_version(ns_dir: Path, version: int) -> bool:
                 path.unlink()  # a file without a lockfile (not written by hollowd) cannot be leased
         return True
     fd = lease.try_exclusive(lock)
-    if fd is None:
+    if fd is None and not force:
         return False
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -352,7 +353,8 @@ def remove_version(ns_dir: Path, version: int) -> bool:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     return True
 
 

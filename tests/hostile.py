@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +65,8 @@ class User:
 
 #: uids of the users tests made, so that the leak fixture knows their files are the test's.
 made_uids: set[int] = set()
+#: The per-test roots the running test made (conftest's ``root`` fixture), for the leak fixture.
+test_roots: list[Path] = []
 
 
 @contextlib.contextmanager

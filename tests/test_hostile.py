@@ -500,6 +500,29 @@ def test_a_reader_cannot_block_leases_reclaim_or_the_producer(root: Path, user: 
             blocker.stdout.close()  # type: ignore[union-attr]
 
 
+def test_leases_on_every_version_cannot_grow_shm_past_its_bound(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reader that leases every version (issue 9.4: 2 → 21 versions with retain = 2) meets max_versions:
+    the oldest leased are removed anyway, named with their holders, and the holder keeps reading them."""
+    held = []
+    with movies_producer(root, retain=2, max_versions=4) as p:
+        p.run_cycle(version_data(1))
+        ds = hollow.open("movies", root=root, follow=False)
+        held.append(ds.attach(1))
+        for v in range(2, 12):
+            p.run_cycle(version_data(v))
+            held.append(ds.attach(v))
+            assert len(p.versions()) <= 4, p.versions()
+        assert p.versions() == [8, 9, 10, 11]
+        assert p.last_revoked == {7: [os.getpid()]}
+        assert f"versions=7 holders={os.getpid()}" in caplog.text
+        for v, snap in enumerate(held, 1):  # revoked or not, a holder reads what it holds
+            assert snap["Movie"][0].title == f"v{v}"
+            snap.close()
+        with pytest.raises(hollow.VersionNotFoundError):
+            ds.attach(3)
+        ds.close()
+
+
 def test_the_daemons_locks_are_its_own(tmp_path: Path, root: Path) -> None:
     lock = root / "movies" / ".producer.lock"
     lock.parent.mkdir()
@@ -582,3 +605,22 @@ def test_a_fifo_as_the_source_file_is_refused_not_waited_on(tmp_path: Path) -> N
     source = FileSource(fifo, NamespaceSchema(SCHEMAS / "movies.capnp", {"Movie": "id"}), type_name="Movie")
     with pytest.raises(SourceError, match="not a regular file"):
         source(WriteState(source.schema))
+
+
+# -- 9.21 the leak fixture counts only the test's own -----------------------------------------
+
+
+def test_the_leak_check_counts_only_what_this_test_made(root: Path) -> None:
+    from tests import conftest  # noqa: PLC0415
+
+    me, ours = os.getpid(), doorbell.prefix(root, "movies")
+    theirs = doorbell.prefix(Path("/dev/shm/hollow-test-1-elsewhere"), "movies")
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as child:
+        assert conftest._ours(f"sem.{ours}1.0")  # under this test's root, whoever's PID
+        assert conftest._ours(f"sem.{theirs}{me}.0")  # this process's
+        assert conftest._ours(f"sem.{theirs}{child.pid}.0")  # a child's
+        assert not conftest._ours(f"sem.{theirs}1.0")  # another process's, under another root
+        assert conftest._ours(f"hollow-test-{me}-left-behind")
+        assert not conftest._ours("hollow-test-1-another-run")
+        assert not conftest._ours("some-other-program")
+        child.stdin.close()  # type: ignore[union-attr]

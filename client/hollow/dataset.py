@@ -367,6 +367,7 @@ class Dataset:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._refreshing = threading.Lock()
+        self._rearming = threading.Lock()  # one thread re-arms a forked child's dataset (_check)
 
     def _stopped(self) -> bool:
         return self._closed  # a call, so that type checkers do not assume it cannot change
@@ -376,7 +377,12 @@ class Dataset:
         if self._closed:
             raise ClosedError(f"dataset {self.namespace!r} is closed")
         if self._generation != _Fork.generation:
-            self._after_fork()
+            with self._rearming:  # several threads of a child may make its first call at once
+                if self._generation != _Fork.generation:
+                    try:
+                        self._after_fork()
+                    finally:
+                        self._generation = _Fork.generation
 
     def _refresh(self, *, initial: bool = False) -> None:
         """Move to the announced version if it changed.
@@ -509,9 +515,9 @@ class Dataset:
             att.lease.release()
 
     def _after_fork(self) -> None:
-        """In a forked child: leases, doorbell, watch and thread of our own (see the module docstring)."""
+        """In a forked child: leases, doorbell, watch and thread of our own (see the module docstring).
+        Called once per fork, by the first thread that calls in (``_check``, under ``_rearming``)."""
         with self._lock:
-            self._generation = _Fork.generation
             for att in self._attached.values():
                 if att.lease is not None:
                     att.lease.forget()
