@@ -624,3 +624,20 @@ def test_the_leak_check_counts_only_what_this_test_made(root: Path) -> None:
         assert not conftest._ours("hollow-test-1-another-run")
         assert not conftest._ours("some-other-program")
         child.stdin.close()  # type: ignore[union-attr]
+
+
+def test_a_restore_rings_past_planted_doorbells_and_succeeds(root: Path, tmp_path: Path, user: User) -> None:
+    """After a reboot, the restore announces the saved version: planted names must not fail it (issue 9.1)."""
+    with movies_producer(root, mode=0o644) as p:
+        p.run_cycle(version_data(1))
+        saved = tmp_path / "latest.state"
+        saved.write_bytes((root / "movies" / "1").read_bytes())
+    shutil.rmtree(root / "movies")  # the reboot
+    prefix = doorbell.prefix(root, "movies")
+    dead = dead_pid()
+    _plant(user, {f"sem.{prefix}{dead}.1": "dir", f"sem.{prefix}{dead}.2": "fifo", f"sem.{prefix}{dead}.3": "empty"})
+    with movies_producer(root, mode=0o644) as p:
+        assert p.materialize(saved) == 1
+        assert p._ringer.settle(TIMEOUT)
+        assert p.run_cycle(version_data(2)) == 2
+    assert announced(root) == 2

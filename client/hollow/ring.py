@@ -232,6 +232,15 @@ class Ringer:
         """Ask the helper to post every follower once (coalesced with rings not yet carried out)."""
         try:
             proc = self._helper_proc()
+        except OSError as e:  # no interpreter to run it (sys.executable empty or gone): say so every time
+            log.warning(
+                "hollow: cannot start the doorbell ringer for %s (%s); followers hear of announcements "
+                "by inotify and their safety poll only",
+                self.start,
+                e,
+            )
+            return
+        try:
             assert proc.stdin is not None
             self._sent += 1
             proc.stdin.write(b"%d\n" % self._sent)
