@@ -135,8 +135,10 @@ def post(path: str, owner: int, sem_post: _Post) -> str | None:
         mm.close()
 
 
-def ring_pass(start: str, sem_post: _Post) -> tuple[int, int]:
-    """Post every live doorbell under *start* once and remove our own dead ones: (rung, removed)."""
+def ring_pass(start: str, sem_post: _Post, reported: set[tuple[str, str]] | None = None) -> tuple[int, int]:
+    """Post every live doorbell under *start* once and remove our own dead ones: (rung, removed).
+
+    A doorbell skipped is said once on stderr per reason (*reported* remembers), not at every ring."""
     live, dead = doorbells(start)
     me = os.geteuid()
     removed = 0
@@ -151,7 +153,9 @@ def ring_pass(start: str, sem_post: _Post) -> tuple[int, int]:
         why = post(os.path.join(SEM_DIR, entry), owner, sem_post)
         if why is None:
             rung += 1
-        else:
+        elif reported is None or (entry, why) not in reported:
+            if reported is not None:
+                reported.add((entry, why))
             print(f"hollow-ring: skipped {entry}: {why}", file=sys.stderr, flush=True)
     return rung, removed
 
@@ -159,6 +163,7 @@ def ring_pass(start: str, sem_post: _Post) -> tuple[int, int]:
 def _helper(start: str) -> int:
     """The helper's loop: each line read is a ring (those queued meanwhile coalesce); answer it."""
     sem_post = _libc_sem_post()
+    reported: set[tuple[str, str]] = set()
     pending = b""
     while True:
         chunk = os.read(0, 65536)
@@ -169,7 +174,7 @@ def _helper(start: str) -> int:
         pending = lines.pop()
         if not lines:
             continue
-        rung, removed = ring_pass(start, sem_post)
+        rung, removed = ring_pass(start, sem_post, reported)
         try:
             os.write(1, b"%s %d %d\n" % (lines[-1], rung, removed))
         except BrokenPipeError:
