@@ -60,19 +60,28 @@ def pid_of(entry: str) -> int | None:
     return int(parts[1])
 
 
-def owner_of(pid: int) -> int | None:
-    """The uid running *pid*, or None when there is no such process."""
+def uids_of(pid: int) -> frozenset[int] | None:
+    """The uids of process *pid* (real, effective, saved, filesystem), or None when there is none.
+
+    From ``/proc/<pid>/status``, which anyone may read: the owner of ``/proc/<pid>`` itself is root
+    for a process that changed its uid (a gunicorn worker dropping to ``user=``; proc(5), "dumpable")."""
     try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except FileNotFoundError:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return frozenset(int(u) for u in line.split()[1:5])
+    except (FileNotFoundError, ProcessLookupError):
         return None
+    except (OSError, ValueError):
+        return frozenset()
+    return frozenset()
 
 
 def doorbells(start: str) -> tuple[list[tuple[str, int]], list[str]]:
     """Entries of /dev/shm whose name starts with *start*: ([(live doorbell, its owner's uid)], [dead ones]).
 
-    A live doorbell is owned by the user running the PID in its name; a file named like a
-    live process's doorbell but owned by someone else is neither (a fake, ignored).
+    A live doorbell is owned by a user the PID in its name runs as; a file named like a live
+    process's doorbell but owned by someone else is neither (a fake, ignored).
     """
     try:
         names = [n for n in os.listdir(SEM_DIR) if n.startswith(start)]
@@ -88,11 +97,11 @@ def doorbells(start: str) -> tuple[list[tuple[str, int]], list[str]]:
             st = os.lstat(os.path.join(SEM_DIR, entry))
         except FileNotFoundError:
             continue
-        owner = owner_of(pid)
-        if owner is None:
+        uids = uids_of(pid)
+        if uids is None:
             dead.append(entry)
-        elif st.st_uid == owner and stat.S_ISREG(st.st_mode):
-            live.append((entry, owner))
+        elif st.st_uid in uids and stat.S_ISREG(st.st_mode):
+            live.append((entry, st.st_uid))
     return live, dead
 
 
@@ -290,22 +299,26 @@ class Ringer:
                 self.last = (rung, removed)
         self._since = None if self._done >= self._sent else (self._since or time.monotonic())
 
-    def close(self) -> None:
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the helper once the rings sent are carried out (for at most *timeout* seconds)."""
         proc, self._proc = self._proc, None
         if proc is not None:
+            if self._done < self._sent:
+                self._proc = proc
+                self.settle(timeout)
+                self._proc = None
             self._reap(proc)
 
     @staticmethod
     def _reap(proc: subprocess.Popen[bytes]) -> None:
+        """End the helper now: it keeps nothing, and one still starting would take its imports' time."""
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()  # our own child, by its handle
-            proc.wait()
+        proc.wait()
 
 
 def _exit_reason(rc: int | None) -> str:
