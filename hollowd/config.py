@@ -189,8 +189,21 @@ SETTINGS: tuple[Setting, ...] = (
         "`/run/hollowd/control.sock` as root, else `$XDG_RUNTIME_DIR/hollowd/control.sock` "
         "(`control.sock` in the state directory without `XDG_RUNTIME_DIR`).",
     ),
-    Setting("daemon", "socket_mode", 0o660, _mode, "Permission bits of the control socket."),
-    Setting("daemon", "socket_group", "", _text, "Group owning the control socket (empty: the daemon's)."),
+    Setting(
+        "daemon",
+        "socket_mode",
+        0o600,
+        _mode,
+        "Permission bits of the control socket (owner only: control is for operators, not readers).",
+    ),
+    Setting(
+        "daemon",
+        "socket_group",
+        "",
+        _text,
+        "Operator group: its members may use the control socket (pin, unpin, cycle, status), and it owns "
+        "the socket with read and write; empty: only root and the daemon's user.",
+    ),
     Setting("daemon", "metrics_port", 0, _port, "Prometheus metrics on this loopback port; 0 turns them off."),
     Setting(
         "daemon",
@@ -241,6 +254,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a file source must stay unchanged before a cycle; a change log's new lines wait at most this long.",
     ),
     Setting("namespace", "retain", 5, _positive_int, "How many versions to keep besides announced, pinned and leased."),
+    Setting(
+        "namespace",
+        "max_versions",
+        20,
+        _positive_int,
+        "The most versions present at once, leased ones included: past it the oldest leased ones are "
+        "removed anyway (their holders keep what they mapped) and the PIDs holding them are logged.",
+    ),
     Setting("namespace", "mode", 0o640, _mode, "Permission bits of published files (readers need read access)."),
     Setting(
         "namespace",
@@ -301,6 +322,7 @@ class NamespaceConfig:
     interval: float = 300.0
     debounce: float = 0.5
     retain: int = 5
+    max_versions: int = 20
     mode: int = 0o640
     compact_percent: float = 5.0
     compact_min: int = 1024
@@ -512,6 +534,7 @@ def _namespace(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
         interval=settings["interval"],
         debounce=settings["debounce"],
         retain=settings["retain"],
+        max_versions=settings["max_versions"],
         mode=settings["mode"],
         compact_percent=settings["compact_percent"],
         compact_min=settings["compact_min"],

@@ -280,7 +280,9 @@ class Daemon:
     def _lock_state_dir(self) -> None:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         try:
-            self._lock_fd = pidlock.acquire(self.cfg.state_dir / "hollowd.lock", 0o640)
+            self._lock_fd = pidlock.acquire(self.cfg.state_dir / "hollowd.lock")
+        except pidlock.NotRegularError as e:
+            raise AlreadyRunningError(f"cannot lock the state directory: {e}") from None
         except pidlock.HeldError as e:
             raise AlreadyRunningError(
                 f"another hollowd (PID {e.holder}) is running with state directory {self.cfg.state_dir}"
@@ -295,6 +297,7 @@ class Daemon:
             indexes={t.name: [list(ix) for ix in t.indexes] for t in ns.types.values()},
             root=self.cfg.root,
             retain=ns.retain,
+            max_versions=ns.max_versions,
             compact_share=ns.compact_percent / 100,
             compact_min=ns.compact_min,
             mode=ns.mode,
@@ -320,7 +323,7 @@ class Daemon:
     def _restore(self, runner: NamespaceRunner) -> None:
         """Serve the last good version at once if /dev/shm lost it (a reboot, an emptied tmpfs)."""
         ns_dir = runner.producer.dir
-        announced = layout.read_announcement(ns_dir)
+        announced = runner.producer.announcement()
         present = announced is not None and (ns_dir / layout.state_name(announced.version)).exists()
         if present or not runner.store.saved.exists():
             return
@@ -376,6 +379,7 @@ class Daemon:
                     self._ready()
         except Stop:
             log.info("hollowd: stopping; the cycle in flight was abandoned, nothing partial was published")
+            self._keep_announced()
         systemd.stopping()
         self.close()
         return 0
@@ -391,7 +395,13 @@ class Daemon:
         elif kind == "hup":
             self._reload()
         elif kind == "control":
-            arg.reply(self._control(arg.doc))
+            try:
+                answer = self._control(arg.doc)
+            except Exception as e:  # one request never takes the daemon down (docs/decisions.md §31)
+                log.exception("hollowd: event=control-failed request=%r", arg.doc)
+                error = f"the daemon could not carry this out: {type(e).__name__}: {e}"
+                answer = {"ok": False, "error": error, "code": 1}
+            arg.reply(answer)
         now = time.monotonic()
         for runner in self.runners.values():
             if runner.due <= now:
@@ -410,7 +420,7 @@ class Daemon:
             return {"ok": False, "error": f"no namespace {name!r}; serving: {', '.join(self.runners)}", "code": 1}
         try:
             if command == "pin":
-                version = int(doc["version"])
+                version = doc["version"]  # an int >= 1: hollowd.control.parse checked it
                 runner.producer.pin(version)
                 runner.store.save_pin(version)
             elif command == "unpin":
@@ -433,7 +443,7 @@ class Daemon:
         return {"ok": True, **self._report(runner)}
 
     def _report(self, runner: NamespaceRunner) -> dict[str, Any]:
-        a = layout.read_announcement(runner.producer.dir)
+        a = runner.producer.announcement()
         return {
             "namespace": runner.name,
             "announced": a.version if a else None,
@@ -508,6 +518,22 @@ class Daemon:
             if not isinstance(source, FileSource):
                 raise
             raise SourceError(f"{source.path}: {_describe(e)}") from e
+
+    def _keep_announced(self) -> None:
+        """On the way out after an abandoned cycle: a version it announced before SIGTERM came is saved,
+        so that a reboot does not bring back the one before (versions never go back)."""
+        for runner in self.runners.values():
+            if runner.config.delivers_changes:
+                continue  # settled from cursor.pending at the next start (docs/decisions.md §19)
+            a = runner.producer.announcement()
+            latest = a.latest if a is not None else 0
+            if latest and latest != runner.saved_version and (runner.producer.dir / str(latest)).exists():
+                try:
+                    self._keep(runner, latest)
+                except OSError as e:
+                    log.error(
+                        "hollowd: event=save-failed namespace=%s version=%d error=%r", runner.name, latest, str(e)
+                    )
 
     def _keep(self, runner: NamespaceRunner, version: int) -> None:
         """Save a durable copy of *version* (the newest) unless it is the one saved already."""
@@ -662,12 +688,12 @@ class Daemon:
     # -- reporting --------------------------------------------------------------------
 
     def _announced_all(self) -> bool:
-        return all(layout.read_announcement(r.producer.dir) is not None for r in self.runners.values())
+        return all(r.producer.announcement() is not None for r in self.runners.values())
 
     def _status(self) -> str:
         parts = []
         for r in self.runners.values():
-            a = layout.read_announcement(r.producer.dir)
+            a = r.producer.announcement()
             parts.append(f"{r.name} {a.version if a else '-'}" + (" (last cycle failed)" if r.last_error else ""))
         return "serving " + ", ".join(parts) if parts else "no namespaces configured"
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hollow import doorbell, layout
+from hollow import doorbell, layout, lease
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import compaction, encoder, overlay, pidlock, publish
@@ -66,6 +66,9 @@ class Producer:
     :param indexes: type name → list of secondary indexes (a field name, or a list of names).
     :param root: defaults to ``$HOLLOW_ROOT`` or ``/dev/shm/hollow``.
     :param retain: how many versions to keep (the announced and pinned ones always stay).
+    :param max_versions: the most versions present at once, leased ones included (at least
+        *retain* + 2): past it the oldest leased versions are removed despite their leases, and
+        the PIDs holding them logged (docs/decisions.md §33). A reader may hurt only itself.
     :param mode: permission bits of published files (made read-only); readers need read access.
     :param validators: checks a candidate version must pass before it is published (hollowd.validators).
     :param versions_after: no version at or below this is minted (the daemon's persisted counter,
@@ -87,6 +90,7 @@ class Producer:
         indexes: Mapping[str, Iterable[Sequence[str] | str]] | None = None,
         root: str | os.PathLike[str] | None = None,
         retain: int = 5,
+        max_versions: int = 20,
         mode: int = 0o640,
         validators: Sequence[validation.Validator] = (),
         versions_after: int = 0,
@@ -98,14 +102,17 @@ class Producer:
         self.schema = NamespaceSchema(schema, primary_keys, indexes)
         self.dir = layout.namespace_dir(namespace, root)
         self.retain = max(1, retain)
+        self.max_versions = max(max_versions, self.retain + 2)
+        #: {version: PIDs holding it} of the leased versions the last reclaim removed anyway.
+        self.last_revoked: dict[int, list[int]] = {}
         self.mode = mode
         self.validators = list(validators)
         self._reserve = reserve
         #: Seconds per stage of the last cycle (build, validate, publish, announce, reclaim).
         self.last_timings: dict[str, float] = {}
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if mode & 0o004 else 0o750)
+        publish.prepare_dirs(self.dir, mode)  # ours, or refused: docs/decisions.md §32
         self._lock_fd: int | None = _lock_namespace(self.dir)
-        self._ringer = doorbell.Ringer(self.dir.parent, self.namespace)
+        self._ringer = doorbell.ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
         self._latest_cache: tuple[int, StateFile, dict[str, overlay.Latest], Any, StateFile] | None = None
         self._compactor: compaction.Compactor | None = None
@@ -260,7 +267,7 @@ class Producer:
 
     def _unchanged(self, version: int) -> int:
         """Nothing differs from the latest version: make sure it is the one announced, publish nothing."""
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         if current is None or (not current.pinned and current.version != version):
             self._announce(self._announcement(version, pinned=False))  # published, never announced (a crash)
         return version
@@ -288,7 +295,7 @@ class Producer:
         )
 
     def _announce_latest(self, version: int) -> None:
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         if current is not None and current.pinned:  # followers stay on the pin; record the new latest
             self._announce(layout.Announcement(current.version, True, version, time.time_ns()))
         else:
@@ -460,10 +467,12 @@ class Producer:
         """
         versions = self.versions()
         keep = set(versions[-self.retain :])
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         if current is not None:
             keep.add(current.version)
         removed = [v for v in versions if v not in keep and publish.remove_version(self.dir, v)]
+        self.last_revoked = self._revoke([v for v in versions if v not in removed], keep)
+        removed += list(self.last_revoked)
         for lock in self.dir.glob("*.lock"):  # lockfiles whose state file is gone (a crash mid-removal)
             v = layout.parse_state_name(lock.name[: -len(".lock")])
             if v is not None and v not in versions:
@@ -474,6 +483,30 @@ class Producer:
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return removed
+
+    def _revoke(self, present: list[int], keep: set[int]) -> dict[int, list[int]]:
+        """Past *max_versions* present, remove the oldest leased versions anyway: {version: holders}.
+
+        Their holders keep reading what they mapped (an unlinked file stays while mapped:
+        docs/pitfalls.md 7); nobody can attach them any more."""
+        excess = len(present) - self.max_versions
+        if excess <= 0:
+            return {}
+        revoked = {
+            v: lease.holders(lease.lock_path(self.dir, v)) for v in [v for v in present if v not in keep][:excess]
+        }
+        for v in revoked:
+            publish.remove_version(self.dir, v, force=True)
+        if revoked:
+            log.warning(
+                "hollowd: event=leases-revoked namespace=%s versions=%s holders=%s (more than max_versions=%d "
+                "versions present; those readers keep what they mapped, nobody can attach these versions again)",
+                self.namespace,
+                ",".join(map(str, revoked)),
+                ",".join(sorted({str(p) for pids in revoked.values() for p in pids})) or "unknown",
+                self.max_versions,
+            )
+        return revoked
 
     def close(self) -> None:
         """Release the namespace (other producers may then take it)."""
@@ -499,8 +532,17 @@ class Producer:
     def _announcement(self, version: int, *, pinned: bool) -> layout.Announcement:
         return layout.Announcement(version, pinned, self._last_version, time.time_ns())
 
+    def announcement(self) -> layout.Announcement | None:
+        """The announcement as it is, or None if there is none or something else was planted under its
+        name (logged; the next announcement replaces it: docs/decisions.md §34)."""
+        try:
+            return layout.read_announcement(self.dir)
+        except ReaderError as e:
+            log.warning("hollowd: %s; the next announcement replaces it", str(e))  # not e: its frames hold mappings
+            return None
+
     def _announced_version(self) -> int:
-        current = layout.read_announcement(self.dir)
+        current = self.announcement()
         return current.version if current is not None else 0
 
     def _next_version(self) -> int:
@@ -566,6 +608,8 @@ class _VersionRecords(Mapping[str, Sequence[Mapping[str, Any]]]):
 def _lock_namespace(ns_dir: Path) -> int:
     try:
         return pidlock.acquire(ns_dir / LOCK_FILE)
+    except pidlock.NotRegularError as e:
+        raise ProducerLockedError(f"cannot lock {ns_dir}: {e}") from None
     except pidlock.HeldError as e:
         raise ProducerLockedError(
             f"another producer (PID {e.holder}) owns {ns_dir}; stop it first, or use another namespace or root"

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,11 +30,11 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from hollow import doorbell, layout, lease
+from hollow import doorbell, layout, lease, ring
 from hollow import schema as reader_schema
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
-from hollowd.errors import PublishError, StorageFullError
+from hollowd.errors import ConfigurationError, PublishError, StorageFullError
 from hollowd.index import BuiltIndex
 from hollowd.overlay import OVERLAY_ARRAYS, BuiltOverlay
 from hollowd.schema import NamespaceSchema
@@ -311,18 +313,27 @@ def _install(
 
 
 def _create_lockfile(ns_dir: Path, version: int, mode: int) -> None:
-    """The version's lockfile (hollow.lease), readable by whoever may read the state file."""
+    """The version's lockfile (hollow.lease): readable by whoever may read the state file, writable by
+    the producer only (an OFD write lock needs write access, so no reader can block a lease)."""
     path = lease.lock_path(ns_dir, version)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o444)
-    os.close(fd)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO planted under its name: replace it
+        os.close(fd)
+        os.unlink(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600 | (mode & 0o044))
+    finally:
+        os.close(fd)
 
 
-def remove_version(ns_dir: Path, version: int) -> bool:
-    """Remove *version* if no process holds a lease on it; True when removed.
+def remove_version(ns_dir: Path, version: int, *, force: bool = False) -> bool:
+    """Remove *version* if no process holds a lease on it (or anyway, with *force*); True when removed.
 
-    Takes ``LOCK_EX | LOCK_NB`` on the lockfile and, holding it, unlinks the
-    state file and then the lockfile, so a reader that wins the race sees a
-    lockfile with no links and moves on (hollow.lease).
+    Takes the lockfile's write lock and, holding it, unlinks the state file and
+    then the lockfile, so a reader that wins the race sees a lockfile with no
+    links and moves on (hollow.lease). With *force*, a leased version is unlinked
+    all the same: its holders keep their mappings, new readers cannot attach it.
     """
     state = ns_dir / layout.state_name(version)
     lock = lease.lock_path(ns_dir, version)
@@ -332,7 +343,7 @@ def remove_version(ns_dir: Path, version: int) -> bool:
                 path.unlink()  # a file without a lockfile (not written by hollowd) cannot be leased
         return True
     fd = lease.try_exclusive(lock)
-    if fd is None:
+    if fd is None and not force:
         return False
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -342,7 +353,8 @@ def remove_version(ns_dir: Path, version: int) -> bool:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     return True
 
 
@@ -381,6 +393,54 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:
         n = os.pwrite(fd, mv, offset)
         mv = mv[n:]
         offset += n
+
+
+def prepare_dirs(ns_dir: Path, mode: int) -> None:
+    """Make, or check, the root and the namespace directory: a real directory of ours (or root's) that
+    no one else may write (layout.check_trusted; docs/decisions.md §32). Made with exact modes, whatever
+    the umask: readers in the group may enter (and others, when *mode* lets others read the files), but
+    only the group may list the root's namespaces (docs/decisions.md §35).
+
+    Raises :class:`ConfigurationError` naming the path, its owner and mode, and the fix.
+    """
+    world = bool(mode & 0o004)
+    owners = (os.geteuid(), 0)
+    for path, dmode, what in (
+        (ns_dir.parent, 0o751 if world else 0o750, "root"),
+        (ns_dir, 0o755 if world else 0o750, "namespace directory"),
+    ):
+        sticky_ok = what == "root"  # a sticky root (a fresh tmpfs) lets no one touch our namespace
+        try:
+            try:
+                layout.check_trusted(path, owners=owners, what=what, sticky_ok=sticky_ok)
+                continue
+            except FileNotFoundError:
+                pass
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(path, 0o700)
+                os.chmod(path, dmode, follow_symlinks=False)
+            except FileExistsError:
+                pass  # made meanwhile, by someone: checked below
+            layout.check_trusted(path, owners=owners, what=what, sticky_ok=sticky_ok)
+        except ReaderError as e:
+            raise ConfigurationError(str(e)) from None
+        except OSError as e:
+            raise ConfigurationError(f"cannot make the {what} {path}: {e.strerror}") from None
+
+
+def _announce_dir(where: Path, mode: int) -> int:
+    """A fd of the announcement's directory, made anew if something else was planted under its name."""
+    for _ in range(3):
+        try:
+            return os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a symlink, a file, a FIFO: ours to remove (only we and root write here)
+            os.unlink(where)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(where, mode)
+    raise PublishError(f"{where}: cannot make the announcement's directory")
 
 
 def _storage_full(path: Path, total: int) -> StorageFullError:
@@ -433,25 +493,36 @@ def verify_overlay(path: Path, namespace: str, version: int, types: list[BuiltOv
 
 
 def announce(
-    ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640, ringer: doorbell.Ringer | None = None
+    ns_dir: Path, announcement: layout.Announcement, *, mode: int = 0o640, ringer: ring.Ringer | None = None
 ) -> None:
-    """Replace ``announced`` by rename, so readers see the old or the new one, never a mix."""
-    where = ns_dir / layout.ANNOUNCE_DIR
-    where.mkdir(mode=0o755 if mode & 0o004 else 0o750, exist_ok=True)
-    tmp = where / f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode & 0o666)
+    """Replace ``announced`` by rename, so readers see the old or the new one, never a mix.
+
+    Whatever was planted under either name (a symlink, a FIFO, a directory) is replaced, never
+    followed or opened: both are opened with O_NOFOLLOW, the file relative to its directory.
+    """
+    dfd = _announce_dir(ns_dir / layout.ANNOUNCE_DIR, 0o755 if mode & 0o004 else 0o750)
     try:
-        os.write(fd, announcement.dumps())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, where / layout.ANNOUNCED)
-    dfd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+        tmp = f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)  # debris of a writer killed here (O_TRUNC would follow a FIFO)
+        fd = os.open(tmp, flags, mode & 0o666, dir_fd=dfd)
+        try:
+            os.write(fd, announcement.dumps())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, layout.ANNOUNCED, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except IsADirectoryError:  # a directory planted under the name
+            shutil.rmtree(ns_dir / layout.ANNOUNCE_DIR / layout.ANNOUNCED)
+            os.rename(tmp, layout.ANNOUNCED, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
     finally:
         os.close(dfd)
+    # Ringing happens in a helper process and can neither fail nor delay the announcement
+    # (hollow.ring): a follower's damaged doorbell is the follower's problem only.
     if ringer is not None:
         ringer.ring()
     else:
-        doorbell.ring_all(ns_dir.parent, ns_dir.name)
+        ring.ring_once("sem." + doorbell.prefix(ns_dir.parent, ns_dir.name))

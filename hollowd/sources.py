@@ -162,10 +162,20 @@ class FileSource:
 
     @staticmethod
     def _read(path: Path) -> bytes:
+        """The whole file; a FIFO or device planted at the path is refused, never waited on (O_NONBLOCK)."""
         try:
-            return path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             raise SourceError(f"{path}: cannot read ({e.strerror})") from e
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SourceError(f"{path}: not a regular file; a source is a file (or a directory of files)")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise SourceError(f"{path}: cannot read ({e.strerror})") from e
+        finally:
+            os.close(fd)
 
     def _jsonl_lines(self, path: Path, data: bytes) -> tuple[list[bytes], Any]:
         """The file's non-blank lines, and how to parse some of them (a cycle parses only lines it has
@@ -195,10 +205,7 @@ class FileSource:
         fmt = self.format if self.format != "auto" else FORMATS.get(path.suffix)
         if fmt is None:
             raise SourceError(f"{path}: unknown format; name it .json, .jsonl or .csv, or set format")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise SourceError(f"{path}: cannot read ({e.strerror})") from e
+        data = self._read(path)
         if fmt == "json":
             yield from self._json(path, data)
         elif fmt == "jsonl":

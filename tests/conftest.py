@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 
+from hollow import doorbell
+from tests import hostile
+from tests.hostile import other_user, user  # noqa: F401 - fixtures: real users made by the test
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 SHM = Path("/dev/shm")
@@ -29,11 +33,17 @@ def _fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
+#: The roots the running test made (``root``): doorbells under them are the test's, whoever's PID they carry.
+#: Kept in tests.hostile, one module whatever name pytest imports this conftest under.
+_test_roots = hostile.test_roots
+
+
 @pytest.fixture
 def root() -> Iterator[Path]:
     """A fresh per-test root under /dev/shm (never the default /dev/shm/hollow); removed afterwards."""
     path = SHM / f"hollow-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     path.mkdir()
+    _test_roots.append(path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -45,6 +55,7 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     fds = _fds()
     threads = set(threading.enumerate())
     shm = set(os.listdir(SHM))
+    _test_roots.clear()
     yield
     gc.collect()
     leaked_threads = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
@@ -65,10 +76,39 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def _ours(entry: str) -> bool:
-    """Whether a new /dev/shm entry is this test's doing (other processes may share the machine)."""
+    """Whether a new /dev/shm entry is this test's doing, not another process's on the machine (other
+    test runs share it): a doorbell (``sem.hollow.<root id>.<ns id>.<pid>.<n>``) of this process or one
+    of its children, or under a root this test made; anything else named with this process's PID (a
+    root left behind) or owned by a user this test made."""
+    me = os.getpid()
     if entry.startswith("sem."):
-        return f".{os.getpid()}." in entry  # doorbells are named sem.hollow.<root>.<ns>.<pid>.<n>
-    return not entry.startswith(("hollow-test-", "hollow-bench-"))
+        parts = entry.split(".")
+        if len(parts) == 6 and parts[1] == "hollow":
+            if parts[2] in {doorbell.root_id(r) for r in _test_roots}:
+                return True
+            return parts[4].isdigit() and _descends_from(int(parts[4]), me)
+        return f".{me}." in entry
+    if f"-{me}-" in entry or f".{me}." in entry:
+        return True
+    try:
+        return os.lstat(SHM / entry).st_uid in hostile.made_uids
+    except FileNotFoundError:
+        return False
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether *pid* is *ancestor* or one of its (live) descendants."""
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
 
 
 def _describe(fd: int) -> str | None:

@@ -52,7 +52,7 @@ def test_no_file_gives_the_declared_defaults() -> None:
     cfg = config.load(None)
     assert cfg.root == Path("/dev/shm/hollow")
     assert cfg.metrics_port == 0
-    assert cfg.socket_mode == 0o660
+    assert cfg.socket_mode == 0o600
     assert cfg.namespaces == {}
 
 

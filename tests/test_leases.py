@@ -60,6 +60,7 @@ def test_kill_9_of_a_lease_holder_lets_its_version_be_reclaimed(root: Path) -> N
         assert not lock_path(ns_dir, v1).exists()
         # Its doorbell is the one thing left; the next announcement removes it.
         v4 = p.run_cycle(version_data(4))
+        assert p._ringer.settle(TIMEOUT)  # rings (and removals) are carried out by the producer's helper
         assert doorbells(root, kid.pid) == []
         assert state_files(ns_dir) == [v4]
         assert lock_files(ns_dir) == [f"{v4}.lock"]

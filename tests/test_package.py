@@ -29,6 +29,7 @@ def test_hollow_public_api_is_exactly_the_documented_names() -> None:
         "Status",
         "TypeView",
         "UnknownTypeError",
+        "UntrustedDirectoryError",
         "VersionNotFoundError",
         "VersionStatus",
         "open",

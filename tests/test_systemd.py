@@ -101,3 +101,10 @@ def test_outside_systemd_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     assert systemd.watchdog_interval() == 15.0
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert systemd.watchdog_interval() is None
+
+
+def test_service_gives_the_daemon_the_cpu_it_needs_against_busy_readers() -> None:
+    """issue 9.19: publishing must not starve behind many busy readers at the same priority."""
+    settings = dict(line.split("=", 1) for line in (UNITS / "hollowd.service").read_text().splitlines() if "=" in line)
+    assert int(settings["CPUWeight"]) >= 500  # default 100: readers' services
+    assert int(settings["Nice"]) < 0

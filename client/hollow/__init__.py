@@ -22,6 +22,7 @@ from hollow.errors import (
     PermissionDeniedError,
     SchemaMismatchError,
     UnknownTypeError,
+    UntrustedDirectoryError,
     VersionNotFoundError,
 )
 from hollow.status import Status, VersionStatus, status
@@ -42,6 +43,7 @@ __all__ = [
     "Status",
     "TypeView",
     "UnknownTypeError",
+    "UntrustedDirectoryError",
     "VersionNotFoundError",
     "VersionStatus",
     "open",

@@ -38,6 +38,7 @@ from hollow.errors import (
     Error,
     NamespaceNotFoundError,
     PermissionDeniedError,
+    UntrustedDirectoryError,
     VersionNotFoundError,
 )
 from hollow.lease import Lease
@@ -187,14 +188,10 @@ class Dataset:
         #: The error that kept this process from following the last announcement, if any.
         self.last_error: Error | None = None
         _Fork.datasets.add(self)
-        if not layout.namespace_exists(self.dir):
-            raise NamespaceNotFoundError(
-                f"namespace {namespace!r} does not exist under {self.root} "
-                "(is hollowd running, and is HOLLOW_ROOT or root= the same for both?)"
-            )
+        self._producer_uid = self._check_tree().st_uid
         if follow:
             # Ring first, then read: an announcement made in between is not missed (#273 in Hollow).
-            self._doorbell = Doorbell(self.root, namespace)
+            self._doorbell = self._make_doorbell()
         try:
             self._refresh(initial=True)
         except BaseException:
@@ -318,10 +315,26 @@ class Dataset:
         if bell is not None:
             bell.ring()
 
+    def _check_tree(self) -> os.stat_result:
+        """The namespace directory's lstat, once the root and it are found trustworthy (layout.check_trusted)."""
+        try:
+            return layout.check_namespace_tree(self.dir)
+        except PermissionError as e:
+            raise PermissionDeniedError.of(self.dir.parent, e) from e
+        except (FileNotFoundError, NotADirectoryError):
+            raise NamespaceNotFoundError(
+                f"namespace {self.namespace!r} does not exist under {self.root} "
+                "(is hollowd running, and is HOLLOW_ROOT or root= the same for both?)"
+            ) from None
+
+    def _make_doorbell(self) -> Doorbell:
+        """A doorbell that the namespace's producer (the owner of its directory) may ring."""
+        return Doorbell(self.root, self.namespace, producer_uid=self._producer_uid)
+
     def _new_doorbell(self, old: Doorbell) -> Doorbell:
         """Replace a doorbell whose name was removed under us (RemoveIPC; docs/pitfalls.md 17)."""
         log.warning("hollow: %s: doorbell %s was removed; making a new one", self.namespace, old.name)
-        bell = Doorbell(self.root, self.namespace)
+        bell = self._make_doorbell()
         with self._lock:
             self._doorbell = bell
         old.close(unlink=False)
@@ -383,6 +396,7 @@ class Dataset:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._refreshing = threading.Lock()
+        self._rearming = threading.Lock()  # one thread re-arms a forked child's dataset (_check)
 
     def _stopped(self) -> bool:
         return self._closed  # a call, so that type checkers do not assume it cannot change
@@ -392,7 +406,12 @@ class Dataset:
         if self._closed:
             raise ClosedError(f"dataset {self.namespace!r} is closed")
         if self._generation != _Fork.generation:
-            self._after_fork()
+            with self._rearming:  # several threads of a child may make its first call at once
+                if self._generation != _Fork.generation:
+                    try:
+                        self._after_fork()
+                    finally:
+                        self._generation = _Fork.generation
 
     def _refresh(self, *, initial: bool = False) -> None:
         """Move to the announced version if it changed.
@@ -417,7 +436,10 @@ class Dataset:
                 return
             try:
                 att, pinned = self._follow_announcement()
-            except (CorruptStateError, VersionNotFoundError, PermissionDeniedError) as e:
+            except (
+                CorruptStateError, VersionNotFoundError, PermissionDeniedError, UntrustedDirectoryError,
+                NamespaceNotFoundError,
+            ) as e:  # fmt: skip
                 if self._current is None:
                     raise
                 # Kept and logged without its traceback: its frames would keep the bad file mapped.
@@ -487,6 +509,7 @@ class Dataset:
             if att is not None:
                 return att
         path = self.dir / layout.state_name(version)
+        self._check_tree()  # before trusting what is in it: it may have been changed since open
         try:
             lease = _lease(self.dir, version)
         except VersionNotFoundError as e:
@@ -527,9 +550,9 @@ class Dataset:
             att.lease.release()
 
     def _after_fork(self) -> None:
-        """In a forked child: leases, doorbell, watch and thread of our own (see the module docstring)."""
+        """In a forked child: leases, doorbell, watch and thread of our own (see the module docstring).
+        Called once per fork, by the first thread that calls in (``_check``, under ``_rearming``)."""
         with self._lock:
-            self._generation = _Fork.generation
             for att in self._attached.values():
                 if att.lease is not None:
                     att.lease.forget()
@@ -546,7 +569,7 @@ class Dataset:
             return
         self._announce_stamp = None
         if self.follow:
-            self._doorbell = Doorbell(self.root, self.namespace)
+            self._doorbell = self._make_doorbell()
         self._refresh()
         if self.follow:
             self._start_following()

@@ -4,14 +4,16 @@ A semaphore wakes one waiter and keeps posts nobody waited for
 (sem_overview(7); docs/pitfalls.md 12), so broadcast means one semaphore per
 follower, and a post means only "look": the announced version in the
 announcement file is the truth. The producer finds followers by name in
-/dev/shm (``sem.hollow.<root id>.<namespace>.<pid>.<n>``), posts each, and
-removes those whose process is gone.
+/dev/shm (``sem.hollow.<root id>.<namespace id>.<pid>.<n>``: ids, so that the
+names tell no one which namespaces exist) and posts each from a helper process
+(``hollow.ring``).
 
-Never unlink a semaphore a live process may wait on (it would be stranded), and
-treat a ``sem.*`` file that is not 32 bytes as corrupt rather than map it
-(posix_ipc #51: SIGBUS). Semaphores are made mode 0666 so that a daemon running
-as another user can post them; the worst a stranger can do with one is wake a
-reader that then finds nothing new.
+Only the follower and the namespace's producer may write a doorbell: it is made
+mode 0600, and when the producer is another user (the owner of the namespace
+directory), an ACL entry gives that user read and write too (docs/decisions.md
+§30). Anyone else can neither post it nor damage it (a truncated semaphore
+kills whoever waits on it with SIGBUS). Never unlink a semaphore a live process
+may wait on (it would be stranded).
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import logging
 import os
+import struct
 import weakref
 from pathlib import Path
 
 import posix_ipc
 import xxhash
 
+from hollow import ring
+
 SEM_DIR = Path("/dev/shm")  # noqa: S108 - where glibc keeps named semaphores (sem_overview(7))
-SEM_SIZE = 32  # sizeof(sem_t) on Linux
+SEM_SIZE = ring.SEM_SIZE
+log = logging.getLogger("hollow")
 _serial = itertools.count()
 _open_bells: weakref.WeakSet[Doorbell] = weakref.WeakSet()
 
@@ -45,23 +52,47 @@ def root_id(root: Path) -> str:
 
 
 def prefix(root: Path, namespace: str) -> str:
-    return f"hollow.{root_id(root)}.{namespace}."
+    """``hollow.<root id>.<namespace id>.``: the start of every doorbell name of *namespace* under *root*."""
+    return f"hollow.{root_id(root)}.{xxhash.xxh3_64_hexdigest(namespace.encode())[:12]}."
+
+
+def _acl(owner_perm: int, user: int, user_perm: int) -> bytes:
+    """A POSIX access ACL as the ``system.posix_acl_access`` xattr holds it (acl(5); linux/posix_acl_xattr.h):
+    the owner, one more user, no group, no others."""
+    undefined = 0xFFFFFFFF
+    entries = [(0x01, owner_perm, undefined), (0x02, user_perm, user), (0x04, 0, undefined)]
+    entries += [(0x10, user_perm, undefined), (0x20, 0, undefined)]  # mask, other
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
 class Doorbell:
     """The semaphore a following reader waits on."""
 
-    def __init__(self, root: Path, namespace: str) -> None:
+    def __init__(self, root: Path, namespace: str, *, producer_uid: int | None = None) -> None:
+        """*producer_uid*: the user that rings it (the namespace directory's owner); default: ours."""
         sweep()
         self.name = f"/{prefix(root, namespace)}{os.getpid()}.{next(_serial)}"
         self._sem: posix_ipc.Semaphore | None = posix_ipc.Semaphore(
-            self.name, posix_ipc.O_CREX, mode=0o666, initial_value=0
+            self.name, posix_ipc.O_CREX, mode=0o600, initial_value=0
         )
-        with contextlib.suppress(OSError):
-            # undo the umask: the daemon may be another user (see the module docstring)
-            os.chmod(SEM_DIR / f"sem.{self.name[1:]}", 0o666)  # noqa: S103
         self.pid = os.getpid()
         _open_bells.add(self)
+        if producer_uid is not None and producer_uid != os.geteuid():
+            self._let_ring(producer_uid)
+
+    def _let_ring(self, uid: int) -> None:
+        """Give the producer's user (and only it) read and write access, by an ACL entry."""
+        path = SEM_DIR / f"sem.{self.name[1:]}"
+        try:
+            os.setxattr(path, "system.posix_acl_access", _acl(6, uid, 6))
+        except OSError as e:
+            log.warning(
+                "hollow: cannot let uid %d ring doorbell %s (%s: /dev/shm without POSIX ACLs?); "
+                "following by inotify and the safety poll only",
+                uid,
+                path,
+                e.strerror,
+            )
 
     def wait(self, timeout: float) -> bool:
         """Block until rung or *timeout* seconds pass; True when rung."""
@@ -98,115 +129,27 @@ class Doorbell:
         sem.close()
 
 
-class Ringer:
-    """The producer's side: posts every follower's doorbell of one namespace.
-
-    Keeps the semaphores it opened between announcements (sem_open maps a page
-    each time), drops those whose name is gone, and removes those of dead
-    processes and files that are not 32 bytes.
-    """
-
-    def __init__(self, root: Path, namespace: str) -> None:
-        self.start = "sem." + prefix(root, namespace)
-        self._open: dict[str, posix_ipc.Semaphore] = {}
-
-    def ring(self) -> tuple[int, int]:
-        """Post every live follower; returns (rung, removed)."""
-        try:
-            names = {n for n in os.listdir(SEM_DIR) if n.startswith(self.start)}
-        except FileNotFoundError:
-            names = set()
-        for gone in set(self._open) - names:
-            self._open.pop(gone).close()
-        rung = removed = 0
-        for entry in names:
-            pid = _pid_of(entry)
-            if pid is None:
-                continue
-            if not _alive(pid) or (entry not in self._open and _corrupt(SEM_DIR / entry)):
-                stale = self._open.pop(entry, None)
-                if stale is not None:
-                    stale.close()
-                with contextlib.suppress(FileNotFoundError):
-                    (SEM_DIR / entry).unlink()
-                removed += 1
-                continue
-            sem = self._open.get(entry) or self._adopt(entry)
-            if sem is not None:
-                sem.release()
-                rung += 1
-        return rung, removed
-
-    def _adopt(self, entry: str) -> posix_ipc.Semaphore | None:
-        try:
-            sem = posix_ipc.Semaphore("/" + entry[len("sem.") :])
-        except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
-            return None  # closed meanwhile, or not ours to post
-        self._open[entry] = sem
-        return sem
-
-    def close(self) -> None:
-        for sem in self._open.values():
-            sem.close()
-        self._open.clear()
-
-
-def ring_all(root: Path, namespace: str) -> tuple[int, int]:
-    """Post every follower's doorbell for *namespace* under *root* once; returns (rung, removed)."""
-    ringer = Ringer(root, namespace)
-    try:
-        return ringer.ring()
-    finally:
-        ringer.close()
-
-
 def sweep() -> int:
-    """Remove the doorbells of dead processes under any root (those a producer never visits
-    again once its root is gone). Only our own user's can be removed: /dev/shm is sticky."""
+    """Remove our own user's doorbells of dead processes under any root (those a producer never
+    visits again once its root is gone). Others' are left alone: /dev/shm is sticky."""
+    _, dead = ring.doorbells("sem.hollow.")
     removed = 0
-    try:
-        names = [n for n in os.listdir(SEM_DIR) if n.startswith("sem.hollow.")]
-    except FileNotFoundError:
-        return 0
-    for entry in names:
-        pid = _pid_of(entry)
-        if pid is not None and not _alive(pid):
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                (SEM_DIR / entry).unlink()
+    me = os.geteuid()
+    for entry in dead:
+        path = SEM_DIR / entry
+        with contextlib.suppress(OSError):  # gone meanwhile, or a directory planted under the name
+            if path.lstat().st_uid == me:
+                path.unlink()
                 removed += 1
     return removed
 
 
+def ringer(root: Path, namespace: str) -> ring.Ringer:
+    """The producer's ringer of *namespace*'s followers under *root* (``hollow.ring``)."""
+    return ring.Ringer("sem." + prefix(root, namespace))
+
+
 def followers(root: Path, namespace: str) -> list[int]:
-    """PIDs of live processes following *namespace* (by their doorbells)."""
-    start = "sem." + prefix(root, namespace)
-    try:
-        names = [n for n in os.listdir(SEM_DIR) if n.startswith(start)]
-    except FileNotFoundError:
-        return []
-    return sorted({p for p in map(_pid_of, names) if p is not None and _alive(p)})
-
-
-def _pid_of(entry: str) -> int | None:
-    parts = entry.rsplit(".", 2)
-    try:
-        return int(parts[-2])
-    except (IndexError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _corrupt(path: Path) -> bool:
-    try:
-        return path.stat().st_size != SEM_SIZE
-    except FileNotFoundError:
-        return False
+    """PIDs of live processes following *namespace* (by their doorbells; fakes of other users are not counted)."""
+    live, _ = ring.doorbells("sem." + prefix(root, namespace))
+    return sorted({p for p in (ring.pid_of(e) for e, _ in live) if p is not None})

@@ -29,6 +29,11 @@ class VersionNotFoundError(Error):
     """The requested version has no state file (never published, or already reclaimed)."""
 
 
+class UntrustedDirectoryError(Error):
+    """A root or namespace directory that someone else made or may change (a symlink, a stranger's,
+    writable by others): nothing in it is read or published into (docs/decisions.md §32)."""
+
+
 class CorruptStateError(Error):
     """A state or announcement file is truncated, foreign or damaged."""
 

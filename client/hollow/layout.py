@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import stat
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from hollow.errors import CorruptStateError, InvalidNameError, PermissionDeniedError
+from hollow.errors import CorruptStateError, InvalidNameError, PermissionDeniedError, UntrustedDirectoryError
 
 FORMAT_VERSION = 4
 MAGIC = b"\x89HOLLOW\n"
@@ -72,14 +74,63 @@ def check_namespace(name: str) -> str:
     return name
 
 
-def namespace_exists(ns_dir: Path) -> bool:
-    """Whether *ns_dir* is a directory; :class:`PermissionDeniedError` when this process may not look."""
+def _user(uid: int) -> str:
     try:
-        return stat.S_ISDIR(os.stat(ns_dir).st_mode)
-    except FileNotFoundError:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_trusted(path: Path, *, owners: Collection[int] | None, what: str, sticky_ok: bool = False) -> os.stat_result:
+    """*path*'s lstat if it is a directory that only its owner may write, owned by one of *owners*
+    (None: anyone); :class:`UntrustedDirectoryError` naming the path, owner, mode and fix otherwise.
+    FileNotFoundError when it does not exist. With *sticky_ok*, a sticky directory others may write
+    (a fresh tmpfs, like /dev/shm itself) passes: no one can rename or remove what is not theirs there.
+
+    Whoever can write the root can swap a namespace directory for a forged one, and whoever owns a
+    directory can chmod it; a symlink may point anywhere. The producer and every reader check the
+    root and the namespace directory before using them (docs/decisions.md §32).
+    """
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UntrustedDirectoryError(
+            f"{what} {path} is a symlink (to {os.readlink(path)}), which hollow does not follow: "
+            "give the real path instead"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise UntrustedDirectoryError(f"{what} {path} is not a directory: remove it, or use another root")
+    mode = stat.S_IMODE(st.st_mode)
+    writable = bool(mode & 0o022) and not (sticky_ok and mode & stat.S_ISVTX)
+    if (owners is not None and st.st_uid not in owners) or writable:
+        who = " or ".join(dict.fromkeys(map(_user, owners))) if owners is not None else "its owner"
+        raise UntrustedDirectoryError(
+            f"{what} {path} is owned by {_user(st.st_uid)} with mode {mode:04o}: hollow trusts only a directory "
+            f"of {who} that no one else may write (whoever can write it can put forged data in it). Fix: remove "
+            f"it and let hollowd make it, or: chown {_user(next(iter(owners or [st.st_uid])))} {path} "
+            f"&& chmod go-w {path}"
+        )
+    return st
+
+
+def check_namespace_tree(ns_dir: Path) -> os.stat_result:
+    """For readers: the root and *ns_dir* are real directories that no one but their owners may write,
+    and the namespace's owner is the root's (or root); returns *ns_dir*'s lstat (its owner is the
+    producer's user). FileNotFoundError when either is missing."""
+    root = check_trusted(ns_dir.parent, owners=None, what="root", sticky_ok=True)
+    return check_trusted(ns_dir, owners={0, root.st_uid}, what="namespace directory")
+
+
+def namespace_exists(ns_dir: Path) -> bool:
+    """Whether *ns_dir* is a namespace directory readers may trust (:func:`check_namespace_tree`);
+    :class:`PermissionDeniedError` when this process may not look, :class:`UntrustedDirectoryError`
+    when it is not to be trusted."""
+    try:
+        check_namespace_tree(ns_dir)
+    except (FileNotFoundError, NotADirectoryError):
         return False
     except PermissionError as e:
         raise PermissionDeniedError.of(ns_dir.parent, e) from e
+    return True
 
 
 def namespace_dir(namespace: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -258,17 +309,29 @@ def announcement_path(ns_dir: Path) -> Path:
 
 
 def read_announcement(ns_dir: Path) -> Announcement | None:
-    """The namespace's announcement, or None when nothing was announced yet."""
+    """The namespace's announcement, or None when nothing was announced yet.
+
+    Neither ``announce`` nor ``announced`` is followed if it is a symlink (O_NOFOLLOW, each opened
+    relative to its directory) or waited on if it is a FIFO (O_NONBLOCK): :class:`CorruptStateError`.
+    """
     path = announcement_path(ns_dir)
     try:
-        # O_NONBLOCK: a FIFO planted here must not hang the reader; O_NOFOLLOW: nor a symlink redirect it.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        dfd = os.open(ns_dir / ANNOUNCE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except PermissionError as e:
         raise PermissionDeniedError.of(path, e) from e
     except OSError as e:
-        raise CorruptStateError(f"{path}: cannot open the announcement ({e.strerror}); is it a symlink?") from e
+        raise CorruptStateError(f"{path.parent}: not a directory ({e.strerror}); is it a symlink?") from e
+    try:
+        try:
+            fd = os.open(ANNOUNCED, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CorruptStateError(f"{path}: cannot open the announcement ({e.strerror}); is it a symlink?") from e
+    finally:
+        os.close(dfd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise CorruptStateError(f"{path}: the announcement is not a regular file")

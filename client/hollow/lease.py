@@ -1,16 +1,25 @@
-"""Leases: a shared flock(2) on ``<ns>/<version>.lock`` while a process has that version.
+"""Leases: a shared lock on ``<ns>/<version>.lock`` while a process has that version.
 
-The producer reclaims a version only if it can take an exclusive lock on the
-lockfile without blocking (``LOCK_EX | LOCK_NB`` on a fd of its own, never by
-converting a lock: flock(2) NOTES), and it unlinks the state file and then the
-lockfile while holding that lock. So:
+A lease is an open file description lock (fcntl(2) ``F_OFD_SETLK``), a read
+lock over the whole file, taken through a read-only fd. Unlike flock(2), whose
+``LOCK_EX`` any reader can take through a read-only fd, an OFD *write* lock
+needs a fd open for writing, and only the producer may write a lockfile (mode
+0640: docs/decisions.md §33). So a reader can hold leases, but it cannot block
+another reader's lease or a removal it has no lease on. Each lease also holds
+a shared flock(2) on the same fd, best effort, only as a name tag: OFD locks
+show no PID in /proc/locks, flocks do (:func:`holders`).
+
+The producer reclaims a version only if it can take the write lock without
+blocking (on a fd of its own, never by converting a lock: fcntl(2) and flock(2)
+NOTES), and it unlinks the state file and then the lockfile while holding it.
+So:
 
 * a reader that holds its shared lock keeps its version on disk;
 * a reader that gets its lock after the producer unlinked the lockfile sees a
   link count of 0 on it (fstat) and knows the version is gone;
 * the kernel drops a dead process's locks: ``kill -9`` leaks no lease.
 
-flock locks belong to the open file description, which fork(2) shares: a child
+OFD locks and flocks belong to the open file description, which fork(2) shares: a child
 that kept an inherited lease fd would keep the parent's lease alive after the
 parent released it (and one ``LOCK_UN`` in either drops both). So a child never
 uses an inherited :class:`Lease`: :meth:`Lease.forget` closes the inherited fd
@@ -21,15 +30,44 @@ lease of its own. Releasing is always by ``close``, never ``LOCK_UN``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
+import struct
 from pathlib import Path
 
-from hollow.errors import PermissionDeniedError, VersionNotFoundError
+from hollow.errors import CorruptStateError, PermissionDeniedError, VersionNotFoundError
+
+#: ``struct flock`` on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), padding.
+_FLOCK = struct.Struct("hhqqi4x")
+#: Permission bits of a lockfile: the producer writes (to take its write lock), readers read.
+LOCK_MODE = 0o640
 
 
 def lock_path(ns_dir: Path, version: int) -> Path:
     return ns_dir / f"{version}.lock"
+
+
+def _ofd_lock(fd: int, kind: int) -> bool:
+    """Take an OFD lock of *kind* (F_RDLCK, F_WRLCK) on all of *fd*'s file without waiting; False if held."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0))
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _open_lockfile(path: Path, flags: int) -> int:
+    """Open a lockfile that must be a regular file: O_NOFOLLOW, and O_NONBLOCK so that a FIFO
+    planted under its name cannot hang us. FileNotFoundError when it is not there."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptStateError(f"{path}: not a regular file; a lockfile was replaced (remove it)")
+    return fd
 
 
 class Lease:
@@ -41,16 +79,23 @@ class Lease:
         self.version = version
         self.path = lock_path(ns_dir, version)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = _open_lockfile(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise VersionNotFoundError(f"version {version} is gone (no lockfile {self.path})") from None
         except PermissionError as e:
             raise PermissionDeniedError.of(self.path, e) from e
+        except OSError as e:
+            raise CorruptStateError(f"{self.path}: cannot open the lockfile ({e.strerror}); is it a symlink?") from e
         try:
+            leased = _ofd_lock(fd, fcntl.F_RDLCK)
+        except OSError:
+            os.close(fd)
+            raise
+        if not leased:
+            os.close(fd)  # the producer holds its write lock: it is removing this version right now
+            raise VersionNotFoundError(f"version {version} is being reclaimed")
+        with contextlib.suppress(OSError):  # the name tag only (see the module docstring)
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)  # the producer holds it exclusively: it is removing this version right now
-            raise VersionNotFoundError(f"version {version} is being reclaimed") from None
         if os.fstat(fd).st_nlink == 0:
             os.close(fd)  # we won the lock after the producer unlinked it: the version is gone
             raise VersionNotFoundError(f"version {version} was reclaimed") from None
@@ -78,17 +123,20 @@ class Lease:
 
 
 def try_exclusive(path: Path) -> int | None:
-    """For the producer: an fd holding ``LOCK_EX`` on *path*, or None if any process holds a lease.
+    """For the producer: an fd holding the write lock on *path*, or None if any process holds a lease.
 
-    Uses a fd of its own and never converts a lock (flock(2): conversion is not atomic).
+    Uses a fd of its own, open for writing (which readers cannot have), and never converts a lock.
+    A lockfile made read-only by an older hollowd is given :data:`LOCK_MODE` first (it is ours).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = _open_lockfile(path, os.O_RDWR)
+        except PermissionError:
+            os.chmod(path, LOCK_MODE, follow_symlinks=False)
+            fd = _open_lockfile(path, os.O_RDWR)
     except FileNotFoundError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _ofd_lock(fd, fcntl.F_WRLCK):
         os.close(fd)
         return None
     return fd
@@ -117,6 +165,6 @@ def holders(path: Path) -> list[int]:
             where = (int(major, 16), int(minor, 16), int(inode))
         except (IndexError, ValueError):
             continue
-        if where == want and pid not in pids:
+        if where == want and pid > 0 and pid not in pids:  # an OFD lock shows PID -1: its flock names it
             pids.append(pid)
     return sorted(pids)

@@ -39,6 +39,14 @@ ENVELOPE_FILE = Path(__file__).with_name("hollow.capnp")
 CAPNP_IMPORT_DIR = str(Path(capnp.__file__).resolve().parent.parent)
 
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent's thread may have held it at fork (docs/pitfalls.md 16)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _parsers: dict[tuple[str, int, int], tuple[Any, Any]] = {}
 _embedded: dict[int, dict[int, Any]] = {}
 _envelope: Any = None

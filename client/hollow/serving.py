@@ -35,6 +35,14 @@ _failures: dict[_Key, tuple[float, Error]] = {}
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent's thread may have held it at fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def dataset(namespace: str, root: str | os.PathLike[str] | None = None) -> Dataset:
     """This process's following dataset for *namespace*, opened on first use.
 

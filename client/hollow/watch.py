@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -61,8 +62,39 @@ _shared = _Shared()
 
 
 def _after_fork_in_child() -> None:
+    """The parent's observer thread does not exist here: start afresh, and close the parent's
+    inotify descriptors, which would otherwise stay open (and, with watchdog 7's one shared
+    inotify instance per process, be reused here without a thread reading them)."""
     global _shared
-    _shared = _Shared()  # the parent's observer thread does not exist here
+    old, _shared = _shared, _Shared()
+    fds: set[int] = set()
+    for emitter in list(getattr(old.observer, "emitters", ()) or ()):
+        fds.update(_inotify_fds(getattr(emitter, "_inotify", None)))
+    inotify_c = sys.modules.get("watchdog.observers.inotify_c")
+    shared_fd = getattr(inotify_c, "InotifyFD", None)
+    if shared_fd is not None and hasattr(shared_fd, "_instance"):
+        fds.update(_inotify_fds(shared_fd._instance))
+        shared_fd._instance = None
+        shared_fd._global_lock = threading.Lock()  # a parent's thread may have held it at fork
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _inotify_fds(obj: Any, depth: int = 3) -> set[int]:
+    """The inotify descriptors (and watchdog 7's wake-up pipe) of a watchdog object, whatever its version:
+    ``_inotify_fd`` ints, found through ``_inotify``/``_inotify_fd`` attributes."""
+    found: set[int] = set()
+    if obj is None or depth == 0:
+        return found
+    for name in ("_inotify_fd", "_kill_r", "_kill_w"):
+        value = getattr(obj, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            found.add(value)
+        elif value is not None and name == "_inotify_fd":
+            found |= _inotify_fds(value, depth - 1)
+    found |= _inotify_fds(getattr(obj, "_inotify", None), depth - 1)
+    return found
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
