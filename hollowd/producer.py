@@ -25,7 +25,7 @@ from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import compaction, encoder, overlay, pidlock, publish
 from hollowd import validators as validation
-from hollowd.errors import ProducerLockedError, PublishError, ValidationError, VersionNotFoundError
+from hollowd.errors import ProducerLockedError, PublishError, StorageFullError, ValidationError, VersionNotFoundError
 from hollowd.schema import NamespaceSchema
 from hollowd.state import (
     Delta,
@@ -173,8 +173,10 @@ class Producer:
             lap("build")
             self._validate(version, {n: b.count for n, b in built.items()}, latest, records, records)
             lap("validate")
-            publish.write_state_file(
-                self.dir, self.namespace, version, parent, self.schema, built.values(), mode=self.mode
+            self._publish(
+                lambda: publish.write_state_file(
+                    self.dir, self.namespace, version, parent, self.schema, built.values(), mode=self.mode
+                )
             )
             overlays: dict[str, overlay.BuiltOverlay] = {}
         else:
@@ -199,8 +201,10 @@ class Producer:
             self._validate(version, {n: o.count for n, o in overlays.items()}, latest, everything, changed)
             lap("validate")
             assert base is not None
-            publish.write_overlay_file(
-                self.dir, self.namespace, version, parent, self.schema, base, overlays.values(), mode=self.mode
+            self._publish(
+                lambda: publish.write_overlay_file(
+                    self.dir, self.namespace, version, parent, self.schema, base, overlays.values(), mode=self.mode
+                )
             )
         lap("publish")
         self._last_version = version
@@ -218,6 +222,27 @@ class Producer:
         ):
             self._compact_later(version)
         return version
+
+    def _publish(self, write: Callable[[], object]) -> None:
+        """*write* the version (which makes room for its announcement first: hollowd.publish); when
+        the mount is full, the versions kept only by *retain* (not announced, pinned, latest or
+        leased: kept for rollbacks) are reclaimed and the write is tried once more before
+        :class:`StorageFullError` fails the cycle (issue 9, item 11)."""
+        for attempt in (0, 1):
+            try:
+                write()
+                return
+            except StorageFullError as e:
+                removed = [] if attempt else self.reclaim(retain=1)
+                if not removed:
+                    raise
+                log.warning(
+                    "hollowd: event=storage-full namespace=%s removed=%s error=%r (reclaimed beyond retain=%d)",
+                    self.namespace,
+                    ",".join(map(str, removed)),
+                    str(e),
+                    self.retain,
+                )
 
     def _adopted(self, base: StateFile | None) -> None:
         """After a version is published on *base*: a background base it used is linked now; drop its name."""
@@ -264,6 +289,7 @@ class Producer:
         current = layout.read_announcement(self.dir)
         if current is None or (not current.pinned and current.version != version):
             self._announce(self._announcement(version, pinned=False))  # published, never announced (a crash)
+        self.reclaim()  # debris of a killed writer goes now, not at the next publish (issue 9, item 13)
         return version
 
     def _validate(
@@ -453,14 +479,14 @@ class Producer:
         """Versions with a state file, ascending."""
         return layout.list_versions(self.dir)
 
-    def reclaim(self) -> list[int]:
+    def reclaim(self, *, retain: int | None = None) -> list[int]:
         """Remove the versions nothing needs; returns those removed.
 
         A version stays while it is announced or pinned, within the newest
-        *retain*, or leased by any process (hollow.lease).
+        *retain* (the producer's unless given), or leased by any process (hollow.lease).
         """
         versions = self.versions()
-        keep = set(versions[-self.retain :])
+        keep = set(versions[-(retain or self.retain) :])
         current = layout.read_announcement(self.dir)
         if current is not None:
             keep.add(current.version)
@@ -469,7 +495,12 @@ class Producer:
             v = layout.parse_state_name(lock.name[: -len(".lock")])
             if v is not None and v not in versions:
                 publish.remove_version(self.dir, v)
-        debris = [*self.dir.glob(".*.tmp"), *self.dir.glob(".*.tmp.base"), *self.dir.glob(".*" + compaction.SUFFIX)]
+        debris = [
+            *self.dir.glob(".*.tmp"),
+            *self.dir.glob(".*.tmp.base"),
+            *self.dir.glob(".*" + compaction.SUFFIX),
+            *(self.dir / layout.ANNOUNCE_DIR).glob(f".{layout.ANNOUNCED}.*.tmp"),  # an announcement's room
+        ]
         for stale in debris:  # files of a writer that died: temporary ones, bases compacted for nobody
             if _tmp_owner_dead(stale.name.removesuffix(layout.BASE_SUFFIX)):
                 with contextlib.suppress(FileNotFoundError):
