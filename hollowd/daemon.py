@@ -278,9 +278,11 @@ class Daemon:
             elif ns.delivers_changes:
                 source = ChangeLogSource(ns.source, producer.schema, type_name=ns.type)
             elif ns.source_is_callable:
-                source = CallableSource(ns.source)
+                source = CallableSource(ns.source, allow_empty=ns.allow_empty)
             else:
-                source = FileSource(ns.source, producer.schema, fmt=ns.format, type_name=ns.type)
+                source = FileSource(
+                    ns.source, producer.schema, fmt=ns.format, type_name=ns.type, allow_empty=ns.allow_empty
+                )
         except BaseException:
             producer.close()
             raise
