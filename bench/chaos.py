@@ -62,6 +62,7 @@ p = Producer("movies", schema=follow.SCHEMA, primary_keys={"Movie": "id"}, root=
 while True:
     k = p._next_version()
     p.run_cycle(lambda s: s.add_all("Movie", follow._records(k)))
+    print(k, flush=True)
     time.sleep(0.005)
 """
 
@@ -122,9 +123,14 @@ def kill_producers(root: Path, kills: int, readers: int) -> dict[str, Any]:
     last = announced(root)
     survived = 0
     for _ in range(kills):
-        child = subprocess.Popen([sys.executable, "-c", PRODUCER, str(root), str(ROOT_DIR / "bench")])
-        time.sleep(random.uniform(0.2, 0.6))
+        child = subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, str(root), str(ROOT_DIR / "bench")], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        child.stdout.readline()  # it is publishing: kill it at a random moment of its next cycles
+        time.sleep(random.uniform(0, 0.3))
         child.send_signal(signal.SIGKILL)
+        child.stdout.close()
         child.wait()
         now = announced(root)
         versions_went_back += now < last
@@ -193,6 +199,10 @@ def kill_daemons(tmp: Path, root: Path, kills: int, readers: int) -> dict[str, A
             served = announced(root)
             restarts_served += served >= last > 0
             went_back += served < last
+            write_source()  # wait until this daemon publishes, then kill it at a random moment of its next cycles
+            deadline = time.monotonic() + 60
+            while announced(root) <= served and time.monotonic() < deadline:
+                time.sleep(0.02)
             for _ in range(random.randint(1, 4)):
                 write_source()
                 time.sleep(random.uniform(0.02, 0.25))
