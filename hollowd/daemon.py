@@ -417,6 +417,7 @@ class Daemon:
         self.in_cycle = True
         changes = ""
         try:
+            self._restore(runner)  # the namespace directory may have been removed since (issue 9, item 12)
             if ns.delivers_changes:
                 version, count = self._apply_changes(runner)
                 changes = f" changes={count}"

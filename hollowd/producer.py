@@ -130,6 +130,7 @@ class Producer:
             state = WriteState(self.schema)
             populate(state)
             populated = time.monotonic() - started
+            self._claim()
             version = self._run(full=state)
             self.last_timings = {"populate": populated, **self.last_timings}
             return version
@@ -142,6 +143,7 @@ class Producer:
         with _gc_paused():
             delta = Delta(self.schema)
             change(delta)
+            self._claim()
             return self._run(delta=delta)
 
     def _run(self, *, full: WriteState | None = None, delta: Delta | None = None) -> int:
@@ -222,6 +224,34 @@ class Producer:
         ):
             self._compact_later(version)
         return version
+
+    def _claim(self) -> None:
+        """Make sure the namespace directory and its lock are still the ones this producer took.
+
+        ``rm -rf`` of the directory (an operator; systemd's ``RemoveIPC``) takes the lockfile
+        with it: the lock would then guard nothing, and a second producer could start beside
+        this one. The directory is made again and the lock taken again, or the cycle fails
+        with :class:`ProducerLockedError` when another producer got there first; numbering
+        goes on from this producer's (and the daemon's durable) counter (issue 9, item 12).
+        """
+        fd = self._lock_fd
+        if fd is None:
+            raise PublishError(f"the producer of {self.namespace} is closed")
+        held = os.fstat(fd)
+        try:
+            st = os.stat(self.dir / LOCK_FILE, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        log.warning("hollowd: event=namespace-lost namespace=%s dir=%s (removed under the producer; making it again)",
+                    self.namespace, self.dir)  # fmt: skip
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if self.mode & 0o004 else 0o750)
+        self._lock_fd = _lock_namespace(self.dir)  # ProducerLockedError: another one owns it now
+        os.close(fd)
+        self._latest_cache = None
+        self._base_cache.clear()
+        self._drop_compaction()
 
     def _publish(self, write: Callable[[], object]) -> None:
         """*write* the version (which makes room for its announcement first: hollowd.publish); when
@@ -432,6 +462,7 @@ class Producer:
         version before any source is read. Returns its version. A version
         already present is announced as it is.
         """
+        self._claim()
         data = saved.read_bytes()
         header = layout.Header.unpack(data, what=str(saved), size=len(data))
         if header.namespace != self.namespace:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 import hollow
 import hollowd
 from hollow import layout
-from tests.helpers import movie, movies_producer, populate
+from tests.helpers import SCHEMAS, movie, movies_producer, populate
 
 
 @contextlib.contextmanager
@@ -148,7 +149,7 @@ KILLED_BEFORE_ANNOUNCING = r"""
 import os, sys
 sys.path.insert(0, os.getcwd())
 from hollowd import publish
-from tests.helpers import movie, movies_producer, populate
+from tests.helpers import SCHEMAS, movie, movies_producer, populate
 publish.announce = lambda *a, **k: os._exit(9)
 p = movies_producer(__import__("pathlib").Path(sys.argv[1]))
 p.run_cycle(populate(movie(i, title=f"Movie {i}new") for i in range(10)))
@@ -169,3 +170,51 @@ def test_a_version_published_but_never_announced_is_announced_by_the_next_cycle(
         assert announced(root) == 2
         assert [n for n in os.listdir(root / "movies" / layout.ANNOUNCE_DIR) if n.endswith(".tmp")] == []
     assert reader_version(root) == 2
+
+
+# -- item 12: rm -rf of a namespace directory under a running daemon ----------------------------
+
+DAEMON = """\
+[daemon]
+root = "{root}"
+state_dir = "{state}"
+control_socket = "{state}/control.sock"
+
+[namespaces.movies]
+schema = "{schema}"
+source = "{source}"
+type = "Movie"
+debounce = 0.1
+
+[namespaces.movies.types.Movie]
+primary_key = "id"
+"""
+
+
+def test_a_removed_namespace_directory_is_recreated_and_numbering_goes_on(root: Path, tmp_path: Path) -> None:
+    from tests.daemons import Daemon, wait_until, write_jsonl  # noqa: PLC0415
+    from tests.test_damage import FOLLOWER  # noqa: PLC0415
+    from tests.test_follow import Child  # noqa: PLC0415
+
+    source, state = tmp_path / "movies.jsonl", tmp_path / "state"
+    write_jsonl(source, [movie(i, title="v1" if i == 0 else f"Movie {i}") for i in range(5)])
+    config = tmp_path / "hollowd.toml"
+    config.write_text(DAEMON.format(root=root, state=state, schema=SCHEMAS / "movies.capnp", source=source))
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        with Child(FOLLOWER, root) as child:
+            child.expect("ready", version=1)
+            write_jsonl(source, [movie(i, title="v2" if i == 0 else f"Movie {i}") for i in range(5)])
+            child.expect("on", version=2)
+            shutil.rmtree(root / "movies")  # an operator, or systemd's RemoveIPC
+            write_jsonl(source, [movie(i, title="v3" if i == 0 else f"Movie {i}") for i in range(5)])
+            child.expect("on", version=3)  # numbering goes on; the follower recovers
+            child.send("ask")
+            assert child.expect("state")["title"] == "v3"
+            with pytest.raises(hollowd.ProducerLockedError):  # the daemon holds the new directory's lock
+                movies_producer(root)
+            child.finish()
+        wait_until(lambda: announced(root) == 3)
+    finally:
+        assert d.stop() == 0
