@@ -330,7 +330,7 @@ def _create_lockfile(ns_dir: Path, version: int, mode: int) -> None:
 
 
 def _link(target: Path, link: Path) -> None:
-    """A hard link (on tmpfs each link takes an inode of the mount's)."""
+    """A hard link (on tmpfs each link takes an inode of the mount's: docs/pitfalls.md 22)."""
     try:
         os.link(target, link)
     except OSError as e:

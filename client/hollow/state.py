@@ -164,7 +164,7 @@ class StateFile:
     def _content_hash(self) -> int:
         """xxh3_64 of everything after the header, read a chunk at a time; each chunk's pages are
         dropped from this process's page tables once hashed (they stay in the shared page cache),
-        so that checking a file does not make it resident in every reader (mmap MADV_DONTNEED)."""
+        so that checking a file does not make it resident in every reader (docs/pitfalls.md 23)."""
         h = xxhash.xxh3_64()
         size, at = self.header.file_length, layout.HEADER_SIZE
         while at < size:
