@@ -466,7 +466,8 @@ class Dataset:
     def _failed_on_use(self, att: _Attached, error: CorruptStateError) -> None:
         """A version that passed its checks failed when a type was first used: if it is current,
         go back to the version before it (when that still exists) and follow it no more."""
-        self.last_error = error
+        # A copy without the traceback: the raised error's frames keep the bad file mapped.
+        self.last_error = CorruptStateError(str(error))
         log.error("hollow: %s: version %d fails on use: %s", self.namespace, att.version, str(error))
         previous = self._previous
         if att is not self._current or previous is None or self._pinned is not None:
