@@ -138,6 +138,12 @@ def _callables(v: Any) -> tuple[str, ...]:
     return tuple(_callable_ref(x) for x in v)
 
 
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
 def _one_of(*choices: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in choices:
@@ -253,6 +259,14 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds,
         "Seconds a file source must stay unchanged before a cycle; a change log's new lines wait at most this long.",
     ),
+    Setting(
+        "namespace",
+        "allow_empty",
+        False,
+        _flag,
+        "Whether a records source may give no records at all (otherwise an empty read is refused and the "
+        "last good version stays).",
+    ),
     Setting("namespace", "retain", 5, _positive_int, "How many versions to keep besides announced, pinned and leased."),
     Setting(
         "namespace",
@@ -326,6 +340,7 @@ class NamespaceConfig:
     mode: int = 0o640
     compact_percent: float = 5.0
     compact_min: int = 1024
+    allow_empty: bool = False
     validators: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -538,6 +553,7 @@ def _namespace(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
         mode=settings["mode"],
         compact_percent=settings["compact_percent"],
         compact_min=settings["compact_min"],
+        allow_empty=settings["allow_empty"],
         validators=validators,
     )
 

@@ -312,9 +312,11 @@ class Daemon:
             elif ns.delivers_changes:
                 source = ChangeLogSource(ns.source, producer.schema, type_name=ns.type)
             elif ns.source_is_callable:
-                source = CallableSource(ns.source)
+                source = CallableSource(ns.source, allow_empty=ns.allow_empty)
             else:
-                source = FileSource(ns.source, producer.schema, fmt=ns.format, type_name=ns.type)
+                source = FileSource(
+                    ns.source, producer.schema, fmt=ns.format, type_name=ns.type, allow_empty=ns.allow_empty
+                )
         except BaseException:
             producer.close()
             raise
@@ -464,6 +466,7 @@ class Daemon:
         self.in_cycle = True
         changes = ""
         try:
+            self._restore(runner)  # the namespace directory may have been removed since (issue 9, item 12)
             if ns.delivers_changes:
                 version, count = self._apply_changes(runner)
                 changes = f" changes={count}"

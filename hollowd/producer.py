@@ -25,7 +25,7 @@ from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import compaction, encoder, overlay, pidlock, publish
 from hollowd import validators as validation
-from hollowd.errors import ProducerLockedError, PublishError, ValidationError, VersionNotFoundError
+from hollowd.errors import ProducerLockedError, PublishError, StorageFullError, ValidationError, VersionNotFoundError
 from hollowd.schema import NamespaceSchema
 from hollowd.state import (
     Delta,
@@ -139,6 +139,7 @@ class Producer:
             state = WriteState(self.schema)
             populate(state)
             populated = time.monotonic() - started
+            self._claim()
             version = self._run(full=state)
             self.last_timings = {"populate": populated, **self.last_timings}
             return version
@@ -151,6 +152,7 @@ class Producer:
         with _gc_paused():
             delta = Delta(self.schema)
             change(delta)
+            self._claim()
             return self._run(delta=delta)
 
     def _run(self, *, full: WriteState | None = None, delta: Delta | None = None) -> int:
@@ -182,8 +184,10 @@ class Producer:
             lap("build")
             self._validate(version, {n: b.count for n, b in built.items()}, latest, records, records)
             lap("validate")
-            publish.write_state_file(
-                self.dir, self.namespace, version, parent, self.schema, built.values(), mode=self.mode
+            self._publish(
+                lambda: publish.write_state_file(
+                    self.dir, self.namespace, version, parent, self.schema, built.values(), mode=self.mode
+                )
             )
             overlays: dict[str, overlay.BuiltOverlay] = {}
         else:
@@ -208,8 +212,10 @@ class Producer:
             self._validate(version, {n: o.count for n, o in overlays.items()}, latest, everything, changed)
             lap("validate")
             assert base is not None
-            publish.write_overlay_file(
-                self.dir, self.namespace, version, parent, self.schema, base, overlays.values(), mode=self.mode
+            self._publish(
+                lambda: publish.write_overlay_file(
+                    self.dir, self.namespace, version, parent, self.schema, base, overlays.values(), mode=self.mode
+                )
             )
         lap("publish")
         self._last_version = version
@@ -227,6 +233,55 @@ class Producer:
         ):
             self._compact_later(version)
         return version
+
+    def _claim(self) -> None:
+        """Make sure the namespace directory and its lock are still the ones this producer took.
+
+        ``rm -rf`` of the directory (an operator; systemd's ``RemoveIPC``) takes the lockfile
+        with it: the lock would then guard nothing, and a second producer could start beside
+        this one. The directory is made again and the lock taken again, or the cycle fails
+        with :class:`ProducerLockedError` when another producer got there first; numbering
+        goes on from this producer's (and the daemon's durable) counter (issue 9, item 12).
+        """
+        fd = self._lock_fd
+        if fd is None:
+            raise PublishError(f"the producer of {self.namespace} is closed")
+        held = os.fstat(fd)
+        try:
+            st = os.stat(self.dir / LOCK_FILE, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        log.warning("hollowd: event=namespace-lost namespace=%s dir=%s (removed under the producer; making it again)",
+                    self.namespace, self.dir)  # fmt: skip
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755 if self.mode & 0o004 else 0o750)
+        self._lock_fd = _lock_namespace(self.dir)  # ProducerLockedError: another one owns it now
+        os.close(fd)
+        self._latest_cache = None
+        self._base_cache.clear()
+        self._drop_compaction()
+
+    def _publish(self, write: Callable[[], object]) -> None:
+        """*write* the version (which makes room for its announcement first: hollowd.publish); when
+        the mount is full, the versions kept only by *retain* (not announced, pinned, latest or
+        leased: kept for rollbacks) are reclaimed and the write is tried once more before
+        :class:`StorageFullError` fails the cycle (issue 9, item 11)."""
+        for attempt in (0, 1):
+            try:
+                write()
+                return
+            except StorageFullError as e:
+                removed = [] if attempt else self.reclaim(retain=1)
+                if not removed:
+                    raise
+                log.warning(
+                    "hollowd: event=storage-full namespace=%s removed=%s error=%r (reclaimed beyond retain=%d)",
+                    self.namespace,
+                    ",".join(map(str, removed)),
+                    str(e),
+                    self.retain,
+                )
 
     def _adopted(self, base: StateFile | None) -> None:
         """After a version is published on *base*: a background base it used is linked now; drop its name."""
@@ -270,6 +325,7 @@ class Producer:
         current = self.announcement()
         if current is None or (not current.pinned and current.version != version):
             self._announce(self._announcement(version, pinned=False))  # published, never announced (a crash)
+        self.reclaim()  # debris of a killed writer goes now, not at the next publish (issue 9, item 13)
         return version
 
     def _validate(
@@ -412,6 +468,7 @@ class Producer:
         version before any source is read. Returns its version. A version
         already present is announced as it is.
         """
+        self._claim()
         data = saved.read_bytes()
         header = layout.Header.unpack(data, what=str(saved), size=len(data))
         if header.namespace != self.namespace:
@@ -459,14 +516,14 @@ class Producer:
         """Versions with a state file, ascending."""
         return layout.list_versions(self.dir)
 
-    def reclaim(self) -> list[int]:
+    def reclaim(self, *, retain: int | None = None) -> list[int]:
         """Remove the versions nothing needs; returns those removed.
 
         A version stays while it is announced or pinned, within the newest
-        *retain*, or leased by any process (hollow.lease).
+        *retain* (the producer's unless given), or leased by any process (hollow.lease).
         """
         versions = self.versions()
-        keep = set(versions[-self.retain :])
+        keep = set(versions[-(retain or self.retain) :])
         current = self.announcement()
         if current is not None:
             keep.add(current.version)
@@ -477,7 +534,12 @@ class Producer:
             v = layout.parse_state_name(lock.name[: -len(".lock")])
             if v is not None and v not in versions:
                 publish.remove_version(self.dir, v)
-        debris = [*self.dir.glob(".*.tmp"), *self.dir.glob(".*.tmp.base"), *self.dir.glob(".*" + compaction.SUFFIX)]
+        debris = [
+            *self.dir.glob(".*.tmp"),
+            *self.dir.glob(".*.tmp.base"),
+            *self.dir.glob(".*" + compaction.SUFFIX),
+            *(self.dir / layout.ANNOUNCE_DIR).glob(f".{layout.ANNOUNCED}.*.tmp"),  # an announcement's room
+        ]
         for stale in debris:  # files of a writer that died: temporary ones, bases compacted for nobody
             if _tmp_owner_dead(stale.name.removesuffix(layout.BASE_SUFFIX)):
                 with contextlib.suppress(FileNotFoundError):

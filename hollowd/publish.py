@@ -9,6 +9,7 @@ catch: mmap(2)). In order:
    size with posix_fallocate(3), so a full /dev/shm fails here, cleanly;
 3. write the sections, the envelope and, last, the header; fsync;
 4. make it read-only (0440 & mode) and attach it as a reader would (verify);
+   make room for the announcement (:func:`reserve_announcement`) and the lockfile;
 5. rename(2) it to ``<version>``: readers see all of it or none of it (a
    version built on a base gets its hard link ``<version>.base`` first);
 6. write ``announced`` the same way (temporary name, rename).
@@ -237,7 +238,7 @@ def write_overlay_file(
         link = layout.base_of(ns_dir / layout.state_name(version))
         with contextlib.suppress(FileNotFoundError):
             link.unlink()  # debris of a crash before this version's rename
-        os.link(base.path, link)
+        _link(base.path, link)
         _with_base(tmp, link, lambda: verify_overlay(tmp, namespace, version, types))
 
     return _install(ns_dir, version, total, pieces, mode, link_and_verify)
@@ -271,7 +272,7 @@ def _with_base(tmp: Path, base: Path, check: Callable[[], object]) -> None:
     tmp_link = layout.base_of(tmp)
     with contextlib.suppress(FileNotFoundError):
         tmp_link.unlink()
-    os.link(base, tmp_link)
+    _link(base, tmp_link)
     try:
         check()
     finally:
@@ -300,14 +301,20 @@ def _install(
     try:
         check(tmp)
         if name is None:
+            reserve_announcement(ns_dir, mode)  # a version is published only if its announcement can follow
             _create_lockfile(ns_dir, version, mode)  # before the state file appears: readers lease on sight
         os.rename(tmp, final)
     except BaseException:
+        if name is None:
+            release_announcement(ns_dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if not final.exists():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(layout.base_of(ns_dir / layout.state_name(version)))
+            if name is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lease.lock_path(ns_dir, version))  # no orphan lockfile (issue 9, item 13)
         raise
     return final
 
@@ -316,15 +323,69 @@ def _create_lockfile(ns_dir: Path, version: int, mode: int) -> None:
     """The version's lockfile (hollow.lease): readable by whoever may read the state file, writable by
     the producer only (an OFD write lock needs write access, so no reader can block a lease)."""
     path = lease.lock_path(ns_dir, version)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO planted under its name: replace it
-        os.close(fd)
-        os.unlink(path)
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO planted under its name: replace it
+            os.close(fd)
+            os.unlink(path)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno in _FULL:
+            raise _storage_full(path, 0) from e
+        raise
     try:
         os.fchmod(fd, 0o600 | (mode & 0o044))
     finally:
         os.close(fd)
+
+
+def _link(target: Path, link: Path) -> None:
+    """A hard link (on tmpfs each link takes an inode of the mount's: docs/pitfalls.md 28)."""
+    try:
+        os.link(target, link)
+    except OSError as e:
+        if e.errno in _FULL:
+            raise _storage_full(link, 0) from e
+        raise
+
+
+#: Bytes reserved for the announcement before a version is published: it is far smaller.
+ANNOUNCE_ROOM = 4096
+
+
+def reserve_announcement(ns_dir: Path, mode: int) -> None:
+    """Make room for the announcement that follows a publish, before the publish (issue 9, item 11).
+
+    Creates the announcement's temporary file (its inode) with :data:`ANNOUNCE_ROOM`
+    bytes allocated, which :func:`announce` then writes into: a mount with room for the
+    state file but not for the announcement fails here, before anything is published,
+    instead of leaving a version published and never announced. Raises
+    :class:`StorageFullError`; :func:`release_announcement` undoes it.
+    """
+    where = ns_dir / layout.ANNOUNCE_DIR
+    tmp = _announce_tmp(where)
+    try:
+        where.mkdir(mode=0o755 if mode & 0o004 else 0o750, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode & 0o666)
+        try:
+            os.posix_fallocate(fd, 0, ANNOUNCE_ROOM)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        release_announcement(ns_dir)
+        if e.errno in _FULL:
+            raise _storage_full(tmp, ANNOUNCE_ROOM) from e
+        raise PublishError(f"cannot make room for the announcement in {where}: {e.strerror}") from e
+
+
+def release_announcement(ns_dir: Path) -> None:
+    """Give back the room :func:`reserve_announcement` took (a cycle that failed after it)."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        os.unlink(_announce_tmp(ns_dir / layout.ANNOUNCE_DIR))
+
+
+def _announce_tmp(where: Path) -> Path:
+    return where / f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
 
 
 def remove_version(ns_dir: Path, version: int, *, force: bool = False) -> bool:
@@ -363,6 +424,8 @@ def _write(path: Path, total: int, pieces: list[_Piece], mode: int) -> None:
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as e:
+        if e.errno in _FULL:
+            raise _storage_full(path, total) from e
         raise PublishError(f"cannot create {path}: {e.strerror}") from e
     try:
         try:
@@ -443,12 +506,19 @@ def _announce_dir(where: Path, mode: int) -> int:
     raise PublishError(f"{where}: cannot make the announcement's directory")
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _storage_full(path: Path, total: int) -> StorageFullError:
-    st = os.statvfs(path.parent)
+    where = path.parent
+    while not where.is_dir() and where != where.parent:
+        where = where.parent  # (the announce directory itself may be what could not be made)
+    st = os.statvfs(where)
     free = st.f_bavail * st.f_frsize
     size = st.f_blocks * st.f_frsize
+    inodes = f", {st.f_favail:,} of {st.f_files:,} inodes free" if st.f_files else ""
     return StorageFullError(
-        f"no room for a {total:,}-byte state file in {path.parent} ({free:,} of {size:,} bytes free). "
+        f"no room for a {total:,}-byte state file in {path.parent} ({free:,} of {size:,} bytes free{inodes}). "
         "The announced version is unchanged. Make room: fewer retained versions, or a larger /dev/shm "
         "(Docker's default is 64 MiB: run with --shm-size; Kubernetes: an emptyDir with medium: Memory)."
     )
@@ -498,20 +568,36 @@ def announce(
     """Replace ``announced`` by rename, so readers see the old or the new one, never a mix.
 
     Whatever was planted under either name (a symlink, a FIFO, a directory) is replaced, never
-    followed or opened: both are opened with O_NOFOLLOW, the file relative to its directory.
+    followed or opened: both are opened with O_NOFOLLOW, the file relative to its directory. The
+    file is written into the room :func:`reserve_announcement` allocated (if it did), then cut to size.
     """
     dfd = _announce_dir(ns_dir / layout.ANNOUNCE_DIR, 0o755 if mode & 0o004 else 0o750)
     try:
-        tmp = f".{layout.ANNOUNCED}.{os.getpid()}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dfd)  # debris of a writer killed here (O_TRUNC would follow a FIFO)
-        fd = os.open(tmp, flags, mode & 0o666, dir_fd=dfd)
+        tmp = _announce_tmp(Path()).name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            os.write(fd, announcement.dumps())
+            fd = os.open(tmp, flags, mode & 0o666, dir_fd=dfd)
+            planted = not stat.S_ISREG(os.fstat(fd).st_mode)
+            if planted:
+                os.close(fd)
+        except OSError as e:  # ENXIO: a FIFO no one reads; ELOOP: a symlink
+            if e.errno in _FULL:
+                raise
+            planted = True
+        if planted:  # something else under the name: ours to replace (only we and root write here)
+            os.unlink(tmp, dir_fd=dfd)
+            fd = os.open(tmp, flags | os.O_EXCL, mode & 0o666, dir_fd=dfd)
+        try:
+            data = announcement.dumps()
+            _pwrite_all(fd, data, 0)
+            os.ftruncate(fd, len(data))
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.close(fd)
         try:
             os.rename(tmp, layout.ANNOUNCED, src_dir_fd=dfd, dst_dir_fd=dfd)
         except IsADirectoryError:  # a directory planted under the name

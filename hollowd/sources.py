@@ -57,15 +57,30 @@ class SourceError(Error):
     """A source that cannot be read now (missing, incomplete, malformed); the message says which and where."""
 
 
+def _refuse_empty(state: WriteState, what: str) -> None:
+    """An empty read is refused: a truncated, half-replaced or emptied source must not wipe the
+    dataset (issue 9, item 16). A namespace that may really be empty says so (``allow_empty``)."""
+    given = sum(map(len, state.records.values())) + sum(len(b.lines) for bs in state.lines.values() for b in bs)
+    if not given:
+        raise SourceError(
+            f"{what} gave no records (an empty file, blank lines only, [], a CSV header alone, or an empty "
+            "directory): refused, the namespace keeps its last good version. Replace a source by writing a "
+            "new file and renaming it over the old one; if the namespace may really be empty, set allow_empty = true"
+        )
+
+
 class CallableSource:
     """``module:function`` that populates the state."""
 
-    def __init__(self, ref: str) -> None:
+    def __init__(self, ref: str, *, allow_empty: bool = False) -> None:
         self.ref = ref
+        self.allow_empty = allow_empty
         self.populate: Callable[[WriteState], Any] = resolve(ref)
 
     def __call__(self, state: WriteState) -> None:
         self.populate(state)
+        if not self.allow_empty:
+            _refuse_empty(state, self.ref)
 
     def __repr__(self) -> str:
         return f"<CallableSource {self.ref}>"
@@ -75,12 +90,19 @@ class FileSource:
     """Records from a file, or from every file of a directory."""
 
     def __init__(
-        self, path: str | os.PathLike[str], schema: NamespaceSchema, *, fmt: str = "auto", type_name: str = ""
+        self,
+        path: str | os.PathLike[str],
+        schema: NamespaceSchema,
+        *,
+        fmt: str = "auto",
+        type_name: str = "",
+        allow_empty: bool = False,
     ) -> None:
         self.path = Path(path)
         self.schema = schema
         self.format = fmt
         self.type_name = _only_type(schema, type_name)
+        self.allow_empty = allow_empty
 
     def files(self) -> list[Path]:
         """The files this source reads now, in order."""
@@ -100,6 +122,8 @@ class FileSource:
                 continue
             for type_name, records in self._batches(path):
                 state.add_all(type_name, records)
+        if not self.allow_empty:
+            _refuse_empty(state, str(self.path))
 
     def locate(self, error: ValidationError) -> ValidationError:
         """*error*, led by where its record is: ``FILE:LINE`` (from 1) for JSON Lines and CSV,

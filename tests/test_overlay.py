@@ -13,6 +13,7 @@ not against the implementation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hollow
+from hollow import layout
 from hollowd import Producer, overlay
 from hollowd.errors import DuplicateKeyError
 from tests.helpers import movie, movies_producer, populate
@@ -505,24 +508,35 @@ def test_a_follower_moves_across_new_bases(root: Path) -> None:
             held.close()
 
 
-def test_a_damaged_overlay_table_ends_the_probe(root: Path) -> None:
-    """An overlay key table with no empty slot (damage) cannot make a lookup loop for ever."""
+@pytest.mark.parametrize("table", ["overlay", "base"])
+def test_a_table_without_an_empty_slot_ends_the_probe(root: Path, table: str) -> None:
+    """A key table with no empty slot cannot make a lookup loop for ever. Damage is refused before any
+    lookup (the content hash, tests/test_damage.py), so the file is sealed again here: a forgery."""
     with movies_producer(root) as p:
         p.run_cycle(populate(movie(i) for i in range(20)))
         v = p.run_incremental(lambda d: d.upsert("Movie", movie(3, title="x")))
+    if table == "base":
+        v = 1  # the base, read as the version it is
     path = root / "movies" / str(v)
     state = hollow.state.StateFile(path, namespace="movies")
-    sec = state._type_states["Movie"].overlay.keys.slots
+    ts = state._type_states["Movie"]
+    sec = ts.overlay.keys.slots if table == "overlay" else ts.primaryKey.slots
     offset, length = sec.offset, sec.length
     del state
     data = bytearray(path.read_bytes())
     data[offset : offset + length] = b"\xff" * length  # every slot taken, by no key of ours
-    path.chmod(0o600)
-    path.write_bytes(bytes(data))
-    with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+    h = layout.Header.unpack(bytes(data), what="forged", size=len(data))
+    data[: layout.HEADER_SIZE] = dataclasses.replace(
+        h, content_hash=xxhash.xxh3_64_intdigest(bytes(data[layout.HEADER_SIZE :]))
+    ).pack()
+    tmp = path.with_name(".forged")
+    tmp.write_bytes(bytes(data))
+    os.rename(tmp, path)
+    with hollow.open("movies", root=root, follow=False) as ds, ds.attach(v) as snap:
         movies = snap["Movie"]
         assert movies.get(10**9) is None
-        assert movies[5].title == "Movie 5"
+        if table == "overlay":
+            assert movies[5].title == "Movie 5"
 
 
 # --- records given as JSON lines ---------------------------------------------------------------

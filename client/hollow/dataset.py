@@ -102,7 +102,12 @@ class Snapshot:
         att = self._att
         if att is None:
             raise ClosedError(f"snapshot of version {self.version} is closed")
-        return att.state.type(type_name)
+        try:
+            return att.state.type(type_name)
+        except CorruptStateError as e:
+            if self._ds is not None:
+                self._ds._failed_on_use(att, e)
+            raise
 
     @property
     def types(self) -> list[str]:
@@ -179,6 +184,8 @@ class Dataset:
         self._on_pin = False  # the current version came from an operator pin
         self._pinned: int | None = None  # reader pin
         self._announce_stamp: tuple[int, int] | None = None
+        self._previous: int | None = None  # the version current before this one
+        self._refused: int | None = None  # a version that failed on first use: not followed again
         self._callbacks: list[Callable[[int], None]] = []
         self._closed = False
         self._generation = _Fork.generation
@@ -447,7 +454,10 @@ class Dataset:
                 log.error("hollow: %s; staying on version %d", str(e), self._current.version)
                 self._announce_stamp = stamp
                 return
-            self.last_error = None
+            if att is not None or self._refused is None:
+                self.last_error = None  # (a refused version's error stays until something else is followed)
+            if att is not None:
+                self._refused = None
             self._announce_stamp = stamp
             if att is None:
                 return
@@ -466,6 +476,8 @@ class Dataset:
             if announcement is None:
                 raise NamespaceNotFoundError(f"namespace {self.namespace!r} has nothing announced yet")
             current = self._current
+            if announcement.version == self._refused and current is not None:
+                return None, self._on_pin  # failed on first use here; wait for the next announcement
             if current is not None:
                 if current.version == announcement.version:
                     self._on_pin = announcement.pinned
@@ -490,6 +502,8 @@ class Dataset:
     def _switch(self, att: _Attached) -> None:
         """Make *att* current (caller holds the lock); release the old one if no snapshot uses it."""
         old, self._current = self._current, att
+        if old is not None and old is not att:
+            self._previous = old.version
         if old is not None and old is not att and old.users == 0:
             self._drop(old)
         self._changed.notify_all()
@@ -500,6 +514,30 @@ class Dataset:
                 callback(version)
             except Exception:
                 log.exception("hollow: %s: on_update callback failed", self.namespace)
+
+    def _failed_on_use(self, att: _Attached, error: CorruptStateError) -> None:
+        """A version that passed its checks failed when a type was first used: if it is current,
+        go back to the version before it (when that still exists) and follow it no more."""
+        # A copy without the traceback: the raised error's frames keep the bad file mapped.
+        self.last_error = CorruptStateError(str(error))
+        log.error("hollow: %s: version %d fails on use: %s", self.namespace, att.version, str(error))
+        previous = self._previous
+        if att is not self._current or previous is None or self._pinned is not None:
+            return
+        self._refused = att.version
+        try:
+            good = self._attach(previous)
+        except Error as e:
+            log.error("hollow: %s: cannot go back to version %d: %s", self.namespace, previous, str(e))
+            return
+        with self._changed:
+            if self._current is att:
+                self._switch(good)
+                self._previous = None
+            else:
+                self._release_unused(good)
+        log.warning("hollow: %s: back on version %d", self.namespace, previous)
+        self._notify(previous)
 
     # -- attaching and releasing versions ----------------------------------
 
@@ -521,6 +559,9 @@ class Dataset:
             ) from e
         try:
             state = StateFile(path, namespace=self.namespace, reader_schema=self._reader_schema)
+            # Checked whole before it can become current (the follower thread pays, not a request);
+            # a file seen before (a base shared by versions) is not hashed again (StateFile.verify).
+            state.verify()
         except BaseException:
             if lease is not None:
                 lease.release()

@@ -285,7 +285,7 @@ class TypeView:
 
     # -- primary key --------------------------------------------------------
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot paths inlined
         """The record whose primary key is *key* (a tuple for several fields), or *default*.
 
         Raises TypeError when *key* cannot be a key of this type.
@@ -297,6 +297,7 @@ class TypeView:
             cap = self._cap
             s = key % cap
             slots = self._slots
+            wrapped = False
             while True:
                 o = slots[2 * s + 1]
                 if not o:
@@ -305,13 +306,16 @@ class TypeView:
                     return self._records[o - 1]
                 s += 1
                 if s == cap:
-                    s = 0
+                    if wrapped:  # a table without an empty slot (forged): at most two passes
+                        return default
+                    s, wrapped = 0, True
         if type(key) is str and self._text_field is not None:
             # The other hot path: one Text key field. The table holds its hash; the record confirms.
             fp = _xxh3(key.encode())
             cap = self._cap
             s = fp % cap
             slots = self._slots
+            wrapped = False
             while True:
                 o = slots[2 * s + 1]
                 if not o:
@@ -322,7 +326,9 @@ class TypeView:
                         return record
                 s += 1
                 if s == cap:
-                    s = 0
+                    if wrapped:
+                        return default
+                    s, wrapped = 0, True
         return self._get_hashed(key, default)
 
     def _get_hashed(self, key: Any, default: Any) -> Any:
@@ -525,6 +531,7 @@ class OverlaidView(TypeView):
             cap = self._cap
             s = key % cap
             slots = self._slots
+            wrapped = False
             while True:
                 o = slots[2 * s + 1]
                 if not o:
@@ -533,7 +540,9 @@ class OverlaidView(TypeView):
                     return self._records[o - 1]
                 s += 1
                 if s == cap:
-                    s = 0
+                    if wrapped:  # a table without an empty slot (forged): at most two passes
+                        return default
+                    s, wrapped = 0, True
         if type(key) is str and self._text_field is not None:
             # The other hot path: one Text key field. The table holds its hash; the record confirms.
             fp = _xxh3(key.encode())
@@ -544,6 +553,7 @@ class OverlaidView(TypeView):
             cap = self._cap
             s = fp % cap
             slots = self._slots
+            wrapped = False
             while True:
                 o = slots[2 * s + 1]
                 if not o:
@@ -554,7 +564,9 @@ class OverlaidView(TypeView):
                         return record
                 s += 1
                 if s == cap:
-                    s = 0
+                    if wrapped:
+                        return default
+                    s, wrapped = 0, True
         return self._get_hashed(key, default)
 
 
