@@ -365,12 +365,16 @@ def reserve_announcement(ns_dir: Path, mode: int) -> None:
     where = ns_dir / layout.ANNOUNCE_DIR
     tmp = _announce_tmp(where)
     try:
-        where.mkdir(mode=0o755 if mode & 0o004 else 0o750, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode & 0o666)
+        dfd = _announce_dir(where, 0o755 if mode & 0o004 else 0o750)  # a planted symlink is replaced
         try:
-            os.posix_fallocate(fd, 0, ANNOUNCE_ROOM)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(tmp.name, flags, mode & 0o666, dir_fd=dfd)
+            try:
+                os.posix_fallocate(fd, 0, ANNOUNCE_ROOM)
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            os.close(dfd)
     except OSError as e:
         release_announcement(ns_dir)
         if e.errno in _FULL:
@@ -380,8 +384,16 @@ def reserve_announcement(ns_dir: Path, mode: int) -> None:
 
 def release_announcement(ns_dir: Path) -> None:
     """Give back the room :func:`reserve_announcement` took (a cycle that failed after it)."""
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        os.unlink(_announce_tmp(ns_dir / layout.ANNOUNCE_DIR))
+    where = ns_dir / layout.ANNOUNCE_DIR
+    try:
+        dfd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # no directory (or something planted, which announce replaces): no room to give back
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_announce_tmp(where).name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 def _announce_tmp(where: Path) -> Path:

@@ -220,10 +220,11 @@ sys.addaudithook(_audit)  # cannot be removed: it does nothing unless a test set
 
 
 def _published(path: str) -> bool:
-    """Whether *path* names a published file: a version, its base link, its lockfile, the announcement."""
+    """Whether *path* names a published file: a version, its base link, the announcement. Not a lockfile:
+    the producer opens those for writing to take their write lock (docs/decisions.md §33), and they hold
+    no data."""
     name = os.path.basename(path)
-    stem = name.removesuffix(".base").removesuffix(".lock")
-    return name == layout.ANNOUNCED or layout.parse_state_name(stem) is not None
+    return name == layout.ANNOUNCED or layout.parse_state_name(name.removesuffix(".base")) is not None
 
 
 def test_no_code_path_opens_a_published_file_for_writing(root: Path, tmp_path: Path) -> None:
