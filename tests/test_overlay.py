@@ -244,7 +244,8 @@ def test_a_background_compaction_holds_its_version_while_cycles_reclaim(root: Pa
         assert job.error is None
         p.run_incremental(lambda d: d.upsert("Item", {**base[20], "name": "after"}))
         latest = hollow.state.StateFile(p.dir / str(p.versions()[-1]), namespace="items")
-        assert latest.base is not None and latest.base.version == job.version  # rebased on what it wrote
+        assert latest.base is not None
+        assert latest.base.version == job.version  # rebased on what it wrote
         assert job.version not in p.versions()  # its lease released, it was reclaimed like any other
 
 

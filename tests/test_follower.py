@@ -1,0 +1,249 @@
+"""Following a producer on another host through a blob store (hollowd.replication, hollowd.follower)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from hollow import layout
+from hollow.state import StateFile
+from hollowd import ProducerLockedError, blobs
+from hollowd.follower import Follower, restore
+from hollowd.replication import Publisher, content_hash, header_key
+from tests.helpers import movie, movies_producer, populate
+
+
+@pytest.fixture(params=["dir", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(tmp_path / "store") if request.param == "dir" else request.getfixturevalue("s3_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[blobs.BlobStore]:
+    s = blobs.open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def host2(tmp_path: Path) -> Iterator[Path]:
+    """A second host's shared-memory root."""
+    path = Path("/dev/shm") / f"hollow-test-f{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def records_of(root: Path, version: int | None = None) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Every record of every type, with its ordinal, from a version's files (the announced one by default)."""
+    ns = root / "movies"
+    v = version or layout.read_announcement(ns).version  # type: ignore[union-attr]
+    state = StateFile(ns / str(v), namespace="movies")
+    out = {}
+    for name in state.type_names:
+        view = state.type(name)
+        holes = set(view.holes.tolist())
+        out[name] = [(o, view.record_at(o).to_dict()) for o in range(view.size) if o not in holes]
+    return out
+
+
+def hash_of(root: Path, version: int) -> int:
+    return content_hash(StateFile(root / "movies" / str(version), namespace="movies"))
+
+
+def delta_key(store: blobs.BlobStore, version: int) -> str:
+    got = store.get(header_key(version))
+    assert got is not None
+    return str(orjson.loads(got.data)["blobs"]["delta"]["key"])
+
+
+def change(p: Any, i: int) -> int:
+    def edit(d: Any) -> None:
+        d.upsert("Movie", movie(i * 7 % 300, title=f"changed {i}"))
+        d.upsert("Movie", movie(1000 + i))  # a new record
+        d.remove("Movie", (i * 13) % 300)
+
+    return int(p.run_incremental(edit))
+
+
+def test_a_follower_replays_every_version_by_deltas(
+    root: Path, host2: Path, store: blobs.BlobStore, tmp_path: Path
+) -> None:
+    with movies_producer(root) as p:
+        pub = Publisher(store, p, snapshot_every=100)
+        pub.claim()
+        v = p.run_cycle(populate(movie(i) for i in range(300)))
+        first = pub.publish()
+        assert set(first.blobs) == {"snapshot"}  # nothing to be a delta of
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f1")
+        try:
+            assert f.poll()
+            assert f.here == v
+            for i in range(1, 8):
+                v = change(p, i)
+                h = pub.publish()
+                assert set(h.blobs) == {"delta"}
+                fetched = f.bytes_fetched
+                assert f.poll()
+                assert f.here == v
+                assert f.bytes_fetched - fetched < first.blobs["snapshot"]["size"] / 5  # a delta, not the snapshot
+                assert records_of(host2) == records_of(root)
+                assert hash_of(host2, v) == hash_of(root, v) == h.content_hash
+            assert not f.poll()  # nothing new: a conditional GET, nothing applied
+            assert f.status().lag == 0
+            assert f.status().there == v
+        finally:
+            f.close()
+            pub.release()
+
+
+def test_producer_and_follower_compact_at_different_moments(root: Path, host2: Path, tmp_path: Path) -> None:
+    """The producer compacts every few versions (in the background), the follower never: the files differ,
+    the records, ordinals and content hashes do not."""
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root, compact_share=0.0, compact_min=3) as p:
+        pub = Publisher(store, p, snapshot_every=1000)
+        p.run_cycle(populate(movie(i) for i in range(300)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            bases = set()
+            for i in range(1, 25):
+                v = change(p, i)
+                pub.publish()
+                bases.add(StateFile(root / "movies" / str(v), namespace="movies").base.version)  # type: ignore[union-attr]
+                assert f.poll()
+                assert f.here == v
+                assert hash_of(host2, v) == hash_of(root, v)
+            assert len(bases) >= 2  # the producer compacted (in the background) and moved to a new base
+            assert records_of(host2) == records_of(root)
+            theirs = StateFile(host2 / "movies" / str(v), namespace="movies")
+            assert theirs.base is not None
+            assert theirs.base.version == 1
+        finally:
+            f.close()
+
+
+def test_a_version_whose_content_hash_differs_is_refused(root: Path, host2: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            good = f.here
+            v = change(p, 1)
+            pub.publish()
+            h = store.get(header_key(v))
+            assert h is not None
+            doc = orjson.loads(h.data)
+            store.put(header_key(v), orjson.dumps({**doc, "content_hash": doc["content_hash"] ^ 1}))
+            f._headers.clear()
+            assert not f.poll()
+            assert f.here == good
+            assert "content hash" in (f.last_error or "")
+            assert not (host2 / "movies" / str(v)).exists()  # removed, never announced
+            store.put(header_key(v), h.data)  # mended: the next poll catches up
+            f._headers.clear()
+            assert f.poll()
+            assert f.here == v
+            assert f.last_error is None
+        finally:
+            f.close()
+
+
+def test_a_corrupt_delta_is_refused_and_a_missing_one_falls_back_to_a_snapshot(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p, snapshot_every=3)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            v = change(p, 1)
+            pub.publish()
+            blob = store.get(delta_key(store, v))
+            assert blob is not None
+            store.put(delta_key(store, v), blob.data[: len(blob.data) // 2])  # truncated
+            assert not f.poll()
+            assert f.here == 1
+            assert "truncated" in (f.last_error or "") or "damaged" in (f.last_error or "")
+            store.put(delta_key(store, v), blob.data)
+            assert f.poll()
+            assert f.here == v
+            for i in range(2, 6):
+                v = change(p, i)
+                pub.publish()
+            snapshots = [x for x in range(2, v + 1) if "snapshot" in f._header(x).blobs]  # type: ignore[union-attr]
+            assert snapshots == [4]  # every third version
+            store.delete(delta_key(store, 3))
+            assert f.poll()
+            assert f.here == v
+            assert records_of(host2) == records_of(root)
+            change(p, 7)
+            pub.publish()
+            v = change(p, 8)
+            pub.publish()
+            store.delete(delta_key(store, v))  # no snapshot after it: the follower gets as far as it can, and says why
+            assert f.poll()
+            assert f.here == v - 1
+            assert "missing" in (f.last_error or "")
+            assert records_of(host2) == records_of(root, v - 1)
+        finally:
+            f.close()
+
+
+def test_a_second_producer_is_refused(root: Path, host2: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p, movies_producer(host2) as q:
+        a = Publisher(store, p, owner="host-a")
+        a.claim()
+        b = Publisher(store, q, owner="host-b")
+        with pytest.raises(ProducerLockedError, match="host-a"):
+            b.claim()
+        p.run_cycle(populate(movie(i) for i in range(10)))
+        a.publish()
+        store.delete("lease")  # an operator removes the lease of a producer that is still running
+        q.run_cycle(populate(movie(i) for i in range(20)))
+        b.claim()
+        with pytest.raises(ProducerLockedError, match="does not have"):
+            b.publish()  # a's announcement is there; b never read it: refused, not merged
+        change(p, 1)
+        with pytest.raises(ProducerLockedError, match="taken over"):
+            a.publish()
+
+
+def test_a_fresh_producer_host_restores_and_continues_the_chain(root: Path, host2: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        pub.claim()
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        v = change(p, 1)
+        pub.publish()
+        pub.release()
+    new_root = host2
+    with movies_producer(new_root) as q:
+        assert restore(q, store, tmp_path / "work") == v
+        assert records_of(new_root) == records_of(root)
+        pub = Publisher(store, q)
+        pub.claim()
+        w = change(q, 2)
+        h = pub.publish()
+        assert w == v + 1
+        assert h.parent == v
+        assert "delta" in h.blobs
+        pub.release()
