@@ -125,11 +125,26 @@ def _status(args: argparse.Namespace) -> int:
         + _table(("version", "bytes", "shares", "", "leases (pids)"), rows)
     )
     daemon = _daemon_view(args, st.namespace)
-    if daemon is not None:
+    if daemon is not None and daemon.get("follows"):  # a namespace that follows another host's store
+        doc["daemon"] = daemon
+        human += (
+            f"\nfollows {daemon['follows']}: the store is at {daemon['store_version'] or '-'}, this host at "
+            f"{daemon['announced'] or '-'}, lag {daemon['lag']} version(s); {daemon['bytes_fetched']:,} bytes fetched, "
+            f"{daemon['blobs_applied']} blobs applied, {daemon['failures']} failures"
+        )
+        if daemon.get("local_pin") is not None:
+            human += f"; pinned here to {daemon['local_pin']} (hollow unpin to follow the store again)"
+        if daemon.get("last_error"):
+            human += f"\nthe last look at the store failed: {daemon['last_error']}"
+    elif daemon is not None:
         doc["daemon"] = daemon
         human += f"\ndaemon: {daemon['cycles_ok']} cycles ok, {daemon['cycles_failed']} failed"
         if daemon.get("last_error"):
             human += f"; the last failed: {daemon['last_error']}"
+        if daemon.get("store"):
+            human += f"\npublishes to {daemon['store']}" + (
+                f"; the last upload failed: {daemon['store_error']}" if daemon.get("store_error") else ""
+            )
     _emit(args, doc, human)
     return EXIT_OK
 

@@ -107,6 +107,9 @@ class Follower:
         self.bytes_fetched = 0
         self.blobs_applied = 0
         self.last_contact = 0.0
+        #: A pin made on this host (``hollow pin``): it overrides the store's announcement here.
+        self.local_pin: int | None = None
+        self._lock = threading.Lock()  # poll() in the follower's thread, pins from the daemon's
         self._open_local()
 
     # -- the local producer ---------------------------------------------------------------
@@ -166,6 +169,10 @@ class Follower:
         Errors (the store unreachable, a damaged blob, a hash that differs) are kept in
         :attr:`last_error` and counted; the local version stays where it was.
         """
+        with self._lock:
+            return self._poll()
+
+    def _poll(self) -> bool:
         before = self.here
         try:
             got = self.store.get_if_changed("announced", self._etag)
@@ -173,7 +180,7 @@ class Follower:
             if got is not None:
                 self._announcement = StoreAnnouncement.loads(got.data, what=f"{self.store.url}/announced")
                 self._etag = got.etag
-            if self._announcement is not None:
+            if self._announcement is not None and self.local_pin is None:
                 self._sync(self._announcement)
             self.last_error = None
         except (Error, ReaderError) as e:
@@ -185,12 +192,48 @@ class Follower:
             )
         return self.here != before
 
+    def pin(self, version: int | None) -> None:
+        """Pin this host to *version* whatever the store announces (None: follow the store again)."""
+        with self._lock:
+            if version is None:
+                self.local_pin = None
+                self._etag = None  # look at the store's announcement afresh
+                if self._announcement is not None:
+                    self._sync(self._announcement, force=True)
+                return
+            if self.producer is None or not (self.dir / layout.state_name(version)).exists():
+                raise ReplicationError(
+                    f"{self.namespace} version {version} is not on this host (have: {layout.list_versions(self.dir)})"
+                )
+            self.producer.pin(version)
+            self.local_pin = version
+
     def run(self, stop: threading.Event) -> None:
         """Poll every :attr:`interval` seconds until *stop* is set."""
         while not stop.is_set():
             started = time.monotonic()
             self.poll()
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def report(self) -> dict[str, Any]:
+        """The daemon's status of this namespace (``hollow status``, the control socket)."""
+        st = self.status()
+        current = layout.read_announcement(self.dir)
+        return {
+            "namespace": self.namespace,
+            "announced": current.version if current else None,
+            "pinned": st.pinned,
+            "latest": current.latest if current else None,
+            "follows": st.store,
+            "store_version": st.there or None,
+            "lag": st.lag,
+            "local_pin": self.local_pin,
+            "last_error": st.last_error,
+            "failures": st.failures,
+            "bytes_fetched": st.bytes_fetched,
+            "blobs_applied": st.blobs_applied,
+            "last_contact": st.last_contact or None,
+        }
 
     def status(self) -> FollowerStatus:
         ann = self._announcement
@@ -212,12 +255,12 @@ class Follower:
 
     # -- catching up ------------------------------------------------------------------------
 
-    def _sync(self, ann: StoreAnnouncement) -> None:
+    def _sync(self, ann: StoreAnnouncement, *, force: bool = False) -> None:
         target = ann.version
         current = layout.read_announcement(self.dir)
-        if current is not None and current.version == target and current.pinned == ann.pinned:
+        if not force and current is not None and current.version == target and current.pinned == ann.pinned:
             return
-        if (self.dir / layout.state_name(target)).exists() and (ann.pinned or target < self._latest_local()):
+        if (self.dir / layout.state_name(target)).exists() and (ann.pinned or target <= self._latest_local()):
             assert self.producer is not None
             if ann.pinned:
                 self.producer.pin(target)  # the store's pin moves this host too
@@ -382,6 +425,26 @@ class Follower:
         if self.producer is not None and self._owns_producer:
             self.producer.close()
         self.producer = None
+
+
+class FollowerThread:
+    """A :class:`Follower` polling in a thread of its own (the daemon's follower namespaces)."""
+
+    def __init__(self, follower: Follower) -> None:
+        self.follower = follower
+        self.name = follower.namespace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=follower.run, args=(self._stop,), name=f"follow-{self.name}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.follower.close()
+        self.follower.store.close()
 
 
 def restore(producer: Producer, store: blobs.BlobStore, work_dir: str | os.PathLike[str]) -> int:

@@ -381,7 +381,7 @@ class Publisher:
         self._renew()  # fenced first: a producer that lost the lease uploads nothing
         if self._announced_etag is None:
             self._check_chain(version)
-        header = self._headers.get(version)
+        header = self._headers.get(version) or self._uploaded_before(version)
         if header is None:
             header = self._upload(version)
         self._headers[version] = header
@@ -410,6 +410,20 @@ class Publisher:
             "producer wrote this namespace. Stop the other one; to continue its chain here, start this one with "
             "an empty /dev/shm root and state directory, so that it restores from the store"
         )
+
+    def _uploaded_before(self, version: int) -> Header | None:
+        """The store's header of *version* if it holds this producer's version already (a restart, a
+        restore, a crash between upload and announcement): its blobs are not uploaded again."""
+        there = read_header(self.store, version)
+        if there is None:
+            return None
+        state = StateFile(self.producer.dir / layout.state_name(version), namespace=self.producer.namespace)
+        if content_hash(state) != there.content_hash:
+            raise ProducerLockedError(
+                f"{self.store.url}: version {version} is in the store already with other content "
+                "(another producer); refused"
+            )
+        return there
 
     def _upload(self, version: int) -> Header:
         state = StateFile(self.producer.dir / layout.state_name(version), namespace=self.producer.namespace)

@@ -50,7 +50,13 @@ class Seaweed:
 
     def __init__(self, data: Path) -> None:
         data.mkdir(parents=True, exist_ok=True)
-        ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        self.data = data
+        self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        self.start()
+
+    def start(self) -> None:
+        """Start (or start again, on the same ports and data) the server."""
+        data, ports = self.data, self.ports
         self.port = ports["s3.port"]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = data / "weed.log"

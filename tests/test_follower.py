@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from hollowd import ProducerLockedError, blobs
 from hollowd.follower import Follower, restore
 from hollowd.replication import Publisher, content_hash, header_key
 from tests.helpers import movie, movies_producer, populate
+from tests.seaweed import Seaweed
 
 
 @pytest.fixture(params=["dir", "s3"])
@@ -247,3 +249,46 @@ def test_a_fresh_producer_host_restores_and_continues_the_chain(root: Path, host
         assert h.parent == v
         assert "delta" in h.blobs
         pub.release()
+
+
+def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, host2: Path, tmp_path: Path) -> None:
+    """A server of its own, which the test stops and starts again."""
+    server = Seaweed(tmp_path / "weed")
+    env = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        s3 = blobs.S3Store("hollow-down", "ns", retries=1, backoff=0.01, timeout=1)
+        s3.create_bucket()
+        fs3 = blobs.S3Store("hollow-down", "ns", retries=1, backoff=0.01, timeout=1)
+        with movies_producer(root) as p:
+            pub = Publisher(s3, p)
+            p.run_cycle(populate(movie(i) for i in range(50)))
+            pub.publish()
+            f = Follower(fs3, "movies", root=host2, work_dir=tmp_path / "f")
+            try:
+                assert f.poll()
+                server.stop()
+                v = change(p, 1)  # published here; the store is down
+                with pytest.raises(blobs.StoreUnavailableError, match=r"s3://hollow-down/ns.*AWS_ENDPOINT_URL"):
+                    pub.publish()
+                assert not f.poll()
+                assert f.here == 1
+                assert f.status().failures == 1
+                assert "failed after 2 attempts" in (f.status().last_error or "")
+                assert records_of(host2)["Movie"]  # still served
+                server.start()
+                pub.publish()
+                assert f.poll()
+                assert f.here == v
+                assert f.last_error is None
+            finally:
+                f.close()
+        s3.close()
+        fs3.close()
+    finally:
+        server.stop()
+        for k, val in env.items():
+            if val is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = val
