@@ -269,7 +269,16 @@ class Follower:
             return
         if self.producer is not None and current is not None and current.pinned and not ann.pinned:
             self.producer.unpin()  # the store's pin is gone: back to the latest, then on
-        plan = self.plan(self._latest_local() if target > self._latest_local() else 0, target)
+        if target < self._latest_local():  # back (a pin) to a version this host no longer has
+            top = self._header(target)
+            if top is None or "snapshot" not in top.blobs:
+                raise ReplicationError(
+                    f"{self.namespace}: the store pins version {target}, which this host no longer has and the store "
+                    "has no snapshot of (going back needs one: not done); pin a version this host has with hollow pin"
+                )
+            self._execute([Step("snapshot", top)], pinned=ann.pinned)
+            return
+        plan = self.plan(self._latest_local(), target)
         try:
             self._execute(plan, pinned=ann.pinned)
         except (blobs.BlobCorruptError, ReplicationError) as e:

@@ -315,6 +315,7 @@ class Publisher:
         self._headers: dict[int, Header] = {}
         self._bases: dict[str, dict[str, Any]] = {}
         self.bytes_uploaded = 0
+        self.last_announced_at = 0.0
 
     # -- the lease --------------------------------------------------------------------
 
@@ -483,6 +484,7 @@ class Publisher:
 
     def _announce(self, announcement: StoreAnnouncement) -> None:
         data = announcement.dumps()
+        self.last_announced_at = time.time()  # as the announcement's write starts (bench/hosts.py)
         if self._announced_etag is None:
             current, etag = read_announcement(self.store)
             if current is None:

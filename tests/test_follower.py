@@ -16,7 +16,7 @@ from hollow import layout
 from hollow.state import StateFile
 from hollowd import ProducerLockedError, blobs
 from hollowd.follower import Follower, restore
-from hollowd.replication import Publisher, content_hash, header_key
+from hollowd.replication import Publisher, ReplicationError, content_hash, header_key
 from tests.helpers import movie, movies_producer, populate
 from tests.seaweed import Seaweed
 
@@ -292,3 +292,77 @@ def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, h
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = val
+
+
+def test_a_pin_in_the_store_moves_every_follower_and_a_local_pin_overrides_it(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(50)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            for _ in range(2):
+                v2 = v3 = change(p, len(p.versions()))
+                pub.publish()
+                assert f.poll()
+            v2 = v3 - 1
+            p.pin(v2)
+            pub.publish()  # the producer's pin goes to the store
+            assert f.poll()
+            assert f.here == v2
+            assert f.status().pinned
+            p.unpin()
+            pub.publish()
+            assert f.poll()
+            assert f.here == v3
+            f.pin(v2)  # this host only
+            v4 = change(p, 3)
+            pub.publish()
+            assert not f.poll()
+            assert f.here == v2
+            f.pin(None)
+            assert f.here == v4
+            with pytest.raises(ReplicationError, match="not on this host"):
+                f.pin(999)
+        finally:
+            f.close()
+
+
+def test_a_follower_far_behind_jumps_by_snapshot_when_that_moves_fewer_bytes(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p, snapshot_every=4)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            v = 1
+            for n in range(12):  # each version rewrites a third of the records
+                v = p.run_incremental(
+                    lambda d, n=n: [d.upsert("Movie", movie(i, title=f"{n}")) for i in range(0, 100, 3)]
+                )
+                pub.publish()
+            near = f.plan(v - 1, v)
+            assert [s.kind for s in near] == ["delta"]  # one behind: the delta
+            far = f.plan(1, v)
+            assert far[0].kind == "snapshot"
+            assert far[0].header.version > 1  # the nearest snapshot, then its deltas
+            assert all(s.kind == "delta" for s in far[1:])
+            moved = sum(
+                s.header.bytes_for("snapshot", "base") if s.kind == "snapshot" else s.header.bytes_for("delta")
+                for s in far
+            )
+            chain = sum(f._header(x).bytes_for("delta") for x in range(2, v + 1))  # type: ignore[union-attr]
+            assert moved < chain
+            assert f.poll()
+            assert f.here == v
+            assert records_of(host2) == records_of(root)
+        finally:
+            f.close()
