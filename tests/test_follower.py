@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -17,6 +18,7 @@ from hollow.state import StateFile
 from hollowd import ProducerLockedError, blobs
 from hollowd.follower import Follower, restore
 from hollowd.replication import Publisher, ReplicationError, content_hash, header_key
+from tests.daemons import run
 from tests.helpers import movie, movies_producer, populate
 from tests.seaweed import Seaweed
 
@@ -366,3 +368,20 @@ def test_a_follower_far_behind_jumps_by_snapshot_when_that_moves_fewer_bytes(
             assert records_of(host2) == records_of(root)
         finally:
             f.close()
+
+
+def test_hollow_history_lists_the_versions_in_the_store(root: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(20)))
+        pub.publish()
+        v = change(p, 1)
+        pub.publish()
+    out = run("hollowd.cli", "--json", "history", "movies", "--store", str(tmp_path / "store"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [d["version"] for d in doc] == [1, v]
+    assert doc[-1]["announced"]
+    assert set(doc[0]["blobs"]) == {"snapshot"}
+    assert set(doc[1]["blobs"]) == {"delta"}
