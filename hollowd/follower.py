@@ -17,6 +17,7 @@ hash checks exactly those (hollowd.replication, docs/decisions.md §50).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from hollowd.replication import (
     StoreAnnouncement,
     content_hash,
     decode_delta,
+    delta_content_hash,
     header_key,
 )
 
@@ -367,9 +369,16 @@ class Follower:
         self.bytes_fetched += len(got.data)
         return blobs.unpack(got.data, kind=kind, what=f"{self.store.url}/{key}")
 
-    def _verify(self, path: Path, header: Header) -> None:
+    def _verify(
+        self, path: Path, header: Header, *, parent: StateFile | None = None, parent_hash: int | None = None
+    ) -> None:
+        """Refuse *path* unless its content hash is the producer's: over every record (a snapshot, or no
+        parent header to start from), or from the parent's, over the ordinals the version changed."""
         state = StateFile(path, namespace=self.namespace)
-        got = content_hash(state)
+        if parent is not None and parent_hash is not None and state.base is not None:
+            got = delta_content_hash(state, parent, parent_hash)
+        else:
+            got = content_hash(state)
         if got != header.content_hash:
             raise ReplicationError(
                 f"{self.namespace} version {header.version}: content hash {got:016x} here, {header.content_hash:016x} "
@@ -401,8 +410,11 @@ class Follower:
             view = state.type(name)
             removals = [overlay.fields_of(view.record_at(o), rtype.primary.fields) for o in td.removed.tolist()]
             changes[name] = overlay.Changes(upserts, removals, hashes=td.hashes.copy() if upserts else None)
-        del state
-        producer.run_changes(changes, version=header.version, check=lambda p: self._verify(p, header))
+        parent_header = self._header(parent)
+        check = functools.partial(self._verify, header=header)
+        if "snapshot" not in header.blobs and parent_header is not None:
+            check = functools.partial(check, parent=state, parent_hash=parent_header.content_hash)
+        producer.run_changes(changes, version=header.version, check=check)
         self.blobs_applied += 1
 
     def _apply_snapshot(self, header: Header, *, pinned: bool) -> None:

@@ -119,6 +119,64 @@ def content_hash(state: StateFile) -> int:
     return int(total)
 
 
+def _contribution(name: str, ords: Any, hashes: Any) -> Any:
+    with np.errstate(over="ignore"):
+        seed = _U64(xxhash.xxh3_64_intdigest(name.encode()))
+        return np.sum(_mix(hashes ^ _mix(ords ^ seed)), dtype=_U64)
+
+
+def hashes_at(state: StateFile, name: str, ords: Any) -> tuple[Any, Any]:
+    """(live mask, change hashes) of one type of *state* at the ordinals *ords* (O(k log overlay))."""
+    ords = np.asarray(ords, dtype=_U64)
+    base = state.base or state
+    view = base.type(name)
+    base_hashes = _u64(base, base.type_state(name).hashes, f"{name} hashes")
+    inside = ords < _U64(view.size)
+    live = inside.copy()
+    out = np.zeros(len(ords), dtype=_U64)
+    out[inside] = base_hashes[ords[inside].astype(np.int64)]
+    if len(view.holes):
+        live &= ~np.isin(ords, np.frombuffer(view.holes, dtype=np.uint32).astype(_U64))
+    if state.base is not None:
+        ov = state.type_state(name).overlay
+        masked = _u64(state, ov.masked, f"{name} masked")
+        if len(masked):
+            live &= ~np.isin(ords, masked)
+        e_ord = _u64(state, ov.entryOrdinals, f"{name} entry ordinals")
+        j = np.searchsorted(e_ord, ords)
+        hit = j < len(e_ord)
+        hit[hit] = e_ord[j[hit]] == ords[hit]
+        e_hash = _u64(state, ov.entryHashes, f"{name} entry hashes")
+        out[hit] = e_hash[j[hit]]
+        live |= hit
+    return live, out
+
+
+def changed_ordinals(state: StateFile) -> dict[str, Any]:
+    """Per type, the ordinals version *state* changed (its entries and tombstones stamped with it)."""
+    v = _U64(state.version)
+    out = {}
+    for name in state.type_names:
+        ov = state.type_state(name).overlay
+        e = _u64(state, ov.entryOrdinals, f"{name} entry ordinals")[_u64(state, ov.entryStamps, "stamps") == v]
+        t = _u64(state, ov.tombOrdinals, f"{name} tomb ordinals")[_u64(state, ov.tombStamps, "stamps") == v]
+        out[name] = np.union1d(e, t).astype(_U64)
+    return out
+
+
+def delta_content_hash(state: StateFile, parent: StateFile, parent_hash: int) -> int:
+    """*state*'s content hash from its parent's, in O(changes): less what the changed ordinals held in
+    *parent*, plus what they hold now (the same sum :func:`content_hash` makes over every record)."""
+    total = _U64(parent_hash)
+    with np.errstate(over="ignore"):
+        for name, ords in changed_ordinals(state).items():
+            was_live, was = hashes_at(parent, name, ords)
+            now_live, now = hashes_at(state, name, ords)
+            total -= _contribution(name, ords[was_live], was[was_live])
+            total += _contribution(name, ords[now_live], now[now_live])
+    return int(total)
+
+
 # --- deltas -----------------------------------------------------------------------------
 
 _SECTION = struct.Struct("<Q")
@@ -438,10 +496,7 @@ class Publisher:
             self.bytes_uploaded += len(blob)
             entries[kind] = {"key": key, "size": len(blob), "raw": len(memoryview(raw).cast("B"))}
 
-        ch = content_hash(state)
         delta = encode_delta(state) if parent_header is not None else None
-        if delta is not None:
-            put("delta", delta_key(version, ch), delta)
         base_version = state.base.version if state.base is not None else version
         want_snapshot = (
             delta is None
@@ -449,6 +504,15 @@ class Publisher:
             or version - parent_header.snapshot_at >= self.snapshot_every
             or base_version != parent_header.base  # compacted: a new base, worth a snapshot
         )
+        parent_file = self.producer.dir / layout.state_name(parent)
+        if want_snapshot or parent_header is None or not parent_file.exists():
+            ch = content_hash(state)  # O(n) vector work: what a follower checks a snapshot against
+        else:  # O(changes), from the parent's: what a follower checks a delta against
+            ch = delta_content_hash(
+                state, StateFile(parent_file, namespace=self.producer.namespace), parent_header.content_hash
+            )
+        if delta is not None:
+            put("delta", delta_key(version, ch), delta)
         snapshot_at = version if want_snapshot or parent_header is None else parent_header.snapshot_at
         if want_snapshot:
             put("snapshot", snapshot_key(version, ch), state.file_bytes())

@@ -121,7 +121,8 @@ def test_producer_and_follower_compact_at_different_moments(root: Path, host2: P
             bases = set()
             for i in range(1, 25):
                 v = change(p, i)
-                pub.publish()
+                h = pub.publish()
+                assert h.content_hash == hash_of(root, v)  # O(changes) from the parent's, equal to the full sum
                 bases.add(StateFile(root / "movies" / str(v), namespace="movies").base.version)  # type: ignore[union-attr]
                 assert f.poll()
                 assert f.here == v
