@@ -74,11 +74,16 @@ class Host:
         self.state = self.dir / "state"
         self.root.mkdir(parents=True)
         self.state.mkdir()
-        cfg = self.dir / "hollowd.toml"
+        cfg = self.config = self.dir / "hollowd.toml"
         cfg.write_text(config.format(root=self.root, state=self.state, **fmt))
+        self.env = env
+        self.start()
+
+    def start(self) -> None:
+        """Start the host's daemon (again): a new mount namespace, so an empty tmpfs, as after a reboot."""
         wrapper = ("unshare", "-m", "--propagation", "private", "sh", "-c",
                    'mount -t tmpfs -o size=256m tmpfs "$0" && exec "$@"', str(self.root))  # fmt: skip
-        self.daemon = Daemon(cfg, self.dir, env, wrapper=wrapper)
+        self.daemon = Daemon(self.config, self.dir, self.env, wrapper=wrapper)
         self.stopped: int | None = None
 
     def stop(self, sig: int = 15) -> int:
@@ -173,12 +178,9 @@ def test_a_follower_killed_restarts_cleanly_and_a_fresh_producer_host_continues_
         wait_until(lambda: c.announced() == v + 1)  # the chain went on: c follows by a delta
         assert c.get(9)["title"] == "after"
         assert c.status()["failures"] == 0
-        b2 = Host(tmp_path, "b2", FOLLOWER, env, store=s3_url)
-        try:
-            b2.daemon.notifications("READY=1")
-            wait_until(lambda: b2.announced() == v + 1)
-            assert b2.get(9)["title"] == "after"
-        finally:
-            b2.stop()
+        b.start()  # the killed follower, on its own state directory, with an empty tmpfs
+        b.daemon.notifications("READY=1")
+        wait_until(lambda: b.announced() == v + 1)
+        assert b.get(9)["title"] == "after"
     finally:
         fresh.stop()
