@@ -119,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="show at most this many records per type and kind")
     p = command("history", "the versions still present: when, from which parent, how many records")
     p.add_argument("namespace")
+    p.add_argument("--store", help="list the versions in this blob store instead (s3://BUCKET/PREFIX or a directory)")
     p = command("schema", "schema tools: check FILE [--namespace NS]")
     p.add_argument("action", choices=["check"])
     p.add_argument("file", type=Path)
@@ -192,10 +193,24 @@ def _status(args: argparse.Namespace) -> int:
     answer, why = _daemon_status(args)
     daemon = (answer or {}).get(st.namespace)
     doc["daemon"] = daemon
-    if daemon is not None:
+    if daemon is not None and daemon.get("follows"):  # a namespace that follows another host's store
+        human += (
+            f"\nfollows {daemon['follows']}: the store is at {daemon['store_version'] or '-'}, this host at "
+            f"{daemon['announced'] or '-'}, lag {daemon['lag']} version(s); {daemon['bytes_fetched']:,} bytes fetched, "
+            f"{daemon['blobs_applied']} blobs applied, {daemon['failures']} failures"
+        )
+        if daemon.get("local_pin") is not None:
+            human += f"; pinned here to {daemon['local_pin']} (hollow unpin to follow the store again)"
+        if daemon.get("last_error"):
+            human += f"\nthe last look at the store failed: {daemon['last_error']}"
+    elif daemon is not None:
         human += f"\ndaemon: {daemon['cycles_ok']} cycles ok, {daemon['cycles_failed']} failed"
         if daemon.get("last_error"):
             human += f"; the last failed: {daemon['last_error']}"
+        if daemon.get("store"):
+            human += f"\npublishes to {daemon['store']}" + (
+                f"; the last upload failed: {daemon['store_error']}" if daemon.get("store_error") else ""
+            )
     elif answer is not None:
         human += f"\ndaemon: the hollowd at {args.socket} does not serve {st.namespace}"
     else:
@@ -441,7 +456,35 @@ def _jsonable(key: Any) -> Any:
     return list(key) if isinstance(key, tuple) else key
 
 
+def _store_history(args: argparse.Namespace) -> int:
+    """The versions a blob store holds (an operator's LIST of its headers; followers never list)."""
+    from hollowd import blobs, replication  # noqa: PLC0415 - boto3 loads only for this command
+
+    store = blobs.open_store(args.store)
+    try:
+        versions = sorted(int(k.rsplit("/", 1)[1]) for k in store.list("headers/") if k.rsplit("/", 1)[1].isdigit())
+        current, _ = replication.read_announcement(store)
+        doc, rows = [], []
+        for v in versions:
+            h = replication.read_header(store, v)
+            if h is None:
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.published_at_ns / 1e9))
+            mark = "announced" if current is not None and current.version == v else ""
+            if mark and current is not None and current.pinned:
+                mark += " (pinned)"
+            doc.append({**h.__dict__, "announced": bool(mark)})
+            sizes = ", ".join(f"{k} {b['size']:,}" for k, b in h.blobs.items())
+            rows.append((str(v), when, str(h.parent or "-"), sizes, mark))
+    finally:
+        store.close()
+    _emit(args, doc, _table(("version", "published", "parent", "blobs (bytes stored)", ""), rows))
+    return EXIT_OK
+
+
 def _history(args: argparse.Namespace) -> int:
+    if args.store:
+        return _store_history(args)
     st = hollow.status(args.namespace, root=args.root)
     rows, doc = [], []
     with hollow.open(args.namespace, root=args.root, follow=False) as ds:

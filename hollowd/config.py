@@ -293,6 +293,37 @@ SETTINGS: tuple[Setting, ...] = (
         _count,
         "Changes since the base below which no compaction starts, whatever their share or cost.",
     ),
+    Setting(
+        "namespace",
+        "publish_to",
+        "",
+        _text,
+        "A blob store (s3://BUCKET/PREFIX, or a directory) this namespace's versions are left in for followers "
+        "on other hosts; a fresh host restores from it. Empty: this host only.",
+    ),
+    Setting(
+        "namespace",
+        "snapshot_every",
+        16,
+        _positive_int,
+        "With publish_to: a snapshot blob every this many versions (and after every compaction); a delta always.",
+    ),
+    Setting(
+        "namespace",
+        "follow",
+        "",
+        _text,
+        "Follow another host's producer through its blob store (s3://BUCKET/PREFIX, or a directory) instead "
+        "of reading a source: the schema, keys and indexes come with the versions, so follow, watch_interval, "
+        "retain and mode are the only settings of such a namespace.",
+    ),
+    Setting(
+        "namespace",
+        "watch_interval",
+        1.0,
+        _seconds,
+        "With follow: seconds between looks at the store's announcement (a conditional GET).",
+    ),
     Setting("type", "primary_key", None, _fields, "Field, or list of fields, that identify a record.", required=True),
     Setting("type", "indexes", (), _index_list, "Secondary hash indexes: a list of field names or lists of names."),
     Setting(
@@ -342,6 +373,10 @@ class NamespaceConfig:
     compact_min: int = 1024
     allow_empty: bool = False
     validators: dict[str, Any] = field(default_factory=dict)
+    publish_to: str = ""
+    snapshot_every: int = 16
+    follow: str = ""
+    watch_interval: float = 1.0
 
     @property
     def delivers_changes(self) -> bool:
@@ -510,6 +545,13 @@ def _namespace(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
         raise reader.fail(prefix, str(e)) from None
     if not isinstance(table, dict):
         raise reader.fail(prefix, "expected a table")
+    if "follow" in table:
+        return _follower(reader, name, table, base)
+    return _producing(reader, name, table, base)
+
+
+def _producing(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceConfig:
+    prefix = f"namespaces.{name}"
     types_table = table.get("types")
     validators_table = table.get("validators", {})
     plain = {k: v for k, v in table.items() if k not in ("types", "validators")}
@@ -555,7 +597,51 @@ def _namespace(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
         compact_min=settings["compact_min"],
         allow_empty=settings["allow_empty"],
         validators=validators,
+        publish_to=_store_url(settings["publish_to"], base),
+        snapshot_every=settings["snapshot_every"],
     )
+
+
+#: The settings a namespace that follows another host's producer may have.
+FOLLOWER_SETTINGS = ("follow", "watch_interval", "retain", "mode")
+
+
+def _follower(reader: _Reader, name: str, table: dict[str, Any], base: Path) -> NamespaceConfig:
+    prefix = f"namespaces.{name}"
+    for key in table:
+        if key not in FOLLOWER_SETTINGS:
+            raise reader.fail(
+                f"{prefix}.{key}",
+                f"a namespace that follows a store takes its schema, keys and indexes from the versions; "
+                f"remove this setting (allowed with follow: {', '.join(FOLLOWER_SETTINGS)})",
+            )
+    known = _BY_SECTION["namespace"]
+    checked: dict[str, Any] = {}
+    for key in FOLLOWER_SETTINGS:
+        setting = known[key]
+        try:
+            checked[key] = setting.check(table[key]) if key in table else setting.default
+        except ValueError as e:
+            raise reader.fail(f"{prefix}.{key}", str(e)) from None
+    if not checked["follow"]:
+        raise reader.fail(f"{prefix}.follow", "empty; give s3://BUCKET/PREFIX or a directory")
+    return NamespaceConfig(
+        name=name,
+        schema=Path(),
+        source="",
+        types={},
+        retain=checked["retain"],
+        mode=checked["mode"],
+        follow=_store_url(checked["follow"], base),
+        watch_interval=checked["watch_interval"],
+    )
+
+
+def _store_url(url: str, base: Path) -> str:
+    """A store URL as given, or a directory made absolute (relative to the file)."""
+    if not url or "://" in url:
+        return url
+    return str(base / url)
 
 
 def reference() -> str:

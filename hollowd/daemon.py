@@ -40,7 +40,7 @@ import orjson
 
 import hollow
 from hollow import layout
-from hollowd import pidlock, preflight, systemd
+from hollowd import blobs, pidlock, preflight, systemd
 from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load, parse
 from hollowd.control import ControlSocket, SocketTakenError
 from hollowd.errors import (
@@ -51,8 +51,10 @@ from hollowd.errors import (
     ValidationError,
     ValidationFailedError,
 )
+from hollowd.follower import Follower, FollowerThread, restore
 from hollowd.metrics import Metrics
 from hollowd.producer import Producer
+from hollowd.replication import Publisher
 from hollowd.sources import CallableSource, ChangeLogSource, FileSource, IncrementalSource, SourceError
 from hollowd.validators import MinimumRecordCount, RecordCountVariance, Validator, resolve
 
@@ -210,6 +212,8 @@ class NamespaceRunner:
     last_good: float | None = None
     saved_version: int = 0
     cycles: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    publisher: Publisher | None = None  # publish_to: the store this namespace's versions are left in
+    store_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -260,8 +264,9 @@ class Daemon:
         # Signal handlers put events here: SimpleQueue.put is reentrant, Queue.put (a lock) is not.
         self.events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.control: ControlSocket | None = None
-        self.metrics = Metrics(lambda: list(self.runners.values()))
+        self.metrics = Metrics(lambda: list(self.runners.values()), lambda: list(self.followers.values()))
         self.runners: dict[str, NamespaceRunner] = {}
+        self.followers: dict[str, FollowerThread] = {}  # namespaces that follow another host's store
         self.in_cycle = False
         self.stopping = False
         self._ready_sent = False
@@ -273,9 +278,24 @@ class Daemon:
     def start(self) -> None:
         self._lock_state_dir()
         for name, ns in self.cfg.namespaces.items():
-            self.runners[name] = self._runner(ns)
+            if ns.follow:
+                self.followers[name] = self._follower(ns)
+            else:
+                self.runners[name] = self._runner(ns)
         for runner in self.runners.values():
             self._restore(runner)
+
+    def _follower(self, ns: NamespaceConfig) -> FollowerThread:
+        follower = Follower(
+            blobs.open_store(ns.follow),
+            ns.name,
+            root=self.cfg.root,
+            work_dir=self.cfg.state_dir / ns.name / "follow",
+            interval=ns.watch_interval,
+            retain=ns.retain,
+            mode=ns.mode,
+        )
+        return FollowerThread(follower)
 
     def _lock_state_dir(self) -> None:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -317,17 +337,27 @@ class Daemon:
                 source = FileSource(
                     ns.source, producer.schema, fmt=ns.format, type_name=ns.type, allow_empty=ns.allow_empty
                 )
+            publisher = None
+            if ns.publish_to:
+                publisher = Publisher(blobs.open_store(ns.publish_to), producer, snapshot_every=ns.snapshot_every)
+                try:
+                    publisher.claim()  # a second producer of the namespace, on any host, stops here (exit 75)
+                except blobs.StoreUnavailableError as e:
+                    log.error("hollowd: event=store-failed namespace=%s error=%r (claimed later)", ns.name, str(e))
         except BaseException:
             producer.close()
             raise
-        return NamespaceRunner(ns, producer, source, store)
+        return NamespaceRunner(ns, producer, source, store, publisher=publisher)
 
     def _restore(self, runner: NamespaceRunner) -> None:
         """Serve the last good version at once if /dev/shm lost it (a reboot, an emptied tmpfs)."""
         ns_dir = runner.producer.dir
         announced = runner.producer.announcement()
         present = announced is not None and (ns_dir / layout.state_name(announced.version)).exists()
-        if present or not runner.store.saved.exists():
+        if present:
+            return
+        if not runner.store.saved.exists():
+            self._restore_from_store(runner)
             return
         try:
             version = runner.producer.materialize(runner.store.saved, pinned=runner.store.pin is not None)
@@ -335,6 +365,48 @@ class Daemon:
             log.error("hollowd: event=restore-failed namespace=%s error=%r", runner.name, str(e))
             return
         log.info("hollowd: event=restored namespace=%s version=%d from=%s", runner.name, version, runner.store.saved)
+
+    def _restore_from_store(self, runner: NamespaceRunner) -> None:
+        """A fresh host (nothing in /dev/shm nor the state directory): the store's announced version, so that
+        the first cycle is a delta on it and the chain goes on."""
+        if runner.publisher is None:
+            return
+        try:
+            version = restore(runner.producer, runner.publisher.store, self.cfg.state_dir / runner.name / "restore")
+        except (Error, hollow.Error, OSError) as e:
+            log.error(
+                "hollowd: event=restore-failed namespace=%s store=%s error=%r",
+                runner.name,
+                runner.publisher.store.url,
+                str(e),
+            )
+            return
+        if version:
+            runner.store.save_counter(version)
+            self._keep(runner, version)
+            log.info(
+                "hollowd: event=restored namespace=%s version=%d from=%s",
+                runner.name,
+                version,
+                runner.publisher.store.url,
+            )
+
+    def _publish(self, runner: NamespaceRunner) -> None:
+        """Leave the announced version in the namespace's store (blobs, header, then the announcement)."""
+        if runner.publisher is None:
+            return
+        try:
+            header = runner.publisher.publish()
+        except (Error, hollow.Error, OSError) as e:
+            runner.store_error = str(e)
+            runner.due = min(runner.due, time.monotonic() + 2.0)  # try again soon, even with no new data
+            log.error("hollowd: event=store-failed namespace=%s error=%r (kept here, retried)", runner.name, str(e))
+            return
+        runner.store_error = None
+        log.info(
+            "hollowd: event=stored namespace=%s version=%d blobs=%s",
+            runner.name, header.version, ",".join(f"{k}:{v['size']}" for k, v in header.blobs.items()),
+        )  # fmt: skip
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -365,12 +437,15 @@ class Daemon:
         for runner in self.runners.values():
             self._watch(runner)
             self.events.put(("cycle", runner.name))
+        for follower in self.followers.values():
+            follower.start()
         self._pinger = systemd.Pinger(lambda: self.in_cycle)
         try:
             while not self.stopping:
                 now = time.monotonic()
                 self._pinger.alive()
-                timeout = min([r.due for r in self.runners.values()] + [now + self._pinger.every]) - now
+                wake = now + 0.5 if self.followers and not announced else now + 3600  # followers: until READY
+                timeout = min([r.due for r in self.runners.values()] + [now + self._pinger.every, wake]) - now
                 try:
                     kind, arg = self.events.get(timeout=max(0.0, min(timeout, 3600)))
                 except queue.Empty:
@@ -413,10 +488,11 @@ class Daemon:
         """Carry out one control-socket request (in the main thread)."""
         command, name = doc.get("command"), doc.get("namespace")
         if command == "status":
-            return {
-                "ok": True,
-                "namespaces": {n: self._report(r) for n, r in self.runners.items() if name in (None, n)},
-            }
+            reports = {n: self._report(r) for n, r in self.runners.items() if name in (None, n)}
+            reports |= {n: f.follower.report() for n, f in self.followers.items() if name in (None, n)}
+            return {"ok": True, "namespaces": reports}
+        if str(name) in self.followers:
+            return self._control_follower(self.followers[str(name)].follower, command, doc)
         runner = self.runners.get(str(name))
         if runner is None:
             return {"ok": False, "error": f"no namespace {name!r}; serving: {', '.join(self.runners)}", "code": 1}
@@ -444,6 +520,25 @@ class Daemon:
         systemd.status(self._status())
         return {"ok": True, **self._report(runner)}
 
+    def _control_follower(self, follower: Follower, command: Any, doc: dict[str, Any]) -> dict[str, Any]:
+        """pin / unpin on a follower namespace: this host only, overriding the store's announcement."""
+        try:
+            if command == "pin":
+                follower.pin(int(doc["version"]))
+            elif command == "unpin":
+                follower.pin(None)
+            else:
+                return {
+                    "ok": False,
+                    "error": f"{command!r} does not apply to a namespace that follows a store",
+                    "code": 2,
+                }
+        except (KeyError, ValueError, TypeError) as e:
+            return {"ok": False, "error": f"bad request: {e}", "code": 2}
+        except (Error, hollow.Error) as e:
+            return {"ok": False, "error": str(e), "code": 1}
+        return {"ok": True, **follower.report()}
+
     def _report(self, runner: NamespaceRunner) -> dict[str, Any]:
         a = runner.producer.announcement()
         return {
@@ -455,6 +550,11 @@ class Daemon:
             "cycles_failed": runner.cycles["failed"],
             "last_error": runner.last_error,
             "last_good": runner.last_good,
+            **(
+                {"store": runner.publisher.store.url, "store_error": runner.store_error}
+                if runner.publisher is not None
+                else {}
+            ),
         }
 
     def _cycle(self, runner: NamespaceRunner) -> None:
@@ -474,6 +574,7 @@ class Daemon:
                 version = self._full_cycle(runner)
                 self.in_cycle = False  # announced: SIGTERM no longer abandons what follows (the durable copy)
                 self._keep(runner, version)
+            self._publish(runner)
         except Exception as e:  # noqa: BLE001 - a cycle is a boundary: whatever it raises fails it, not the daemon
             runner.cycles["failed"] += 1
             runner.last_error = _describe(e)
@@ -691,13 +792,18 @@ class Daemon:
     # -- reporting --------------------------------------------------------------------
 
     def _announced_all(self) -> bool:
-        return all(r.producer.announcement() is not None for r in self.runners.values())
+        return all(r.producer.announcement() is not None for r in self.runners.values()) and all(
+            layout.read_announcement(f.follower.dir) is not None for f in self.followers.values()
+        )
 
     def _status(self) -> str:
         parts = []
         for r in self.runners.values():
             a = r.producer.announcement()
             parts.append(f"{r.name} {a.version if a else '-'}" + (" (last cycle failed)" if r.last_error else ""))
+        for f in self.followers.values():
+            a = layout.read_announcement(f.follower.dir)
+            parts.append(f"{f.name} {a.version if a else '-'} (following)")
         return "serving " + ", ".join(parts) if parts else "no namespaces configured"
 
     # -- stop -------------------------------------------------------------------------
@@ -708,6 +814,9 @@ class Daemon:
             runner.watch.join()
         if isinstance(runner.source, ChangeLogSource):
             runner.source.close()
+        if runner.publisher is not None:
+            runner.publisher.release()
+            runner.publisher.store.close()
         runner.producer.close()
 
     def close(self) -> None:
@@ -721,6 +830,9 @@ class Daemon:
         for runner in self.runners.values():
             self._close_runner(runner)
         self.runners.clear()
+        for follower in self.followers.values():
+            follower.stop()
+        self.followers.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

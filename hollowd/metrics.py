@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import hollow
@@ -22,7 +22,7 @@ import hollow
 class Metrics:
     """The daemon's metrics; :meth:`serve` starts the HTTP endpoint."""
 
-    def __init__(self, runners: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, runners: Callable[[], Iterable[Any]], followers: Callable[[], Iterable[Any]] = list) -> None:
         self.registry = CollectorRegistry()
         self.cycles = Counter(
             "hollowd_cycles", "Cycles run, by result (ok, failed).", ["namespace", "result"], registry=self.registry
@@ -35,6 +35,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_State(runners))
+        self.registry.register(_Followers(followers))
         self._server: Any = None
         self._thread: Any = None
 
@@ -57,7 +58,7 @@ class Metrics:
 class _State(Collector):
     """What is in /dev/shm now, read at scrape time."""
 
-    def __init__(self, runners: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, runners: Callable[[], Iterable[Any]], followers: Callable[[], Iterable[Any]] = list) -> None:
         self.runners = runners
 
     def collect(self) -> Iterator[Metric]:
@@ -100,3 +101,43 @@ class _State(Collector):
             if runner.producer.last_compaction is not None:
                 compaction.add_metric([name], runner.producer.last_compaction)
         yield from (announced, pinned, records, shm, leases, since, compaction)
+
+
+class _Followers(Collector):
+    """Namespaces that follow another host's store: what they fetched, applied, failed, and how far behind."""
+
+    def __init__(self, followers: Callable[[], Iterable[Any]]) -> None:
+        self.followers = followers
+
+    def collect(self) -> Iterator[Metric]:
+        fetched = CounterMetricFamily(
+            "hollowd_follow_fetched_bytes", "Bytes fetched from the store (blobs and headers).", labels=["namespace"]
+        )
+        applied = CounterMetricFamily("hollowd_follow_blobs_applied", "Blobs applied.", labels=["namespace"])
+        failures = CounterMetricFamily(
+            "hollowd_follow_failures",
+            "Looks at the store that failed (unreachable, damaged, refused).",
+            labels=["namespace"],
+        )
+        lag = GaugeMetricFamily(
+            "hollowd_follow_lag_versions",
+            "Versions between the store's announcement and this host's.",
+            labels=["namespace"],
+        )
+        there = GaugeMetricFamily(
+            "hollowd_follow_store_version", "The version the store announces.", labels=["namespace"]
+        )
+        contact = GaugeMetricFamily(
+            "hollowd_follow_seconds_since_contact", "Seconds since the store last answered.", labels=["namespace"]
+        )
+        for thread in list(self.followers()):
+            st = thread.follower.status()
+            name = thread.name
+            fetched.add_metric([name], st.bytes_fetched)
+            applied.add_metric([name], st.blobs_applied)
+            failures.add_metric([name], st.failures)
+            lag.add_metric([name], st.lag)
+            there.add_metric([name], st.there)
+            if st.last_contact:
+                contact.add_metric([name], time.time() - st.last_contact)
+        yield from (fetched, applied, failures, lag, there, contact)

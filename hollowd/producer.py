@@ -155,7 +155,35 @@ class Producer:
             self._claim()
             return self._run(delta=delta)
 
-    def _run(self, *, full: WriteState | None = None, delta: Delta | None = None) -> int:
+    def run_changes(
+        self,
+        changes: Mapping[str, overlay.Changes],
+        *,
+        version: int | None = None,
+        check: Callable[[Path], None] | None = None,
+    ) -> int:
+        """Apply *changes* (per type, upserts by key, removed keys and their change hashes) as
+        :meth:`run_incremental` does, as *version* (default: the next), and announce it.
+
+        For a follower (hollowd.follower) that replays another producer's versions: the
+        version number and the change hashes are the producer's. *check* is called with the
+        published file before it is announced; if it raises, the version is removed and
+        nothing is announced.
+        """
+        if version is not None and version <= self._last_version:
+            raise PublishError(f"{self.namespace}: version {version} is not above the latest, {self._last_version}")
+        with _gc_paused():
+            return self._run(changes=changes, version=version, check=check)
+
+    def _run(
+        self,
+        *,
+        full: WriteState | None = None,
+        delta: Delta | None = None,
+        changes: Mapping[str, overlay.Changes] | None = None,
+        version: int | None = None,
+        check: Callable[[Path], None] | None = None,
+    ) -> int:
         """A cycle's steps: read back, build, mint, validate, publish, announce, reclaim (and compact)."""
         timings = self.last_timings = {}
         clock = time.monotonic()
@@ -168,7 +196,7 @@ class Producer:
 
         state, latest, base = self._read_latest(required=full is None)
         same_schema = state is not None and state.header.schema_fingerprint == self.schema.fingerprint
-        version, parent = self._next_version(), self._last_version
+        version, parent = version or self._next_version(), self._last_version
         if state is None or (full is not None and not same_schema) or set(latest) != set(self.schema.types):
             hashes = {}
             if full is not None:  # records given as lines keep their lines' hashes, for the next cycle
@@ -191,7 +219,7 @@ class Producer:
             )
             overlays: dict[str, overlay.BuiltOverlay] = {}
         else:
-            changes = self._changes(full, delta, latest)
+            changes = dict(changes) if changes is not None else self._changes(full, delta, latest)
             overlays = {
                 name: overlay.apply(
                     latest[name], changes[name], version, encoder_of(rtype, self._encoders),
@@ -217,6 +245,7 @@ class Producer:
                     self.dir, self.namespace, version, parent, self.schema, base, overlays.values(), mode=self.mode
                 )
             )
+            self._check_published(self.dir / layout.state_name(version), version, check)
         lap("publish")
         self._last_version = version
         self._latest_cache = None
@@ -225,14 +254,23 @@ class Producer:
         lap("announce")
         self.reclaim()
         lap("reclaim")
-        if overlay.needs_renumbering(overlays.values()):
-            self.compact()  # rare (removals past half the list), and it must squeeze: in the cycle
+        if self._compact_if_due(version, overlays, latest):
             lap("compact")
-        elif overlay.needs_compaction(
+        return version
+
+    def _compact_if_due(
+        self, version: int, overlays: dict[str, overlay.BuiltOverlay], latest: dict[str, overlay.Latest]
+    ) -> bool:
+        """Compact in the cycle if *version*'s holes pass half its list (rare, and a squeeze must be done
+        here; True), or start a background compaction if its overlays have grown or cost enough."""
+        if overlay.needs_renumbering(overlays.values()):
+            self.compact()
+            return True
+        if overlay.needs_compaction(
             overlays.values(), {n: lt.base.count for n, lt in latest.items()}, self.compact_share, self.compact_min
         ):
             self._compact_later(version)
-        return version
+        return False
 
     def _claim(self) -> None:
         """Make sure the namespace directory and its lock are still the ones this producer took.
@@ -283,6 +321,17 @@ class Producer:
                     self.retain,
                 )
 
+    def _check_published(self, written: Path, version: int, check: Callable[[Path], None] | None) -> None:
+        """Run a caller's *check* on a published file; if it raises, the version is removed, never announced."""
+        if check is None:
+            return
+        try:
+            check(written)
+        except BaseException:
+            publish.remove_version(self.dir, version)  # refused: never announced, never built on
+            self._latest_cache = None
+            raise
+
     def _adopted(self, base: StateFile | None) -> None:
         """After a version is published on *base*: a background base it used is linked now; drop its name."""
         job = self._compactor
@@ -312,7 +361,8 @@ class Producer:
 
     def _records_from_delta(self, delta: Delta | None, latest: dict[str, overlay.Latest]) -> dict[str, list[Any]]:
         """A first version from an incremental cycle: the upserts are all there is."""
-        assert delta is not None
+        if delta is None:  # run_changes: a follower's changes apply to a version holding every type
+            raise PublishError(f"{self.namespace}: changes need a latest version holding every type to apply to")
         if latest:
             raise PublishError(
                 f"{self.namespace}: the latest version does not hold every type of the schema "

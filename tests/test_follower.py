@@ -1,0 +1,388 @@
+"""Following a producer on another host through a blob store (hollowd.replication, hollowd.follower)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from hollow import layout
+from hollow.state import StateFile
+from hollowd import ProducerLockedError, blobs
+from hollowd.follower import Follower, restore
+from hollowd.replication import Publisher, ReplicationError, content_hash, header_key
+from tests.daemons import run
+from tests.helpers import movie, movies_producer, populate
+from tests.seaweed import Seaweed
+
+
+@pytest.fixture(params=["dir", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(tmp_path / "store") if request.param == "dir" else request.getfixturevalue("s3_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[blobs.BlobStore]:
+    s = blobs.open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def host2(tmp_path: Path) -> Iterator[Path]:
+    """A second host's shared-memory root."""
+    path = Path("/dev/shm") / f"hollow-test-f{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def records_of(root: Path, version: int | None = None) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Every record of every type, with its ordinal, from a version's files (the announced one by default)."""
+    ns = root / "movies"
+    v = version or layout.read_announcement(ns).version  # type: ignore[union-attr]
+    state = StateFile(ns / str(v), namespace="movies")
+    out = {}
+    for name in state.type_names:
+        view = state.type(name)
+        holes = set(view.holes.tolist())
+        out[name] = [(o, view.record_at(o).to_dict()) for o in range(view.size) if o not in holes]
+    return out
+
+
+def hash_of(root: Path, version: int) -> int:
+    return content_hash(StateFile(root / "movies" / str(version), namespace="movies"))
+
+
+def delta_key(store: blobs.BlobStore, version: int) -> str:
+    got = store.get(header_key(version))
+    assert got is not None
+    return str(orjson.loads(got.data)["blobs"]["delta"]["key"])
+
+
+def change(p: Any, i: int) -> int:
+    def edit(d: Any) -> None:
+        d.upsert("Movie", movie(i * 7 % 300, title=f"changed {i}"))
+        d.upsert("Movie", movie(1000 + i))  # a new record
+        d.remove("Movie", (i * 13) % 300)
+
+    return int(p.run_incremental(edit))
+
+
+def test_a_follower_replays_every_version_by_deltas(
+    root: Path, host2: Path, store: blobs.BlobStore, tmp_path: Path
+) -> None:
+    with movies_producer(root) as p:
+        pub = Publisher(store, p, snapshot_every=100)
+        pub.claim()
+        v = p.run_cycle(populate(movie(i) for i in range(300)))
+        first = pub.publish()
+        assert set(first.blobs) == {"snapshot"}  # nothing to be a delta of
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f1")
+        try:
+            assert f.poll()
+            assert f.here == v
+            for i in range(1, 8):
+                v = change(p, i)
+                h = pub.publish()
+                assert set(h.blobs) == {"delta"}
+                fetched = f.bytes_fetched
+                assert f.poll()
+                assert f.here == v
+                assert f.bytes_fetched - fetched < first.blobs["snapshot"]["size"] / 5  # a delta, not the snapshot
+                assert records_of(host2) == records_of(root)
+                assert hash_of(host2, v) == hash_of(root, v) == h.content_hash
+            assert not f.poll()  # nothing new: a conditional GET, nothing applied
+            assert f.status().lag == 0
+            assert f.status().there == v
+        finally:
+            f.close()
+            pub.release()
+
+
+def test_producer_and_follower_compact_at_different_moments(root: Path, host2: Path, tmp_path: Path) -> None:
+    """The producer compacts every few versions (in the background), the follower never: the files differ,
+    the records, ordinals and content hashes do not."""
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root, compact_share=0.0, compact_min=3) as p:
+        pub = Publisher(store, p, snapshot_every=1000)
+        p.run_cycle(populate(movie(i) for i in range(300)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            bases = set()
+            for i in range(1, 25):
+                v = change(p, i)
+                h = pub.publish()
+                assert h.content_hash == hash_of(root, v)  # O(changes) from the parent's, equal to the full sum
+                bases.add(StateFile(root / "movies" / str(v), namespace="movies").base.version)  # type: ignore[union-attr]
+                assert f.poll()
+                assert f.here == v
+                assert hash_of(host2, v) == hash_of(root, v)
+            assert len(bases) >= 2  # the producer compacted (in the background) and moved to a new base
+            assert records_of(host2) == records_of(root)
+            theirs = StateFile(host2 / "movies" / str(v), namespace="movies")
+            assert theirs.base is not None
+            assert theirs.base.version == 1
+        finally:
+            f.close()
+
+
+def test_a_version_whose_content_hash_differs_is_refused(root: Path, host2: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            good = f.here
+            v = change(p, 1)
+            pub.publish()
+            h = store.get(header_key(v))
+            assert h is not None
+            doc = orjson.loads(h.data)
+            store.put(header_key(v), orjson.dumps({**doc, "content_hash": doc["content_hash"] ^ 1}))
+            f._headers.clear()
+            assert not f.poll()
+            assert f.here == good
+            assert "content hash" in (f.last_error or "")
+            assert not (host2 / "movies" / str(v)).exists()  # removed, never announced
+            store.put(header_key(v), h.data)  # mended: the next poll catches up
+            f._headers.clear()
+            assert f.poll()
+            assert f.here == v
+            assert f.last_error is None
+        finally:
+            f.close()
+
+
+def test_a_corrupt_delta_is_refused_and_a_missing_one_falls_back_to_a_snapshot(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p, snapshot_every=3)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            v = change(p, 1)
+            pub.publish()
+            blob = store.get(delta_key(store, v))
+            assert blob is not None
+            store.put(delta_key(store, v), blob.data[: len(blob.data) // 2])  # truncated
+            assert not f.poll()
+            assert f.here == 1
+            assert "truncated" in (f.last_error or "") or "damaged" in (f.last_error or "")
+            store.put(delta_key(store, v), blob.data)
+            assert f.poll()
+            assert f.here == v
+            for i in range(2, 6):
+                v = change(p, i)
+                pub.publish()
+            snapshots = [x for x in range(2, v + 1) if "snapshot" in f._header(x).blobs]  # type: ignore[union-attr]
+            assert snapshots == [4]  # every third version
+            store.delete(delta_key(store, 3))
+            assert f.poll()
+            assert f.here == v
+            assert records_of(host2) == records_of(root)
+            change(p, 7)
+            pub.publish()
+            v = change(p, 8)
+            pub.publish()
+            store.delete(delta_key(store, v))  # no snapshot after it: the follower gets as far as it can, and says why
+            assert f.poll()
+            assert f.here == v - 1
+            assert "missing" in (f.last_error or "")
+            assert records_of(host2) == records_of(root, v - 1)
+        finally:
+            f.close()
+
+
+def test_a_second_producer_is_refused(root: Path, host2: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p, movies_producer(host2) as q:
+        a = Publisher(store, p, owner="host-a")
+        a.claim()
+        b = Publisher(store, q, owner="host-b")
+        with pytest.raises(ProducerLockedError, match="host-a"):
+            b.claim()
+        p.run_cycle(populate(movie(i) for i in range(10)))
+        a.publish()
+        store.delete("lease")  # an operator removes the lease of a producer that is still running
+        q.run_cycle(populate(movie(i) for i in range(20)))
+        b.claim()
+        with pytest.raises(ProducerLockedError, match="does not have"):
+            b.publish()  # a's announcement is there; b never read it: refused, not merged
+        change(p, 1)
+        with pytest.raises(ProducerLockedError, match="taken over"):
+            a.publish()
+
+
+def test_a_fresh_producer_host_restores_and_continues_the_chain(root: Path, host2: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        pub.claim()
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        v = change(p, 1)
+        pub.publish()
+        pub.release()
+    new_root = host2
+    with movies_producer(new_root) as q:
+        assert restore(q, store, tmp_path / "work") == v
+        assert records_of(new_root) == records_of(root)
+        pub = Publisher(store, q)
+        pub.claim()
+        w = change(q, 2)
+        h = pub.publish()
+        assert w == v + 1
+        assert h.parent == v
+        assert "delta" in h.blobs
+        pub.release()
+
+
+def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, host2: Path, tmp_path: Path) -> None:
+    """A server of its own, which the test stops and starts again."""
+    server = Seaweed(tmp_path / "weed")
+    env = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        s3 = blobs.S3Store("hollow-down", "ns", retries=1, backoff=0.01, timeout=1)
+        s3.create_bucket()
+        fs3 = blobs.S3Store("hollow-down", "ns", retries=1, backoff=0.01, timeout=1)
+        with movies_producer(root) as p:
+            pub = Publisher(s3, p)
+            p.run_cycle(populate(movie(i) for i in range(50)))
+            pub.publish()
+            f = Follower(fs3, "movies", root=host2, work_dir=tmp_path / "f")
+            try:
+                assert f.poll()
+                server.stop()
+                v = change(p, 1)  # published here; the store is down
+                with pytest.raises(blobs.StoreUnavailableError, match=r"s3://hollow-down/ns.*AWS_ENDPOINT_URL"):
+                    pub.publish()
+                assert not f.poll()
+                assert f.here == 1
+                assert f.status().failures == 1
+                assert "failed after 2 attempts" in (f.status().last_error or "")
+                assert records_of(host2)["Movie"]  # still served
+                server.start()
+                pub.publish()
+                assert f.poll()
+                assert f.here == v
+                assert f.last_error is None
+            finally:
+                f.close()
+        s3.close()
+        fs3.close()
+    finally:
+        server.stop()
+        for k, val in env.items():
+            if val is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = val
+
+
+def test_a_pin_in_the_store_moves_every_follower_and_a_local_pin_overrides_it(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(50)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            for _ in range(2):
+                v2 = v3 = change(p, len(p.versions()))
+                pub.publish()
+                assert f.poll()
+            v2 = v3 - 1
+            p.pin(v2)
+            pub.publish()  # the producer's pin goes to the store
+            assert f.poll()
+            assert f.here == v2
+            assert f.status().pinned
+            p.unpin()
+            pub.publish()
+            assert f.poll()
+            assert f.here == v3
+            f.pin(v2)  # this host only
+            v4 = change(p, 3)
+            pub.publish()
+            assert not f.poll()
+            assert f.here == v2
+            f.pin(None)
+            assert f.here == v4
+            with pytest.raises(ReplicationError, match="not on this host"):
+                f.pin(999)
+        finally:
+            f.close()
+
+
+def test_a_follower_far_behind_jumps_by_snapshot_when_that_moves_fewer_bytes(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p, snapshot_every=4)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            v = 1
+            for n in range(12):  # each version rewrites a third of the records
+                v = p.run_incremental(
+                    lambda d, n=n: [d.upsert("Movie", movie(i, title=f"{n}")) for i in range(0, 100, 3)]
+                )
+                pub.publish()
+            near = f.plan(v - 1, v)
+            assert [s.kind for s in near] == ["delta"]  # one behind: the delta
+            far = f.plan(1, v)
+            assert far[0].kind == "snapshot"
+            assert far[0].header.version > 1  # the nearest snapshot, then its deltas
+            assert all(s.kind == "delta" for s in far[1:])
+            moved = sum(
+                s.header.bytes_for("snapshot", "base") if s.kind == "snapshot" else s.header.bytes_for("delta")
+                for s in far
+            )
+            chain = sum(f._header(x).bytes_for("delta") for x in range(2, v + 1))  # type: ignore[union-attr]
+            assert moved < chain
+            assert f.poll()
+            assert f.here == v
+            assert records_of(host2) == records_of(root)
+        finally:
+            f.close()
+
+
+def test_hollow_history_lists_the_versions_in_the_store(root: Path, tmp_path: Path) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(20)))
+        pub.publish()
+        v = change(p, 1)
+        pub.publish()
+    out = run("hollowd.cli", "--json", "history", "movies", "--store", str(tmp_path / "store"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [d["version"] for d in doc] == [1, v]
+    assert doc[-1]["announced"]
+    assert set(doc[0]["blobs"]) == {"snapshot"}
+    assert set(doc[1]["blobs"]) == {"delta"}

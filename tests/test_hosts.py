@@ -1,0 +1,186 @@
+"""Many hosts: a producing daemon and two following daemons, each in its own mount namespace with a private
+tmpfs as its shared-memory root and its own state directory, connected by nothing but a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hollowd import control
+from tests.daemons import Daemon, wait_until, write_jsonl
+from tests.helpers import SCHEMAS, movie
+from tests.seaweed import Seaweed
+
+PRODUCER = """\
+[daemon]
+root = "{root}"
+state_dir = "{state}"
+control_socket = "{state}/control.sock"
+
+[namespaces.movies]
+schema = "{schema}"
+source = "{source}"
+type = "Movie"
+debounce = 0.1
+publish_to = "{store}"
+snapshot_every = 4
+
+[namespaces.movies.types.Movie]
+primary_key = "id"
+indexes = ["genre"]
+
+[namespaces.movies.types.Actor]
+primary_key = "id"
+
+[namespaces.movies.types.Role]
+primary_key = ["movieId", "actorId"]
+"""
+
+FOLLOWER = """\
+[daemon]
+root = "{root}"
+state_dir = "{state}"
+control_socket = "{state}/control.sock"
+
+[namespaces.movies]
+follow = "{store}"
+watch_interval = 0.2
+"""
+
+
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    done = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare(1) for a mount namespace per host")
+
+
+class Host:
+    """One "host": a daemon in a mount namespace of its own, its shared-memory root a private tmpfs."""
+
+    def __init__(self, tmp: Path, name: str, config: str, env: dict[str, str], **fmt: str) -> None:
+        self.dir = tmp / name
+        self.root = self.dir / "shm"  # a private tmpfs inside the host's namespace; empty from outside
+        self.state = self.dir / "state"
+        self.root.mkdir(parents=True)
+        self.state.mkdir()
+        cfg = self.config = self.dir / "hollowd.toml"
+        cfg.write_text(config.format(root=self.root, state=self.state, **fmt))
+        self.env = env
+        self.start()
+
+    def start(self) -> None:
+        """Start the host's daemon (again): a new mount namespace, so an empty tmpfs, as after a reboot."""
+        wrapper = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs -o size=256m tmpfs "$0" && exec "$@"', str(self.root))  # fmt: skip
+        self.daemon = Daemon(self.config, self.dir, self.env, wrapper=wrapper)
+        self.stopped: int | None = None
+
+    def stop(self, sig: int = 15) -> int:
+        if self.stopped is None:
+            self.stopped = self.daemon.stop(sig)
+        return self.stopped
+
+    def status(self) -> dict[str, Any]:
+        """What the host's daemon says of the namespace, over its control socket."""
+        answer = control.call(self.state / "control.sock", {"command": "status", "namespace": "movies"}, timeout=10)
+        return dict(answer["namespaces"]["movies"])
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`hollow ARGS` inside the host's mount namespace, where its shared-memory root is."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.daemon.proc.pid), "-m", sys.executable, "-m", "hollowd.cli", "--root",
+             str(self.root), "--socket", str(self.state / "control.sock"), *args],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+
+    def announced(self) -> int:
+        return int(self.status().get("announced") or 0)
+
+    def get(self, key: int) -> Any:
+        """`hollow get` run inside the host's mount namespace, where its /dev/shm root is."""
+        out = self.cli("--json", "get", "movies", "Movie", str(key))
+        return json.loads(out.stdout)["record"] if out.returncode == 0 else None
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, seaweed: Seaweed, s3_url: str) -> Iterator[tuple[Path, list[Host]]]:
+    env = seaweed.env()
+    source = tmp_path / "movies.jsonl"
+    write_jsonl(source, [movie(i) for i in range(200)])
+    schema = str(SCHEMAS / "movies.capnp")
+    made: list[Host] = []
+    try:
+        made.append(Host(tmp_path, "a", PRODUCER, env, schema=schema, source=str(source), store=s3_url))
+        made[0].daemon.notifications("READY=1")
+        for name in ("b", "c"):
+            made.append(Host(tmp_path, name, FOLLOWER, env, store=s3_url))
+        for h in made[1:]:
+            h.daemon.notifications("READY=1")
+        yield source, made
+    finally:
+        for h in made:
+            h.stop()
+
+
+def test_followers_on_other_hosts_serve_each_new_version(hosts: tuple[Path, list[Host]]) -> None:
+    source, (a, b, c) = hosts
+    first = a.announced()
+    assert first >= 1
+    for h in (b, c):
+        wait_until(lambda h=h: h.announced() == first)
+        assert h.get(7)["title"] == "Movie 7"
+        assert not any(h.root.iterdir())  # from outside the host's namespace its tmpfs is not there
+    for n in range(1, 4):
+        write_jsonl(source, [movie(i, title=f"v{n} {i}") if i < 5 else movie(i) for i in range(200)])
+        wait_until(lambda n=n: a.announced() > first + n - 1)
+        v = a.announced()
+        for h in (b, c):
+            wait_until(lambda h=h, v=v: h.announced() == v)
+            assert h.get(3)["title"] == f"v{n} 3"
+    st = b.status()
+    assert st["follows"].startswith("s3://")
+    assert st["lag"] == 0
+    assert st["store_version"] == v
+    assert st["blobs_applied"] >= 4
+    assert st["failures"] == 0
+    human = b.cli("status", "movies")
+    assert human.returncode == 0, human.stderr
+    assert f"the store is at {v}, this host at {v}, lag 0" in human.stdout
+
+
+def test_a_follower_killed_restarts_cleanly_and_a_fresh_producer_host_continues_the_chain(
+    hosts: tuple[Path, list[Host]], tmp_path: Path, seaweed: Seaweed, s3_url: str
+) -> None:
+    source, (a, b, c) = hosts
+    v = a.announced()
+    wait_until(lambda: b.announced() == v)
+    b.stop(9)  # killed: its tmpfs goes with its namespace; its state directory stays
+    a.stop()
+    env = seaweed.env()
+    schema = str(SCHEMAS / "movies.capnp")
+    fresh = Host(tmp_path, "a2", PRODUCER, env, schema=schema, source=str(source), store=s3_url)
+    try:
+        fresh.daemon.notifications("READY=1")
+        assert fresh.announced() == v  # restored from the store: the same data, no new version
+        write_jsonl(source, [movie(i, title="after") if i == 9 else movie(i) for i in range(200)])
+        wait_until(lambda: fresh.announced() == v + 1)
+        wait_until(lambda: c.announced() == v + 1)  # the chain went on: c follows by a delta
+        assert c.get(9)["title"] == "after"
+        assert c.status()["failures"] == 0
+        b.start()  # the killed follower, on its own state directory, with an empty tmpfs
+        b.daemon.notifications("READY=1")
+        wait_until(lambda: b.announced() == v + 1)
+        assert b.get(9)["title"] == "after"
+    finally:
+        fresh.stop()
