@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
-import select
 import shutil
 import statistics
 import subprocess
@@ -83,6 +83,15 @@ class Followers:
         for p in self.procs:
             line = p.stdout.readline().split()  # type: ignore[union-attr]
             self.started.append(float(line[1]))
+        # One reader thread a follower: select() on a pipe read through a buffered file misses a second
+        # line that arrived with the first (it waits in the buffer, the fd is no longer readable).
+        self.lines: queue.Queue[tuple[int, list[str]]] = queue.Queue()
+        for i, p in enumerate(self.procs):
+            threading.Thread(target=self._read, args=(i, p.stdout), daemon=True).start()
+
+    def _read(self, i: int, out: Any) -> None:
+        for line in out:
+            self.lines.put((i, line.split()))
 
     def wait_for(self, version: int, timeout: float = 600) -> list[tuple[float, int]]:
         """Each follower's (time it served *version*, bytes fetched by then)."""
@@ -90,13 +99,13 @@ class Followers:
         while any(version not in s for s in self.seen):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"followers did not reach {version}: {[max(s, default=0) for s in self.seen]}")
-            ready, _, _ = select.select([p.stdout for p in self.procs], [], [], 1.0)
-            for out in ready:
-                i = next(j for j, p in enumerate(self.procs) if p.stdout is out)
-                line = out.readline().split()
-                if len(line) == 4:
-                    self.seen[i][int(line[0])] = (float(line[1]), int(line[2]))
-                    self.apply.append(float(line[3]))
+            try:
+                i, line = self.lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if len(line) == 4:
+                self.seen[i][int(line[0])] = (float(line[1]), int(line[2]))
+                self.apply.append(float(line[3]))
         return [s[version] for s in self.seen]
 
     def close(self) -> None:

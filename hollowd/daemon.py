@@ -565,6 +565,7 @@ class Daemon:
         started = time.monotonic()
         self.in_cycle = True
         changes = ""
+        runner.producer.last_timings = {}  # a change log with nothing to apply runs no producer stage
         try:
             self._restore(runner)  # the namespace directory may have been removed since (issue 9, item 12)
             if ns.delivers_changes:

@@ -72,6 +72,8 @@ def check_paths(cfg: Config) -> None:
 
 def check_namespace(cfg: Config, ns: NamespaceConfig) -> None:
     prefix = f"namespaces.{ns.name}"
+    if ns.follow:
+        return  # its schema, keys and indexes come with the versions it follows (docs/decisions.md §50)
     try:
         module = reader_schema.load_schema_file(ns.schema)
     except FileNotFoundError:
