@@ -298,6 +298,30 @@ def test_chunks_past_the_limit_are_merged_into_one_without_a_new_base(root: Path
         assert len(state.type_state("Item").overlay.chunks) <= overlay.MAX_CHUNKS
 
 
+def test_a_base_is_hashed_once_per_process_however_many_versions_link_it(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The content check (docs/decisions.md §40) remembers a file by inode and mtime: each new version's
+    hard link to the base changes the base's ctime, and must not make every reader hash it again."""
+    hashed: list[str] = []
+    real = hollow.state.StateFile._content_hash
+
+    def counting(self: Any) -> int:
+        hashed.append(self.path.name)
+        return real(self)
+
+    monkeypatch.setattr(hollow.state.StateFile, "_content_hash", counting)
+    base = [{"id": i, "name": "a", "group": GROUPS[i % 3], "n": 0, "tags": [], "code": ""} for i in range(50)]
+    with item_producer(root) as p:
+        p.run_cycle(populate(base, "Item"))
+        for i in range(4):
+            p.run_incremental(lambda d, i=i: d.upsert("Item", {**base[i], "name": f"v{i}"}))
+            with hollow.open("items", root=root, follow=False) as ds, ds.snapshot() as snap:
+                assert snap["Item"][i].name == f"v{i}"
+    bases = [n for n in hashed if n.endswith(".base")]
+    assert len(bases) <= 1, hashed  # the base once (the producer may have checked it already), overlays each
+
+
 # --- O(changes) -------------------------------------------------------------------------
 
 

@@ -71,8 +71,10 @@ class StateFile:
         if named is not None and named != header.version:
             raise CorruptStateError(f"{what}: holds version {header.version}, not {named}")
         self.header = header
-        # What the content check is remembered by: a rewrite in place changes the times (docs/pitfalls.md 1).
-        self._identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, header.content_hash)
+        # What the content check is remembered by: a rewrite in place changes the mtime (docs/pitfalls.md 1).
+        # Not the ctime: every version built on a base adds a hard link to it, which changes its ctime,
+        # and the base (the big file) would be hashed again for every version.
+        self._identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, header.content_hash)
         self.version = header.version
         self.published_at_ns = header.published_at_ns
         start = header.envelope_offset
