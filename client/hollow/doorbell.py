@@ -150,6 +150,6 @@ def ringer(root: Path, namespace: str) -> ring.Ringer:
 
 
 def followers(root: Path, namespace: str) -> list[int]:
-    """PIDs of live processes following *namespace* (by their doorbells; fakes of other users are not counted)."""
+    """PIDs of live processes following *namespace*, by their doorbells (ones other users planted do not count)."""
     live, _ = ring.doorbells("sem." + prefix(root, namespace))
     return sorted({p for p in (ring.pid_of(e) for e, _ in live) if p is not None})

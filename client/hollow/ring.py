@@ -81,7 +81,7 @@ def doorbells(start: str) -> tuple[list[tuple[str, int]], list[str]]:
     """Entries of /dev/shm whose name starts with *start*: ([(live doorbell, its owner's uid)], [dead ones]).
 
     A live doorbell is owned by a user the PID in its name runs as; a file named like a live
-    process's doorbell but owned by someone else is neither (a fake, ignored).
+    process's doorbell but owned by someone else is neither (planted: ignored).
     """
     try:
         names = [n for n in os.listdir(SEM_DIR) if n.startswith(start)]
