@@ -257,13 +257,41 @@ def copy_state_file(
         base_data = base.read_bytes()
         _install_file(link, ns_dir / f".{version}.base.{os.getpid()}.tmp", base_data, mode)
 
-    def check(tmp: Path) -> None:  # refuse to put back a file that does not read
+    def check(tmp: Path) -> None:  # refuse to put back a file that does not read, or is damaged
         if base is None:
-            StateFile(tmp, namespace=namespace)
+            _check_copy(tmp, namespace)
         else:
-            _with_base(tmp, link, lambda: StateFile(tmp, namespace=namespace))
+            _with_base(tmp, link, lambda: _check_copy(tmp, namespace))
 
     return _install(ns_dir, version, len(data), [_Piece(0, data)], mode, check)
+
+
+def _check_copy(tmp: Path, namespace: str) -> None:
+    """A durable copy about to be put back: hashed whole (a copy from disk keeps its mtime, and disk
+    damage does not change it: the stamp it carries proves nothing), then stamped anew, with its base."""
+    try:
+        state = StateFile(tmp, namespace=namespace)
+        stamp(state)
+        if state.base is not None:
+            stamp(state.base)
+    except ReaderError as e:
+        raise PublishError(f"{tmp}: not put back: {e}") from e
+
+
+def stamp(state: StateFile) -> None:
+    """The last step before *state*'s file is published: check it whole, then set its mtime to
+    :func:`hollow.layout.published_mtime_ns`, which lets every reader skip hashing it for as long as
+    nothing writes or replaces it (docs/decisions.md §60). The file must not change meanwhile."""
+    state.verify()
+    checked = state.checked_whole
+    fd = os.open(state.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if checked is None or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != checked:
+            raise PublishError(f"{state.path}: changed while it was being checked; not published")
+        os.utime(fd, ns=(st.st_atime_ns, layout.published_mtime_ns(state.header, st)))
+    finally:
+        os.close(fd)
 
 
 def _with_base(tmp: Path, base: Path, check: Callable[[], object]) -> None:
@@ -550,6 +578,7 @@ def verify(path: Path, namespace: str, version: int, types: list[BuiltType]) -> 
                 values = built.primary.slots[:, 1]
                 record = view._records[int(values[np.flatnonzero(values)[0]]) - 1]
                 record.to_dict()  # walks one whole record through the embedded schema
+        stamp(state)
     except ReaderError as e:
         raise PublishError(f"{path} does not read back: {e}") from e
 
@@ -570,6 +599,7 @@ def verify_overlay(path: Path, namespace: str, version: int, types: list[BuiltOv
                 refs = built.arrays["entryRefs"]
                 newest = int(np.flatnonzero((refs >> np.uint64(32)) == np.uint64(len(built.chunks) - 1))[0])
                 overlay.record(newest).to_dict()  # walks one whole new record through the embedded schema
+        stamp(state)
     except ReaderError as e:
         raise PublishError(f"{path} does not read back: {e}") from e
 

@@ -256,6 +256,39 @@ class Header:
         return header
 
 
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_boot: list[bytes] = []
+
+
+def _boot_id() -> bytes:
+    """This boot's random id (proc(5)), read once per process; empty if /proc cannot say."""
+    if not _boot:
+        try:
+            _boot.append(_BOOT_ID.read_bytes().strip())
+        except OSError:
+            _boot.append(b"")
+    return _boot[0]
+
+
+def published_mtime_ns(header: Header, st: os.stat_result) -> int:
+    """The mtime a producer gives a state file once it has checked the file whole against its content
+    hash, as the last step before publishing it (docs/decisions.md §60).
+
+    The seconds are the header's publishing time; the nanoseconds a hash of the header's hashes and
+    version, the file's device, inode and size, and this boot's id. Any write or truncate sets the
+    mtime to the clock's time (docs/pitfalls.md 32), and a copy (``cp -a``, a restore from disk,
+    which keep the mtime) is another inode, or the same inode number after a reboot: none of them
+    shows this stamp, so :meth:`hollow.state.StateFile.verify` hashes them whole.
+    """
+    tag = xxhash.xxh3_64_intdigest(
+        struct.pack(
+            "<QQQQQQ", header.content_hash, header.envelope_hash, header.version, st.st_dev, st.st_ino, st.st_size
+        )
+        + _boot_id()
+    )
+    return header.published_at_ns // 1_000_000_000 * 1_000_000_000 + tag % 1_000_000_000
+
+
 def check_section(offset: int, length: int, file_length: int, *, what: str) -> None:
     """Raise :class:`CorruptStateError` unless [offset, offset+length) is an aligned range of the file."""
     if length == 0:
