@@ -15,6 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -520,6 +521,67 @@ def test_open_and_the_first_lookup_do_not_wait_for_the_followers_machinery(
         # the first lookup was answered while watchdog's import was still under way in the follower thread
         assert first == {"version": 2, "title": "Movie 1", "gate_open": False}
         with movies_producer(movies) as p:  # announced during the follower's start-up
+            assert p.run_cycle(populate(movie(i, title="third") for i in range(6))) == 3
+        gate.touch()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline()) == {"followed": True, "version": 3}
+    finally:
+        gate.touch()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+
+_FRESH_DOORBELL = """
+import json, os, sys, threading, time
+started_by_opener = []
+real_start = threading.Thread.start
+def start(self):
+    started_by_opener.append(threading.current_thread() is threading.main_thread())
+    real_start(self)
+threading.Thread.start = start
+import hollow
+gate = os.environ["HOLLOW_TEST_GATE"]
+ds = hollow.open("movies", root=sys.argv[1])  # following
+with ds.snapshot() as snap:
+    title = snap["Movie"][1].title
+gate_open = os.path.exists(gate)
+while not os.path.exists(gate + ".doorbell"):  # the follower thread is making its doorbell now
+    time.sleep(0.01)
+print(json.dumps({"version": ds.version, "title": title, "gate_open": gate_open,
+                  "opener_waited_for_a_thread": any(started_by_opener)}), flush=True)
+sys.stdin.readline()  # the test announces a version, then opens the gate
+print(json.dumps({"followed": ds.wait_for(3, timeout=60), "version": ds.version}), flush=True)
+ds.close()
+"""
+
+
+def test_open_and_the_first_lookup_wait_neither_for_the_doorbell_nor_for_the_thread(
+    movies: Path, tmp_path: Path
+) -> None:
+    """The doorbell (a sweep of /dev/shm and a sem_open) is made by the follower thread, and the
+    thread is not started by the opener (``Thread.start`` waits until the new thread runs): a stand-in
+    ``posix_ipc`` (tests/slow_doorbell) blocks the making of the doorbell until the test says so. A
+    version announced before the doorbell exists is followed all the same (docs/decisions.md §61)."""
+    gate = tmp_path / "gate"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FRESH_DOORBELL, str(movies)],
+        env={**os.environ, "HOLLOW_TEST_GATE": str(gate), "PYTHONPATH": str(Path(__file__).parent / "slow_doorbell")},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # (only so that the old code cannot hang the test)
+        if not ready:
+            gate.touch()
+        first = json.loads(proc.stdout.readline())
+        assert first == {"version": 2, "title": "Movie 1", "gate_open": False, "opener_waited_for_a_thread": False}
+        assert not [p for p in Path("/dev/shm").iterdir() if f".{proc.pid}." in p.name]  # no doorbell yet
+        with movies_producer(movies) as p:  # announced before the follower has its doorbell
             assert p.run_cycle(populate(movie(i, title="third") for i in range(6))) == 3
         gate.touch()
         proc.stdin.write("go\n")

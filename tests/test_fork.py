@@ -34,14 +34,15 @@ if pid == 0:
     threads = [threading.Thread(target=first_call) for _ in range(4)]
     for t in threads: t.start()
     for t in threads: t.join()
-    prefix = "sem." + doorbell.prefix(ds.root, "movies") + f"{os.getpid()}."
-    bells = [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
-    followers = [t.name for t in threading.enumerate() if t.name.startswith("hollow-follow")]
-    try:
+    try:  # (before the child's own watch exists, which could take the same number)
         os.fstat(parent_fd)
         inherited = os.readlink(f"/proc/self/fd/{parent_fd}")
     except OSError:
         inherited = None
+    ds.wait_following(60)  # the follower thread makes its doorbell after the re-arming call returned
+    prefix = "sem." + doorbell.prefix(ds.root, "movies") + f"{os.getpid()}."
+    bells = [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+    followers = [t.name for t in threading.enumerate() if t.name.startswith("hollow-follow")]
     child_fd = inotify_c.InotifyFD.get_instance()._inotify_fd
     os.write(w, json.dumps({"bells": len(bells), "followers": followers, "inherited": inherited,
                             "same": child_fd == parent_fd}).encode())

@@ -40,6 +40,7 @@ def test_status_reports_versions_sizes_flags_leases_and_followers(root: Path) ->
 
                 with hollow.open("movies", root=root, poll_interval=3600) as following:
                     assert following.version == 3
+                    assert following.wait_following(60)  # a follower counts from its doorbell, made by its thread
                     assert hollow.status("movies", root=root).followers == sorted([os.getpid(), kid.pid])
                 assert hollow.status("movies", root=root).followers == [kid.pid]
 

@@ -20,6 +20,7 @@ starts following again (gunicorn ``--preload`` works).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
@@ -31,7 +32,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from hollow import layout, schema, watch
-from hollow.doorbell import Doorbell
+from hollow.doorbell import Doorbell, ExitingError
 from hollow.errors import (
     ClosedError,
     CorruptStateError,
@@ -46,8 +47,9 @@ from hollow.state import StateFile
 from hollow.view import TypeView
 
 _RACE_RETRIES = 5
-#: Seconds the follower thread leaves the opening thread alone (watchdog's import would compete with
-#: it for the GIL) before it sets up inotify; the doorbell covers announcements meanwhile.
+#: Seconds the follower thread leaves the opening thread alone (its doorbell, watchdog's import and
+#: observer would compete with it for the GIL) before it makes its doorbell and sets up inotify, then
+#: looks at the announcement once for anything announced meanwhile (docs/decisions.md §61).
 WATCH_DELAY = 0.05
 #: Seconds between safety polls when neither the doorbell nor inotify says anything.
 POLL_INTERVAL = 5.0
@@ -163,6 +165,8 @@ class Snapshot:
 class Dataset:
     """A namespace opened for reading. Create it with :func:`hollow.open`."""
 
+    _launched: _thread.LockType | None  # held until the follower thread has been started (_start_following)
+
     def __init__(
         self,
         namespace: str,
@@ -196,14 +200,7 @@ class Dataset:
         self.last_error: Error | None = None
         _Fork.datasets.add(self)
         self._producer_uid = self._check_tree().st_uid
-        if follow:
-            # Ring first, then read: an announcement made in between is not missed (#273 in Hollow).
-            self._doorbell = self._make_doorbell()
-        try:
-            self._refresh(initial=True)
-        except BaseException:
-            self._stop_following()
-            raise
+        self._refresh(initial=True)
         if follow:
             self._start_following()
 
@@ -245,6 +242,16 @@ class Dataset:
                     return False
                 self._changed.wait(left)
             return True
+
+    def wait_following(self, timeout: float | None = None) -> bool:
+        """Block until the follower thread is set up: its doorbell made and inotify watching (or found
+        unavailable). From then on an announcement wakes it at once, and ``hollow status`` counts this
+        process among the followers. ``hollow.open`` does not wait for this, and need not: a version
+        announced meanwhile is followed all the same (docs/decisions.md §61). False on timeout."""
+        self._check()
+        if not self.follow:
+            raise Error("wait_following needs a following dataset: hollow.open(..., follow=True)")
+        return self._armed.wait(timeout)
 
     def on_update(self, callback: Callable[[int], None]) -> Callable[[int], None]:
         """Call ``callback(version)`` (in the follower thread) after each switch to a new version."""
@@ -301,10 +308,17 @@ class Dataset:
     # -- following ----------------------------------------------------------
 
     def _start_following(self) -> None:
-        """Start the follower thread; it sets up inotify itself, so that ``hollow.open`` and the first
-        snapshot never wait for watchdog's import and observer (docs/decisions.md §21)."""
-        self._thread = threading.Thread(target=self._follow_loop, name=f"hollow-follow-{self.namespace}", daemon=True)
-        self._thread.start()
+        """Start the follower thread without waiting for it: it makes its doorbell and sets up inotify
+        itself, so that ``hollow.open`` and the first snapshot wait neither for those nor for the
+        thread to be scheduled (``Thread.start`` waits until the new thread runs: milliseconds on a
+        busy machine), docs/decisions.md §21 and §61. A helper thread of the ``_thread`` module (no
+        waiting, no Thread object) starts it."""
+        thread = threading.Thread(target=self._follow_loop, name=f"hollow-follow-{self.namespace}", daemon=True)
+        launched = _thread.allocate_lock()
+        launched.acquire()
+        with self._lock:
+            self._thread, self._launched = thread, launched
+        _thread.start_new_thread(_launch, (thread, launched, self.namespace))
 
     def _start_watch(self) -> None:
         """In the follower thread: inotify on the announcement's directory, a second path after the doorbell."""
@@ -321,6 +335,8 @@ class Dataset:
         bell = self._doorbell
         if bell is not None:
             bell.ring()
+        else:
+            self._wake.set()  # no doorbell (yet, or it could not be made): the thread waits on this
 
     def _check_tree(self) -> os.stat_result:
         """The namespace directory's lstat, once the root and it are found trustworthy (layout.check_trusted)."""
@@ -349,13 +365,16 @@ class Dataset:
 
     def _stop_following(self) -> None:
         with self._lock:
-            bell, thread = self._doorbell, self._thread
-            self._thread = None
-        if thread is not None and bell is not None:
-            bell.ring()
+            thread, launched = self._thread, self._launched
+            self._thread = self._launched = None
+        self._wake.set()
+        if launched is not None:
+            with launched:  # the helper has started the thread (or failed to)
+                pass
+        if thread is not None:
             while thread.is_alive():
+                self._ring()  # the thread may have made or replaced its doorbell meanwhile
                 thread.join(0.1)
-                self._ring()  # the thread may have replaced its doorbell meanwhile
         with self._lock:
             w, self._watch = self._watch, None
         if w is not None:
@@ -366,20 +385,18 @@ class Dataset:
             bell.close()
 
     def _follow_loop(self) -> None:
-        bell = self._doorbell
-        # The opener gets a head start: announcements meanwhile ring the doorbell, made before the
-        # first read of the announcement; then inotify, and one look for what came before it.
-        rung = bell is not None and bell.wait(WATCH_DELAY)
-        if not self._stopped():
-            self._start_watch()
-        first = True
-        while bell is not None and not self._stopped():
-            if not first:
-                rung = bell.wait(self.poll_interval)
-            first = False
-            if self._stopped():
-                return
-            if not rung and not bell.present():
+        """The follower thread. The opener gets a head start; then the doorbell, inotify, and one look
+        at the announcement: anything announced before the doorbell existed is seen by that look,
+        anything after rings it (docs/decisions.md §61)."""
+        self._wake.wait(WATCH_DELAY)
+        bell = self._first_doorbell()
+        if self._stopped():
+            return
+        self._start_watch()
+        self._armed.set()
+        rung = True  # the first look
+        while not self._stopped():
+            if not rung and bell is not None and not bell.present():
                 bell = self._new_doorbell(bell)
             try:
                 self._refresh()
@@ -387,6 +404,37 @@ class Dataset:
                 log.error("hollow: %s: cannot follow: %s", self.namespace, str(e))
             except Exception:  # keep following whatever one refresh did
                 log.exception("hollow: %s: follower error", self.namespace)
+            if bell is not None:
+                rung = bell.wait(self.poll_interval)
+            else:
+                rung = self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    def _first_doorbell(self) -> Doorbell | None:
+        """In the follower thread: its doorbell; None if stopped meanwhile or it cannot be made (then
+        inotify and the safety poll remain)."""
+        if self._stopped():
+            return None
+        try:
+            bell = self._make_doorbell()
+        except ExitingError:
+            return None
+        except Exception as e:  # noqa: BLE001 - posix_ipc's errors, OSError: /dev/shm full or not ours
+            log.warning(
+                "hollow: %s: cannot make a doorbell (%s: %s); following by inotify and the safety poll only",
+                self.namespace,
+                type(e).__name__,
+                e,
+            )
+            return None
+        with self._lock:
+            stale = self._stopped() or self._thread is not threading.current_thread()
+            if not stale:
+                self._doorbell = bell
+        if stale:
+            bell.close()
+            return None
+        return bell
 
     def _now(self) -> _Attached:
         """The current version; on a non-following dataset, after a cheap check of the announcement."""
@@ -404,6 +452,9 @@ class Dataset:
         self._changed = threading.Condition(self._lock)
         self._refreshing = threading.Lock()
         self._rearming = threading.Lock()  # one thread re-arms a forked child's dataset (_check)
+        self._wake = threading.Event()  # the follower's head start ends, or it has no doorbell and is rung
+        self._armed = threading.Event()  # the follower has its doorbell and watch (wait_following)
+        self._launched = None
 
     def _stopped(self) -> bool:
         return self._closed  # a call, so that type checkers do not assume it cannot change
@@ -609,11 +660,20 @@ class Dataset:
         if self._closed:
             return
         self._announce_stamp = None
-        if self.follow:
-            self._doorbell = self._make_doorbell()
         self._refresh()
         if self.follow:
             self._start_following()
+
+
+def _launch(thread: threading.Thread, launched: Any, namespace: str) -> None:
+    """In a helper thread: start the follower *thread*, which ``Thread.start`` waits for, so that the
+    opener does not; then release *launched* (which ``_stop_following`` waits on)."""
+    try:
+        thread.start()
+    except Exception:  # cannot start a new thread: say so; the dataset still works, without following
+        log.exception("hollow: %s: cannot start the follower thread", namespace)
+    finally:
+        launched.release()
 
 
 def _detached(e: Error) -> Error:

@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import struct
+import threading
 import weakref
 from pathlib import Path
 
@@ -37,13 +38,32 @@ SEM_SIZE = ring.SEM_SIZE
 log = logging.getLogger("hollow")
 _serial = itertools.count()
 _open_bells: weakref.WeakSet[Doorbell] = weakref.WeakSet()
+_bells_lock = threading.Lock()  # a doorbell is made and registered, or removed at exit, not both at once
+_exiting: list[bool] = []
+
+
+class ExitingError(RuntimeError):
+    """No doorbell is made once the process has begun to exit."""
+
+
+def _after_fork_in_child() -> None:
+    global _bells_lock
+    _bells_lock = threading.Lock()  # a thread of the parent may have held it at fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
 def _unlink_at_exit() -> None:
-    """A process that exits without closing its datasets still removes its doorbells."""
-    for bell in list(_open_bells):
-        bell.close()
+    """A process that exits without closing its datasets still removes its doorbells: their names only.
+    A follower thread may still be waiting on one; closing it would unmap the semaphore under that
+    wait, and the wait's end would then crash the process (SIGSEGV) as it exits. No doorbell is made
+    after this (a follower thread still starting up would leave one behind)."""
+    with _bells_lock:
+        _exiting.append(True)
+        for bell in list(_open_bells):
+            bell.unlink()
 
 
 def root_id(root: Path) -> str:
@@ -72,11 +92,14 @@ class Doorbell:
         """*producer_uid*: the user that rings it (the namespace directory's owner); default: ours."""
         sweep()
         self.name = f"/{prefix(root, namespace)}{os.getpid()}.{next(_serial)}"
-        self._sem: posix_ipc.Semaphore | None = posix_ipc.Semaphore(
-            self.name, posix_ipc.O_CREX, mode=0o600, initial_value=0
-        )
         self.pid = os.getpid()
-        _open_bells.add(self)
+        with _bells_lock:
+            if _exiting:
+                raise ExitingError("the process is exiting: no new doorbell")
+            self._sem: posix_ipc.Semaphore | None = posix_ipc.Semaphore(
+                self.name, posix_ipc.O_CREX, mode=0o600, initial_value=0
+            )
+            _open_bells.add(self)
         if producer_uid is not None and producer_uid != os.geteuid():
             self._let_ring(producer_uid)
 
@@ -117,6 +140,13 @@ class Doorbell:
         """Wake our own waiter (used by the inotify path and by close)."""
         if self._sem is not None:
             self._sem.release()
+
+    def unlink(self) -> None:
+        """Remove the name (if this process made it), and keep the semaphore itself open and mapped."""
+        sem = self._sem
+        if sem is not None and self.pid == os.getpid():
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                sem.unlink()
 
     def close(self, *, unlink: bool = True) -> None:
         """Close; unlink too unless this object was inherited across fork (the parent's name)."""
