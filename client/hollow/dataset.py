@@ -200,6 +200,7 @@ class Dataset:
         self.last_error: Error | None = None
         _Fork.datasets.add(self)
         self._producer_uid = self._check_tree().st_uid
+        self._tree_just_checked = True  # the first attach, just below, need not check it again
         self._refresh(initial=True)
         if follow:
             self._start_following()
@@ -598,7 +599,10 @@ class Dataset:
             if att is not None:
                 return att
         path = self.dir / layout.state_name(version)
-        self._check_tree()  # before trusting what is in it: it may have been changed since open
+        if self._tree_just_checked:
+            self._tree_just_checked = False
+        else:
+            self._check_tree()  # before trusting what is in it: it may have been changed since open
         try:
             lease = _lease(self.dir, version)
         except VersionNotFoundError as e:
