@@ -49,6 +49,7 @@ import hollowd  # noqa: E402
 from hollow import layout  # noqa: E402
 from hollowd import Producer  # noqa: E402
 from tests import fuzz_state  # noqa: E402
+from tests.daemons import Daemon, announced, movies_config, write_jsonl  # noqa: E402
 
 SCHEMA = ROOT_DIR / "schemas" / "movies.capnp"
 
@@ -103,13 +104,6 @@ def _start_consistent(root: Path, stop: Path, count: int) -> list[subprocess.Pop
     return procs
 
 
-def announced(root: Path) -> int:
-    try:
-        return int(json.loads(layout.announcement_path(root / "movies").read_bytes())["version"])
-    except FileNotFoundError:
-        return 0
-
-
 # --- kills ---------------------------------------------------------------------------------------
 
 
@@ -151,69 +145,41 @@ def kill_producers(root: Path, kills: int, readers: int) -> dict[str, Any]:
     }
 
 
-DAEMON_CONFIG = """\
-[daemon]
-root = "{root}"
-state_dir = "{state}"
-control_socket = "{state}/control.sock"
-
-[namespaces.movies]
-schema = "{schema}"
-source = "{source}"
-type = "Movie"
-debounce = 0.05
-
-[namespaces.movies.types.Movie]
-primary_key = "id"
-"""
-
-
 def kill_daemons(tmp: Path, root: Path, kills: int, readers: int) -> dict[str, Any]:
     """kill -9 hollowd *kills* times while its source keeps changing; readers check every snapshot."""
-    state, source = tmp / "state", tmp / "movies.jsonl"
-    config = tmp / "hollowd.toml"
-    config.write_text(DAEMON_CONFIG.format(root=root, state=state, schema=SCHEMA, source=source))
+    source = tmp / "movies.jsonl"
+    config = movies_config(tmp, root, source, schema=SCHEMA, debounce=0.05)
     k = 0
 
-    def write_source() -> None:
+    def write_source() -> None:  # write, then rename: what the README asks of a source's writer
         nonlocal k
         k += 1
-        tmp_source = source.with_name(".movies.jsonl.tmp")
-        tmp_source.write_text("".join(json.dumps(r) + "\n" for r in follow._records(k)))
-        os.rename(tmp_source, source)  # write, then rename: what the README asks of a source's writer
+        write_jsonl(source, follow._records(k))
 
     write_source()
-    log = open(tmp / "daemon.log", "a")  # noqa: SIM115 - closed below
     stop = root / "stop"
     procs: list[subprocess.Popen[str]] = []
     went_back = restarts_served = 0
     last = 0
-    try:
-        for i in range(kills + 1):
-            d = subprocess.Popen([sys.executable, "-m", "hollowd.daemon", "--config", str(config)], stderr=log)
-            deadline = time.monotonic() + 60
-            while announced(root) == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if i == 0:
-                procs = _start_consistent(root, stop, readers)
-            served = announced(root)
-            restarts_served += served >= last > 0
-            went_back += served < last
-            write_source()  # wait until this daemon publishes, then kill it at a random moment of its next cycles
-            deadline = time.monotonic() + 60
-            while announced(root) <= served and time.monotonic() < deadline:
-                time.sleep(0.02)
-            for _ in range(random.randint(1, 4)):
-                write_source()
-                time.sleep(random.uniform(0.02, 0.25))
-            if i < kills:
-                d.send_signal(signal.SIGKILL)
-            else:
-                d.send_signal(signal.SIGTERM)
-            d.wait(60)
-            last = max(last, announced(root))
-    finally:
-        log.close()
+    for i in range(kills + 1):
+        d = Daemon(config, tmp)  # its log: tmp/daemon.log
+        deadline = time.monotonic() + 60
+        while announced(root) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if i == 0:
+            procs = _start_consistent(root, stop, readers)
+        served = announced(root)
+        restarts_served += served >= last > 0
+        went_back += served < last
+        write_source()  # wait until this daemon publishes, then kill it at a random moment of its next cycles
+        deadline = time.monotonic() + 60
+        while announced(root) <= served and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for _ in range(random.randint(1, 4)):
+            write_source()
+            time.sleep(random.uniform(0.02, 0.25))
+        d.stop(signal.SIGKILL if i < kills else signal.SIGTERM)
+        last = max(last, announced(root))
     out = follow._finish(procs, stop) if procs else []
     return {
         "kills": kills,

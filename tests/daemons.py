@@ -15,6 +15,48 @@ from typing import Any
 
 from hollow import layout
 
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+#: A daemon serving one namespace, movies, from a file source, with Movie's primary key (``movies_config``).
+MOVIES_CONFIG = """\
+[daemon]
+root = "{root}"
+state_dir = "{state}"
+control_socket = "{state}/control.sock"
+
+[namespaces.movies]
+schema = "{schema}"
+source = "{source}"
+type = "Movie"
+debounce = {debounce}
+{namespace}
+[namespaces.movies.types.Movie]
+primary_key = "id"
+"""
+
+
+def movies_config(
+    tmp: Path,
+    root: Path,
+    source: Path,
+    *,
+    state: Path | None = None,
+    schema: Path = SCHEMAS / "movies.capnp",
+    debounce: float = 0.1,
+    namespace: str = "",
+    more: str = "",
+) -> Path:
+    """``tmp/hollowd.toml``: :data:`MOVIES_CONFIG` publishing *source* into *root* (state in ``tmp/state``
+    unless *state*), with the lines *namespace* in the namespace's table, followed by *more* (which goes
+    on in the Movie table until its first header)."""
+    config = tmp / "hollowd.toml"
+    state = tmp / "state" if state is None else state
+    text = MOVIES_CONFIG.format(
+        root=root, state=state, schema=schema, source=source, debounce=debounce, namespace=namespace
+    )
+    config.write_text(text + more)
+    return config
+
 
 class Daemon:
     """hollowd in a subprocess, with a NOTIFY_SOCKET this test reads."""

@@ -77,34 +77,15 @@ class Mutation:
             fill = {"zeros": bytes(n), "ones": b"\xff" * n}.get(self.kind)
             b[at : at + n] = fill if fill is not None else random.Random(self.seed).randbytes(n)
         if self.seal != "none" and len(b) >= layout.HEADER_SIZE:
-            h = _loose(b)
-            if h is not None:
-                end = min(h.envelope_offset + h.envelope_length, len(b))
-                h = dataclasses.replace(
-                    h, file_length=len(b), envelope_hash=xxhash.xxh3_64_intdigest(bytes(b[h.envelope_offset : end]))
-                )
-                if self.seal == "forged":
-                    h = dataclasses.replace(h, content_hash=xxhash.xxh3_64_intdigest(bytes(b[layout.HEADER_SIZE :])))
-                b[: layout.HEADER_SIZE] = h.pack()
+            h = layout.Header.unchecked(b)  # the fields as they are now, damaged or not
+            end = min(h.envelope_offset + h.envelope_length, len(b))
+            h = dataclasses.replace(
+                h, file_length=len(b), envelope_hash=xxhash.xxh3_64_intdigest(bytes(b[h.envelope_offset : end]))
+            )
+            if self.seal == "forged":
+                h = dataclasses.replace(h, content_hash=xxhash.xxh3_64_intdigest(bytes(b[layout.HEADER_SIZE :])))
+            b[: layout.HEADER_SIZE] = h.pack()
         return bytes(b)
-
-
-def _loose(b: bytearray) -> Any:
-    """The header's fields as they are, unchecked (None when they cannot be unpacked)."""
-    fields = layout._HEADER.unpack_from(bytes(b[: layout.HEADER_SIZE]))
-    return layout.Header(
-        version=fields[4],
-        parent_version=fields[5],
-        schema_fingerprint=fields[6],
-        envelope_offset=fields[7],
-        envelope_length=fields[8],
-        file_length=fields[9],
-        content_hash=fields[10],
-        envelope_hash=fields[11],
-        namespace=fields[12].rstrip(b"\0").decode(errors="replace"),
-        published_at_ns=fields[13],
-        format_version=fields[1],
-    )
 
 
 def publish(root: Path, ns: str = "movies", n: int = 60) -> Path:

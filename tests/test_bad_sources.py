@@ -12,8 +12,8 @@ import pytest
 import hollow
 import hollowd
 from hollowd.sources import FileSource
-from tests.daemons import Daemon, announced, wait_until, write_jsonl
-from tests.helpers import SCHEMAS, movie, movies_producer
+from tests.daemons import Daemon, announced, movies_config, wait_until, write_jsonl
+from tests.helpers import movie, movies_producer
 
 EMPTY = {
     "0-byte JSON Lines": ("movies.jsonl", b""),
@@ -49,33 +49,11 @@ def test_a_source_replaced_by_an_empty_directory_is_refused(root: Path, tmp_path
         assert p.versions() == []
 
 
-CONFIG = """\
-[daemon]
-root = "{root}"
-state_dir = "{state}"
-control_socket = "{state}/control.sock"
-
-[namespaces.movies]
-schema = "{schema}"
-source = "{source}"
-type = "Movie"
-debounce = 0.1
-{extra}
-
-[namespaces.movies.types.Movie]
-primary_key = "id"
-"""
-
-
 @pytest.mark.parametrize("allow", [False, True], ids=["refused", "allowed"])
 def test_the_daemon_keeps_serving_when_its_source_is_emptied(root: Path, tmp_path: Path, allow: bool) -> None:
     source, state = tmp_path / "movies.jsonl", tmp_path / "state"
     write_jsonl(source, [movie(i) for i in range(5)])
-    config = tmp_path / "hollowd.toml"
-    extra = "allow_empty = true" if allow else ""
-    config.write_text(
-        CONFIG.format(root=root, state=state, schema=SCHEMAS / "movies.capnp", source=source, extra=extra)
-    )
+    config = movies_config(tmp_path, root, source, state=state, namespace="allow_empty = true" if allow else "")
     d = Daemon(config, tmp_path)
     try:
         d.notifications("READY=1")

@@ -16,23 +16,11 @@ import hollow
 from hollow import layout
 from hollowd.config import EXIT_CONFIG
 from hollowd.daemon import EXIT_RUNNING
-from tests.daemons import Daemon, announced, run, wait_until, write_jsonl
-from tests.helpers import SCHEMAS, movie
+from tests.daemons import Daemon, announced, movies_config, run, wait_until, write_jsonl
+from tests.helpers import movie
 
-CONFIG = """\
-[daemon]
-root = "{root}"
-state_dir = "{state}"
-control_socket = "{state}/control.sock"
-
-[namespaces.movies]
-schema = "{schema}"
-source = "{source}"
-type = "Movie"
-debounce = 0.2
-
-[namespaces.movies.types.Movie]
-primary_key = "id"
+#: What the daemon tests add to tests.daemons.MOVIES_CONFIG: an index, the other types and a validator.
+MORE = """\
 indexes = ["genre"]
 
 [namespaces.movies.types.Actor]
@@ -42,7 +30,7 @@ primary_key = "id"
 primary_key = ["movieId", "actorId"]
 
 [namespaces.movies.validators]
-min_records = {{ Movie = 3 }}
+min_records = { Movie = 3 }
 """
 
 
@@ -51,8 +39,7 @@ def setup(root: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
     state = tmp_path / "state"
     source = tmp_path / "movies.jsonl"
     write_jsonl(source, [movie(i) for i in range(5)])
-    config = tmp_path / "hollowd.toml"
-    config.write_text(CONFIG.format(root=root, state=state, schema=SCHEMAS / "movies.capnp", source=source))
+    config = movies_config(tmp_path, root, source, state=state, debounce=0.2, more=MORE)
     return config, source, state
 
 
@@ -318,12 +305,10 @@ def test_a_namespace_compacts_in_the_background_and_reports_it(root: Path, tmp_p
     source = tmp_path / "movies.jsonl"
     write_jsonl(source, [movie(i) for i in range(50)])
     port = free_port()
-    cfg = tmp_path / "hollowd.toml"
-    cfg.write_text(
-        CONFIG.format(root=root, state=tmp_path / "state", schema=SCHEMAS / "movies.capnp", source=source)
-        .replace("debounce = 0.2", "debounce = 0.2\ncompact_percent = 0\ncompact_min = 0")
-        .replace("[daemon]", f"[daemon]\nmetrics_port = {port}")
+    cfg = movies_config(
+        tmp_path, root, source, debounce=0.2, namespace="compact_percent = 0\ncompact_min = 0", more=MORE
     )
+    cfg.write_text(cfg.read_text().replace("[daemon]", f"[daemon]\nmetrics_port = {port}"))
     d = Daemon(cfg, tmp_path)
     try:
         d.notifications("READY=1")

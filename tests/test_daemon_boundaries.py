@@ -17,28 +17,12 @@ import pytest
 
 from hollowd.example import SCHEMA as AIRPORTS
 from tests.conftest import Installed
-from tests.daemons import Daemon, announced, wait_until
+from tests.daemons import Daemon, announced, movies_config, wait_until
 from tests.helpers import SCHEMAS, movie
 
 TESTS = Path(__file__).resolve().parent
 HOLLOW = (sys.executable, "-m", "hollowd.cli")
 HOLLOWD = (sys.executable, "-m", "hollowd.daemon")
-
-MOVIES = """\
-[daemon]
-root = "{root}"
-state_dir = "{state}"
-control_socket = "{state}/control.sock"
-
-[namespaces.movies]
-schema = "{schema}"
-source = "{source}"
-type = "Movie"
-debounce = 0.1
-
-[namespaces.movies.types.Movie]
-primary_key = "id"
-"""
 
 
 def hollowd(installed: Installed, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -85,10 +69,7 @@ def _replace(path: Path, text: str) -> None:
 def test_a_deeply_nested_source_fails_its_cycle_and_the_daemon_serves_on(root: Path, tmp_path: Path, fmt: str) -> None:
     source = tmp_path / f"movies.{fmt}"
     source.write_text(_good(fmt, "first"))
-    config = tmp_path / "hollowd.toml"
-    config.write_text(
-        MOVIES.format(root=root, state=tmp_path / "state", schema=SCHEMAS / "movies.capnp", source=source)
-    )
+    config = movies_config(tmp_path, root, source)
     d = Daemon(config, tmp_path)
     try:
         d.notifications("READY=1")
@@ -241,10 +222,7 @@ def test_sighup_keeps_the_command_lines_paths(root: Path, tmp_path: Path) -> Non
     source = tmp_path / "movies.jsonl"
     source.write_text(_good("jsonl", "first"))
     elsewhere = tmp_path / "file-root"
-    config = tmp_path / "hollowd.toml"
-    config.write_text(
-        MOVIES.format(root=elsewhere, state=tmp_path / "file-state", schema=SCHEMAS / "movies.capnp", source=source)
-    )
+    config = movies_config(tmp_path, elsewhere, source, state=tmp_path / "file-state")
     sock = tmp_path / "flag.sock"
     d = Daemon(
         None,
@@ -281,10 +259,7 @@ def test_a_reload_adding_a_source_in_a_missing_directory_is_refused_and_the_daem
 ) -> None:
     source = tmp_path / "movies.jsonl"
     source.write_text(_good("jsonl", "first"))
-    config = tmp_path / "hollowd.toml"
-    config.write_text(
-        MOVIES.format(root=root, state=tmp_path / "state", schema=SCHEMAS / "movies.capnp", source=source)
-    )
+    config = movies_config(tmp_path, root, source)
     d = Daemon(config, tmp_path)
     try:
         d.notifications("READY=1")
@@ -306,10 +281,7 @@ def test_a_reload_adding_a_source_in_a_missing_directory_is_refused_and_the_daem
 def test_pin_on_a_full_shm_is_refused_and_the_daemon_serves_on(tiny_fs: Path, tmp_path: Path) -> None:
     source = tmp_path / "movies.jsonl"
     source.write_text(_good("jsonl", "first"))
-    config = tmp_path / "hollowd.toml"
-    config.write_text(
-        MOVIES.format(root=tiny_fs, state=tmp_path / "state", schema=SCHEMAS / "movies.capnp", source=source)
-    )
+    config = movies_config(tmp_path, tiny_fs, source)
     d = Daemon(config, tmp_path)
     try:
         d.notifications("READY=1")
@@ -393,10 +365,7 @@ primary_key = "id"
 def test_a_second_daemon_does_not_take_the_first_ones_socket(root: Path, tmp_path: Path) -> None:
     source = tmp_path / "movies.jsonl"
     source.write_text(_good("jsonl", "first"))
-    config = tmp_path / "hollowd.toml"
-    config.write_text(
-        MOVIES.format(root=root, state=tmp_path / "state", schema=SCHEMAS / "movies.capnp", source=source)
-    )
+    config = movies_config(tmp_path, root, source)
     d = Daemon(config, tmp_path)
     try:
         d.notifications("READY=1")

@@ -499,17 +499,14 @@ ds.close()
 """
 
 
-def test_open_and_the_first_lookup_do_not_wait_for_the_followers_machinery(
-    installed: Installed, movies: Path, tmp_path: Path
+def _gated_opener(
+    argv: list[str], env: dict[str, str], movies: Path, gate: Path, first: dict[str, Any], *, pid_seen: Any = None
 ) -> None:
-    gate = tmp_path / "gate"
+    """Run a fresh opener whose follower's start-up is held at *gate* (a stand-in module on its path):
+    its first line must be *first* (answered while the follower waits); then a version is announced
+    while the follower is still held, the gate opens, and the opener must follow it."""
     proc = subprocess.Popen(
-        [str(installed.bin / "python"), "-c", _FRESH, str(movies)],
-        env=installed.env(HOLLOW_TEST_GATE=str(gate), PYTHONPATH=str(Path(__file__).parent / "slow_watchdog")),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stdin is not None
     assert proc.stdout is not None
@@ -517,9 +514,9 @@ def test_open_and_the_first_lookup_do_not_wait_for_the_followers_machinery(
         ready, _, _ = select.select([proc.stdout], [], [], 60)  # (only so that the old code cannot hang the test)
         if not ready:
             gate.touch()
-        first = json.loads(proc.stdout.readline())
-        # the first lookup was answered while watchdog's import was still under way in the follower thread
-        assert first == {"version": 2, "title": "Movie 1", "gate_open": False}
+        assert json.loads(proc.stdout.readline()) == first
+        if pid_seen is not None:
+            pid_seen(proc.pid)
         with movies_producer(movies) as p:  # announced during the follower's start-up
             assert p.run_cycle(populate(movie(i, title="third") for i in range(6))) == 3
         gate.touch()
@@ -530,6 +527,21 @@ def test_open_and_the_first_lookup_do_not_wait_for_the_followers_machinery(
         gate.touch()
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+
+
+def test_open_and_the_first_lookup_do_not_wait_for_the_followers_machinery(
+    installed: Installed, movies: Path, tmp_path: Path
+) -> None:
+    """A stand-in ``watchdog`` (tests/slow_watchdog) blocks its import until the test opens the gate:
+    the first lookup is answered while watchdog's import is under way in the follower thread."""
+    gate = tmp_path / "gate"
+    _gated_opener(
+        [str(installed.bin / "python"), "-c", _FRESH, str(movies)],
+        installed.env(HOLLOW_TEST_GATE=str(gate), PYTHONPATH=str(Path(__file__).parent / "slow_watchdog")),
+        movies,
+        gate,
+        {"version": 2, "title": "Movie 1", "gate_open": False},
+    )
 
 
 _FRESH_DOORBELL = """
@@ -564,33 +576,18 @@ def test_open_and_the_first_lookup_wait_neither_for_the_doorbell_nor_for_the_thr
     ``posix_ipc`` (tests/slow_doorbell) blocks the making of the doorbell until the test says so. A
     version announced before the doorbell exists is followed all the same (docs/decisions.md §61)."""
     gate = tmp_path / "gate"
-    proc = subprocess.Popen(
+
+    def no_doorbell_yet(pid: int) -> None:
+        assert not [p for p in Path("/dev/shm").iterdir() if f".{pid}." in p.name]
+
+    _gated_opener(
         [sys.executable, "-c", _FRESH_DOORBELL, str(movies)],
-        env={**os.environ, "HOLLOW_TEST_GATE": str(gate), "PYTHONPATH": str(Path(__file__).parent / "slow_doorbell")},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        {**os.environ, "HOLLOW_TEST_GATE": str(gate), "PYTHONPATH": str(Path(__file__).parent / "slow_doorbell")},
+        movies,
+        gate,
+        {"version": 2, "title": "Movie 1", "gate_open": False, "opener_waited_for_a_thread": False},
+        pid_seen=no_doorbell_yet,
     )
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)  # (only so that the old code cannot hang the test)
-        if not ready:
-            gate.touch()
-        first = json.loads(proc.stdout.readline())
-        assert first == {"version": 2, "title": "Movie 1", "gate_open": False, "opener_waited_for_a_thread": False}
-        assert not [p for p in Path("/dev/shm").iterdir() if f".{proc.pid}." in p.name]  # no doorbell yet
-        with movies_producer(movies) as p:  # announced before the follower has its doorbell
-            assert p.run_cycle(populate(movie(i, title="third") for i in range(6))) == 3
-        gate.touch()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        assert json.loads(proc.stdout.readline()) == {"followed": True, "version": 3}
-    finally:
-        gate.touch()
-        _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
 
 
 # --- 16. the project explains itself ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 import hollow
 import hollowd
 from hollow import layout
-from tests.helpers import SCHEMAS, movie, movies_producer, populate
+from tests.helpers import movie, movies_producer, populate
 
 
 @contextlib.contextmanager
@@ -174,32 +174,15 @@ def test_a_version_published_but_never_announced_is_announced_by_the_next_cycle(
 
 # -- item 12: rm -rf of a namespace directory under a running daemon ----------------------------
 
-DAEMON = """\
-[daemon]
-root = "{root}"
-state_dir = "{state}"
-control_socket = "{state}/control.sock"
-
-[namespaces.movies]
-schema = "{schema}"
-source = "{source}"
-type = "Movie"
-debounce = 0.1
-
-[namespaces.movies.types.Movie]
-primary_key = "id"
-"""
-
 
 def test_a_removed_namespace_directory_is_recreated_and_numbering_goes_on(root: Path, tmp_path: Path) -> None:
-    from tests.daemons import Daemon, wait_until, write_jsonl  # noqa: PLC0415
+    from tests.daemons import Daemon, movies_config, wait_until, write_jsonl  # noqa: PLC0415
     from tests.test_damage import FOLLOWER  # noqa: PLC0415
     from tests.test_follow import Child  # noqa: PLC0415
 
-    source, state = tmp_path / "movies.jsonl", tmp_path / "state"
+    source = tmp_path / "movies.jsonl"
     write_jsonl(source, [movie(i, title="v1" if i == 0 else f"Movie {i}") for i in range(5)])
-    config = tmp_path / "hollowd.toml"
-    config.write_text(DAEMON.format(root=root, state=state, schema=SCHEMAS / "movies.capnp", source=source))
+    config = movies_config(tmp_path, root, source)
     d = Daemon(config, tmp_path)
     try:
         d.notifications("READY=1")

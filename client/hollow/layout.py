@@ -204,6 +204,28 @@ class Header:
         return head + _CHECKSUM.pack(xxhash.xxh3_64_intdigest(head))
 
     @classmethod
+    def unchecked(cls, buf: Any) -> Header:
+        """The fields of the header at the start of *buf* as they are, without any check (to look at a
+        damaged file; readers use :meth:`unpack`)."""
+        return cls._of(_HEADER.unpack_from(bytes(buf[:HEADER_SIZE])))
+
+    @classmethod
+    def _of(cls, fields: tuple[Any, ...]) -> Header:
+        return cls(
+            version=fields[4],
+            parent_version=fields[5],
+            schema_fingerprint=fields[6],
+            envelope_offset=fields[7],
+            envelope_length=fields[8],
+            file_length=fields[9],
+            content_hash=fields[10],
+            envelope_hash=fields[11],
+            namespace=fields[12].rstrip(b"\0").decode(errors="replace"),
+            published_at_ns=fields[13],
+            format_version=fields[1],
+        )
+
+    @classmethod
     def unpack(cls, buf: Any, *, what: str, size: int) -> Header:
         """Parse and check the header at the start of *buf* in O(1).
 
@@ -229,19 +251,7 @@ class Header:
         (checksum,) = _CHECKSUM.unpack_from(raw, _HEADER.size)
         if checksum != xxhash.xxh3_64_intdigest(raw[: _HEADER.size]):
             raise CorruptStateError(f"{what}: header checksum mismatch")
-        header = cls(
-            version=fields[4],
-            parent_version=fields[5],
-            schema_fingerprint=fields[6],
-            envelope_offset=fields[7],
-            envelope_length=fields[8],
-            file_length=fields[9],
-            content_hash=fields[10],
-            envelope_hash=fields[11],
-            namespace=fields[12].rstrip(b"\0").decode(errors="replace"),
-            published_at_ns=fields[13],
-            format_version=fields[1],
-        )
+        header = cls._of(fields)
         if header.file_length != size:
             raise CorruptStateError(
                 f"{what}: truncated or extended: header says {header.file_length} bytes, file has {size}"
