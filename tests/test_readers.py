@@ -302,3 +302,25 @@ def test_state_file_is_mapped_shared_and_not_copied(root: Path) -> None:
     # while the first reader holds its pages, the second one's are the same physical pages
     shared = sum(m["Shared_Clean"] + m["Shared_Dirty"] for m in results[1]["after"])
     assert shared > results[1]["size_kb"] // 2
+
+
+def test_a_lookup_by_key_attaches_no_secondary_index_table(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh process's first lookup pays only for the tables it reads (docs/decisions.md §61):
+    the primary key's (and, on an overlay, its keys table); each secondary table on its first find."""
+    attached: list[str] = []
+    real = hollow.view.IndexTable.attach.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, ix: Any, view: Any, size: int, *, what: str) -> Any:
+        attached.append(what.rsplit(": ", 1)[-1])
+        return real(cls, ix, view, size, what=what)
+
+    monkeypatch.setattr(hollow.view.IndexTable, "attach", classmethod(counting))
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(20)))
+        p.run_incremental(lambda d: d.upsert("Movie", movie(3, title="changed")))  # an overlay on the base
+    attached.clear()  # (the producer read its versions back)
+    with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+        assert snap["Movie"].get(3).title == "changed"
+        assert sorted(attached) == ["Movie overlay keys", "Movie primary key"]
+        assert [m.id for m in snap["Movie"].find(genre="Comedy")] == [i for i in range(20) if i % 5 == 1]
+        assert sorted(attached[2:]) == ["Movie index", "Movie overlay index", "Movie overlay index"]

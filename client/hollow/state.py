@@ -5,6 +5,9 @@ header check, and the envelope (a few hundred bytes per type). A version built
 on a base (docs/decisions.md §18) maps its base too: ``<version>.base``, a hard
 link to the base's file, so every version on one base shares its pages. Nothing is
 copied or deserialized; record lists and index tables are views of the mapping.
+The content check (:meth:`StateFile.verify`) is O(1) too for a file that still
+carries its producer's stamp (docs/decisions.md §60), O(file) once per process
+for any other.
 
 The mapping is never closed explicitly. It lives as long as anything that reads
 from it (the capnp messages export its buffer; index tables are memoryviews of
@@ -27,7 +30,7 @@ import xxhash
 
 from hollow import layout, schema
 from hollow.errors import CorruptStateError, PermissionDeniedError, UnknownTypeError, VersionNotFoundError
-from hollow.view import IndexTable, OverlaidView, Overlay, TypeView, section
+from hollow.view import IndexTable, IndexTables, OverlaidView, Overlay, TypeView, section
 
 #: Files this process has checked against their content hash (StateFile.verify), oldest first.
 _CHECKED: dict[tuple[int, ...], None] = {}
@@ -256,7 +259,7 @@ class StateFile:
             raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ordinals}")
         holes = self._holes(ts)
         primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
-        secondary = [IndexTable.attach(ix, view, size, what=f"{what}: {name} index") for ix in ts.indexes]
+        secondary = IndexTables(ts.indexes, view, size, what=f"{what}: {name} index")
         return TypeView(
             name, records, count, holes, primary, secondary, content_hash=ts.contentHash, schema=struct, what=what
         )
@@ -296,8 +299,8 @@ class StateFile:
         if not len(bloom):
             raise CorruptStateError(f"{what}: {name} overlay has no bloom array")
         keys = IndexTable.attach(ov.keys, view, size, what=f"{what}: {name} overlay keys")
-        added = [IndexTable.attach(ix, view, size, what=f"{what}: {name} overlay index") for ix in ov.added]
-        skipped = [IndexTable.attach(ix, view, size, what=f"{what}: {name} overlay index") for ix in ov.skipped]
+        added = IndexTables(ov.added, view, size, what=f"{what}: {name} overlay index")
+        skipped = IndexTables(ov.skipped, view, size, what=f"{what}: {name} overlay index")
         if len(added) != len(base.indexes) or len(skipped) != len(base.indexes):
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
         count, ordinal_count = ts.count, ts.ordinals

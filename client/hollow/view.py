@@ -103,6 +103,37 @@ class IndexTable:
 _KEY_TYPES = {"int": layout.KEY_INT, "text": layout.KEY_TEXT, "data": layout.KEY_DATA, "bool": layout.KEY_BOOL}
 
 
+class IndexTables(Sequence[IndexTable]):
+    """A type's secondary index tables, each attached on first use: a lookup by primary key never
+    needs them, and attaching one costs tens of microseconds of pycapnp reads (a fresh process's first
+    lookup would pay for all of them). A table that does not attach raises, as at attach, a
+    :class:`CorruptStateError` naming it (only a forged file can get that far, docs/decisions.md §40)."""
+
+    __slots__ = ("_messages", "_size", "_tables", "_view", "_what")
+
+    def __init__(self, messages: Any, view: memoryview, size: int, *, what: str) -> None:
+        self._messages = messages
+        self._view = view
+        self._size = size
+        self._what = what
+        self._tables: list[IndexTable | None] = [None] * len(messages)
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    @overload
+    def __getitem__(self, i: int) -> IndexTable: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[IndexTable]: ...
+    def __getitem__(self, i: int | slice) -> IndexTable | list[IndexTable]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        table = self._tables[i]
+        if table is None:
+            table = self._tables[i] = IndexTable.attach(self._messages[i], self._view, self._size, what=self._what)
+        return table
+
+
 class RecordList(Sequence[Any]):
     """The records one ``find`` matched: a lazy sequence in ordinal order."""
 
@@ -159,8 +190,8 @@ class Overlay:
         refs: memoryview,
         keys: IndexTable,
         bloom: Any,
-        added: list[IndexTable],
-        skipped: list[IndexTable],
+        added: Sequence[IndexTable],
+        skipped: Sequence[IndexTable],
     ) -> None:
         self.chunks = chunks
         self.ordinals = ordinals
@@ -253,7 +284,7 @@ class TypeView:
         count: int,
         holes: memoryview,
         primary: IndexTable,
-        indexes: list[IndexTable],
+        indexes: Sequence[IndexTable],
         *,
         content_hash: int = 0,
         schema: Any = None,
