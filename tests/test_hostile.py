@@ -28,10 +28,10 @@ from hollowd.errors import ConfigurationError
 from hollowd.schema import NamespaceSchema
 from hollowd.sources import FileSource, SourceError
 from hollowd.state import WriteState
-from tests.daemons import Daemon, announced, run, write_jsonl
+from tests.daemons import Daemon, announced, movies_config, run, write_jsonl
 from tests.helpers import SCHEMAS, movie, movies_producer
 from tests.hostile import User, made_user
-from tests.test_daemon import CONFIG
+from tests.test_daemon import MORE
 from tests.test_follow import TIMEOUT, dead_pid, doorbells, follower, version_data
 
 SHM = Path("/dev/shm")
@@ -211,9 +211,8 @@ def _daemon_config(root: Path, where: Path, extra: str = "") -> Path:
     source = where / "movies.jsonl"
     write_jsonl(source, [movie(i) for i in range(5)])
     (where / "state").mkdir()
-    config = where / "hollowd.toml"
-    text = CONFIG.format(root=root, state=where / "state", schema=SCHEMAS / "movies.capnp", source=source)
-    text = text.replace(
+    config = movies_config(where, root, source, debounce=0.2, more=MORE)
+    text = config.read_text().replace(
         f'control_socket = "{where / "state"}/control.sock"', f'control_socket = "{where}/control.sock"'
     )
     config.write_text(text.replace("[daemon]\n", "[daemon]\n" + extra))
