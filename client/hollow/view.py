@@ -223,6 +223,17 @@ _EMPTY = RecordList((), ())
 _NO_BLOOM = b"\0"
 
 
+def _merged(kept: array[int], overlay: Overlay, added: memoryview | None) -> array[int]:
+    """*kept* (ascending ordinals) with the ordinals of the overlay's entries *added* put in order."""
+    ords = overlay.ordinals
+    extra = [ords[e] for e in added or ()]
+    if len(extra) < 64:
+        for o in extra:
+            kept.insert(bisect.bisect_left(kept, o), o)
+        return kept
+    return array("I", sorted([*kept, *extra]))
+
+
 class TypeView:
     """The records of one type in one version: ``get``, ``[key]``, ``len``, iteration, ``find``."""
 
@@ -370,14 +381,23 @@ class TypeView:
             fp = index.fingerprint(key)
         except TypeError as e:
             raise TypeError(f"{self.name} index on {', '.join(index.fields)}: {e}") from None
+        ordinals, records = self._ordinals_of(self.indexes.index(index), fp, key)
+        return _EMPTY if not ordinals else RecordList(records, ordinals)
+
+    def _ordinals_of(self, i: int, fp: int, key: Any) -> tuple[Sequence[int] | None, Any]:
+        """The ordinals, ascending, of this version's records whose index *i* value is *key*
+        (fingerprint *fp*), and what reads them by ordinal."""
+        index = self.indexes[i]
         ordinals = index.postings_of(fp)
         if ordinals is not None and not (ordinals and self._matches(self._records[ordinals[0]], index.fields, key)):
             ordinals = None
         if self._overlay is None:
-            return _EMPTY if ordinals is None else RecordList(self._records, ordinals)
-        return self._find_overlaid(self.indexes.index(index), fp, key, ordinals)
+            return ordinals, self._records
+        found = self._find_overlaid(i, fp, key, ordinals)
+        # The base's postings untouched by the overlay are base records: read them straight.
+        return found, self._records if found is ordinals else VersionRecords(self._records, self._overlay)
 
-    def _find_overlaid(self, i: int, fp: int, key: Any, base: memoryview | None) -> RecordList:
+    def _find_overlaid(self, i: int, fp: int, key: Any, base: memoryview | None) -> Sequence[int] | None:
         """The base's matches less those the overlay masks, merged with the overlay's, in ordinal order."""
         overlay = self._overlay
         assert overlay is not None
@@ -387,7 +407,7 @@ class TypeView:
             added = None
         skipped = overlay.skipped[i].postings_of(fp) if base is not None else None
         if not added and not skipped:
-            return _EMPTY if base is None else RecordList(self._records, base)
+            return base
         kept = array("I")
         if base is not None:
             at = 0
@@ -395,14 +415,7 @@ class TypeView:
                 kept.frombytes(base[at:pos].cast("B"))
                 at = pos + 1
             kept.frombytes(base[at:].cast("B"))
-        ords = overlay.ordinals
-        extra = [ords[e] for e in added or ()]
-        if len(extra) < 64:
-            for o in extra:
-                kept.insert(bisect.bisect_left(kept, o), o)
-        else:
-            kept = array("I", sorted([*kept, *extra]))
-        return RecordList(VersionRecords(self._records, overlay), kept) if kept else _EMPTY
+        return _merged(kept, overlay, added)
 
     def _index_for(self, where: dict[str, Any]) -> IndexTable:
         wanted = set(where)
@@ -568,6 +581,157 @@ class OverlaidView(TypeView):
                         return default
                     s, wrapped = 0, True
         return self._get_hashed(key, default)
+
+
+class TopView(TypeView):
+    """A type of a version whose overlay is over an earlier version on the same base (its *mid*).
+
+    The overlay holds only what changed since the mid, so that writing such a version costs
+    O(its changes) however large the mid's overlay has grown (docs/decisions.md §18). A lookup
+    tests this overlay's bloom byte (and table), then asks the mid's view, which tests its own
+    and then reads the base. Its masked ordinals and skipped tables name the mid's ordinals.
+    """
+
+    __slots__ = ("_mid", "_ov_cap", "_ov_chunks", "_ov_refs", "_ov_slots")
+
+    def __init__(
+        self,
+        mid: TypeView,
+        overlay: Overlay,
+        count: int,
+        holes: memoryview,
+        size: int,
+        *,
+        content_hash: int,
+        what: str,
+    ) -> None:
+        super().__init__(
+            mid.name,
+            mid._records,
+            count,
+            holes,
+            mid.primary,
+            mid.indexes,
+            content_hash=content_hash,
+            schema=mid.schema,
+            what=what,
+            overlay=overlay,
+            size=size,
+        )
+        self._mid = mid
+        self._ov_cap = overlay.keys.capacity
+        self._ov_slots = overlay.keys.slots
+        self._ov_refs = overlay.refs
+        self._ov_chunks = overlay.chunks
+        self._bloom = bytes(overlay.bloom)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The record whose primary key is *key* (a tuple for several fields), or *default*.
+
+        Raises TypeError when *key* cannot be a key of this type.
+        """
+        if type(key) is int and self._exact:
+            k = key & _M64 if key < 0 else key
+            if self._bloom[k % self._bloom_n]:
+                cap = self._ov_cap
+                s = k % cap
+                slots = self._ov_slots
+                for _ in range(cap):
+                    value = slots[2 * s + 1]
+                    if not value:
+                        break
+                    if slots[2 * s] == k:
+                        if value & TOMB:
+                            return default
+                        ref = self._ov_refs[value - 1]
+                        return self._ov_chunks[ref >> 32][ref & 0xFFFFFFFF]
+                    s += 1
+                    if s == cap:
+                        s = 0
+            return self._mid.get(key, default)
+        return self._get_hashed(key, default)
+
+    def _get_hashed(self, key: Any, default: Any) -> Any:
+        primary = self.primary
+        try:
+            fp = primary.fingerprint(key)
+        except TypeError as e:
+            raise TypeError(f"{self.name} primary key is {self._key_signature(primary)}: {e}") from None
+        if self._bloom[fp % self._bloom_n]:
+            found = self._overlay.lookup(fp)  # type: ignore[union-attr]
+            if found is not _MISSING:
+                return found if found is not _GONE and self._matches(found, primary.fields, key) else default
+        return self._mid.get(key, default)
+
+    def _ordinals_of(self, i: int, fp: int, key: Any) -> tuple[Sequence[int] | None, Any]:
+        """The mid's matches less the mid ordinals this overlay masks, merged with its own."""
+        below, records = self._mid._ordinals_of(i, fp, key)
+        overlay = self._overlay
+        assert overlay is not None
+        added = overlay.added[i].postings_of(fp)
+        if added and not self._matches(overlay.record(added[0]), self.indexes[i].fields, key):
+            added = None
+        skipped = overlay.skipped[i].postings_of(fp) if below else None
+        if not added and not skipped:
+            return below, records
+        kept = array("I")
+        if below:
+            rows = memoryview(below)  # an array of the mid's, or a memoryview of the base's postings
+            at = 0
+            for o in skipped or ():
+                pos = bisect.bisect_left(rows, o, at)
+                if pos < len(rows) and rows[pos] == o:
+                    kept.frombytes(rows[at:pos].cast("B"))
+                    at = pos + 1
+            kept.frombytes(rows[at:].cast("B"))
+        return _merged(kept, overlay, added), _ByOrdinal(self)
+
+    def _iter_merged(self) -> Iterator[Any]:
+        holes = set(self._holes)
+        base = self._records
+        top, mid = self._overlay, self._mid._overlay
+        assert top is not None
+        t_ords = top.ordinals
+        m_ords: Any = mid.ordinals if mid is not None else ()
+        ti, tn, mi, mn = 0, len(t_ords), 0, len(m_ords)
+        nt = t_ords[0] if tn else -1
+        nm = m_ords[0] if mn else -1
+        for o in range(self._size):
+            if o == nt:
+                yield top.record(ti)
+                ti += 1
+                nt = t_ords[ti] if ti < tn else -1
+            elif o in holes:
+                pass
+            elif o == nm:
+                yield mid.record(mi)  # type: ignore[union-attr]
+            else:
+                yield base[o]
+            if o == nm:
+                mi += 1
+                nm = m_ords[mi] if mi < mn else -1
+
+    def record_at(self, ordinal: int) -> Any:
+        """The record at *ordinal* in this version (a hole reads as an empty record)."""
+        e = self._overlay.entry_at(ordinal)  # type: ignore[union-attr]
+        return self._overlay.record(e) if e >= 0 else self._mid.record_at(ordinal)  # type: ignore[union-attr]
+
+    @property
+    def mid(self) -> TypeView:
+        """The view of the earlier version this one's overlay is over."""
+        return self._mid
+
+
+class _ByOrdinal:
+    """A version's records by ordinal, through its view's :meth:`TypeView.record_at`."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, view: TypeView) -> None:
+        self._view = view
+
+    def __getitem__(self, ordinal: int) -> Any:
+        return self._view.record_at(ordinal)
 
 
 _MISSING = object()
