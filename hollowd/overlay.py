@@ -206,6 +206,7 @@ class Latest:
     #: The record lists the entries' refs point into, when not the version's own (a flattened view).
     chunk_lists: Any = None
     mid: Latest | None = None  # for a version over a mid (TopLatest): the mid's
+    flattened: bool = False  # a version over a mid, seen as an overlay over the base (Latest.flat)
 
     @classmethod
     def read(
@@ -553,7 +554,7 @@ class TopLatest(Latest):
             t_key=t_key,
             t_ord=np.concatenate((mid.t_ord[~stale], self.t_ord)),
             t_stamp=np.concatenate((mid.t_stamp[~stale], self.t_stamp)),
-            m_ord=m_all[m_by], e_vals=e_vals, m_vals=m_vals, m_pos=m_pos, mid=None,
+            m_ord=m_all[m_by], e_vals=e_vals, m_vals=m_vals, m_pos=m_pos, mid=None, flattened=True,
         )  # fmt: skip
 
 
@@ -723,8 +724,11 @@ def apply(
         values = [_EMPTY_U64 for _ in rtype.indexes]
     arrays, by_ord = step.entries(len(latest.chunks), ords, fps, hashes)
     fresh = chunks[len(latest.chunks) :]
-    if len(chunks) > MAX_CHUNKS and isinstance(enc, encoder.RecordEncoder):
-        j = _merge_from([len(c) for c in chunks])
+    many = len(chunks) > MAX_CHUNKS or (latest.flattened and len(chunks) > 1)
+    if many and isinstance(enc, encoder.RecordEncoder):
+        # A version written over the base from a top (flattened) becomes the next mid, read by every
+        # version until the next: one chunk, so that attaching it is one message, not up to 64.
+        j = 0 if latest.flattened else _merge_from([len(c) for c in chunks])
         refs = arrays["entryRefs"]
         moving = np.flatnonzero(refs >> _U64(32) >= _U64(j))
         merged = merge_chunks(chunks[j:], refs[moving] - (_U64(j) << _U64(32)), enc.top)

@@ -335,8 +335,7 @@ class StateFile:
         """This file's overlay of one type, its sections bounds-checked."""
         what, view, size, name = self._what, self._view, self.header.file_length, ts.name
         ov = ts.overlay
-        list_schema = capnp._ListSchema(struct)
-        chunks = [self._records(sec, list_schema, f"{name} chunk {i}") for i, sec in enumerate(ov.chunks)]
+        chunks = _Chunks(self, list(ov.chunks), capnp._ListSchema(struct), name)
         ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
         refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
         if len(refs) != len(ordinals):
@@ -353,6 +352,40 @@ class StateFile:
         if len(added) != n_indexes or len(skipped) != n_indexes:
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
         return Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
+
+
+class _Chunks:
+    """An overlay's chunks (one Records message a cycle), each read on first use: a version's
+    overlay can have up to 64, and a lookup or cycle touches few of them. Bounds are checked now."""
+
+    __slots__ = ("_lists", "_name", "_schema", "_secs", "_state")
+
+    def __init__(self, state: StateFile, secs: list[Any], list_schema: Any, name: str) -> None:
+        what = f"{state._what}: {name} chunk"
+        for sec in secs:
+            layout.check_section(sec.offset, sec.length, state.header.file_length, what=what)
+        self._state, self._secs, self._schema, self._name = state, secs, list_schema, name
+        self._lists: list[Any] = [None] * len(secs)
+
+    def __len__(self) -> int:
+        return len(self._secs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        found = self._lists[i]
+        if found is None:
+            state = self._state
+            try:
+                found = self._lists[i] = state._records(self._secs[i], self._schema, f"{self._name} chunk {i}")
+            except capnp.KjException as e:
+                raise CorruptStateError(f"{state._what}: {self._name} chunk {i}: damaged ({e.description})") from e
+            except (UnicodeDecodeError, ValueError, RuntimeError, AttributeError) as e:
+                raise CorruptStateError(f"{state._what}: {self._name} chunk {i}: malformed ({e})") from e
+        return found
+
+    def __iter__(self) -> Any:
+        return (self[i] for i in range(len(self)))
 
 
 def _map(path: Path) -> tuple[mmap.mmap, os.stat_result]:
