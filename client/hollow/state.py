@@ -29,7 +29,7 @@ import xxhash
 
 from hollow import layout, schema
 from hollow.errors import CorruptStateError, PermissionDeniedError, UnknownTypeError, VersionNotFoundError
-from hollow.view import IndexTable, OverlaidView, Overlay, TopView, TypeView, section
+from hollow.view import Chunks, IndexTable, OverlaidView, Overlay, TopView, TypeView, section
 
 #: Files this process has checked against their content hash (StateFile.verify), oldest first.
 _CHECKED: dict[tuple[int, ...], None] = {}
@@ -292,6 +292,15 @@ class StateFile:
         msg = schema.read_message(self._view[sec.offset : sec.offset + sec.length])
         return msg.get_root(schema.envelope().Records).list.as_list(list_schema)
 
+    def _chunk(self, sec: Any, list_schema: Any, what: str) -> Any:
+        """One overlay chunk's records, read on first use (:class:`hollow.view.Chunks`)."""
+        try:
+            return self._records(sec, list_schema, what)
+        except capnp.KjException as e:
+            raise CorruptStateError(f"{self._what}: {what}: damaged ({e.description})") from e
+        except (UnicodeDecodeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CorruptStateError(f"{self._what}: {what}: malformed ({type(e).__name__}: {e})") from e
+
     def _holes(self, ts: Any) -> memoryview:
         """A type's holes: exactly (ordinals - count) of them (the section is padded to a whole word)."""
         count, ordinals, what = ts.count, ts.ordinals, f"{self._what}: {ts.name} holes"
@@ -335,7 +344,10 @@ class StateFile:
         """This file's overlay of one type, its sections bounds-checked."""
         what, view, size, name = self._what, self._view, self.header.file_length, ts.name
         ov = ts.overlay
-        chunks = _Chunks(self, list(ov.chunks), capnp._ListSchema(struct), name)
+        secs, list_schema = list(ov.chunks), capnp._ListSchema(struct)
+        for sec in secs:
+            layout.check_section(sec.offset, sec.length, size, what=f"{what}: {name} chunk")
+        chunks = Chunks(len(secs), lambda i: self._chunk(secs[i], list_schema, f"{name} chunk {i}"))
         ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
         refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
         if len(refs) != len(ordinals):
@@ -352,40 +364,6 @@ class StateFile:
         if len(added) != n_indexes or len(skipped) != n_indexes:
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
         return Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
-
-
-class _Chunks:
-    """An overlay's chunks (one Records message a cycle), each read on first use: a version's
-    overlay can have up to 64, and a lookup or cycle touches few of them. Bounds are checked now."""
-
-    __slots__ = ("_lists", "_name", "_schema", "_secs", "_state")
-
-    def __init__(self, state: StateFile, secs: list[Any], list_schema: Any, name: str) -> None:
-        what = f"{state._what}: {name} chunk"
-        for sec in secs:
-            layout.check_section(sec.offset, sec.length, state.header.file_length, what=what)
-        self._state, self._secs, self._schema, self._name = state, secs, list_schema, name
-        self._lists: list[Any] = [None] * len(secs)
-
-    def __len__(self) -> int:
-        return len(self._secs)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        found = self._lists[i]
-        if found is None:
-            state = self._state
-            try:
-                found = self._lists[i] = state._records(self._secs[i], self._schema, f"{self._name} chunk {i}")
-            except capnp.KjException as e:
-                raise CorruptStateError(f"{state._what}: {self._name} chunk {i}: damaged ({e.description})") from e
-            except (UnicodeDecodeError, ValueError, RuntimeError, AttributeError) as e:
-                raise CorruptStateError(f"{state._what}: {self._name} chunk {i}: malformed ({e})") from e
-        return found
-
-    def __iter__(self) -> Any:
-        return (self[i] for i in range(len(self)))
 
 
 def _map(path: Path) -> tuple[mmap.mmap, os.stat_result]:

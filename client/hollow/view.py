@@ -138,6 +138,32 @@ TOMB = 1 << 63
 _GONE = object()
 
 
+class Chunks:
+    """An overlay's chunks (one Records message a cycle), each read on first use: an overlay can
+    have up to 64 and a lookup touches few. ``lists`` holds those read so far (None for the others),
+    for hot paths to index without a call; ``chunks[i]`` reads chunk *i* if need be."""
+
+    __slots__ = ("_load", "lists")
+
+    def __init__(self, n: int, load: Any) -> None:
+        self.lists: list[Any] = [None] * n
+        self._load = load
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self.lists)))]
+        found = self.lists[i]
+        if found is None:
+            found = self.lists[i] = self._load(i)
+        return found
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self.lists)))
+
+
 class Overlay:
     """What a version changed since its base, for one type (``Overlay`` in hollow.capnp)."""
 
@@ -154,7 +180,7 @@ class Overlay:
 
     def __init__(
         self,
-        chunks: list[Any],
+        chunks: Chunks,
         ordinals: memoryview,
         refs: memoryview,
         keys: IndexTable,
@@ -502,7 +528,7 @@ class OverlaidView(TypeView):
     probe itself, and a base's view should not pay the byte test at all.
     """
 
-    __slots__ = ("_ov_cap", "_ov_chunks", "_ov_refs", "_ov_slots")
+    __slots__ = ("_ov_cap", "_ov_chunks", "_ov_lists", "_ov_refs", "_ov_slots")
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -512,6 +538,7 @@ class OverlaidView(TypeView):
         self._ov_slots = overlay.keys.slots
         self._ov_refs = overlay.refs
         self._ov_chunks = overlay.chunks
+        self._ov_lists = overlay.chunks.lists
         # bytes index faster than a memoryview: this private copy (16 bytes an overlay key) pays for itself
         self._bloom = bytes(overlay.bloom)
 
@@ -537,7 +564,8 @@ class OverlaidView(TypeView):
                         if value & TOMB:
                             return default
                         ref = self._ov_refs[value - 1]
-                        return self._ov_chunks[ref >> 32][ref & 0xFFFFFFFF]
+                        records = self._ov_lists[ref >> 32] or self._ov_chunks[ref >> 32]
+                        return records[ref & 0xFFFFFFFF]
                     s += 1
                     if s == cap:
                         s = 0
@@ -592,7 +620,21 @@ class TopView(TypeView):
     and then reads the base. Its masked ordinals and skipped tables name the mid's ordinals.
     """
 
-    __slots__ = ("_mid", "_ov_cap", "_ov_chunks", "_ov_refs", "_ov_slots")
+    __slots__ = (
+        "_mid",
+        "_mid_bloom",
+        "_mid_bloom_n",
+        "_mid_cap",
+        "_mid_chunks",
+        "_mid_lists",
+        "_mid_refs",
+        "_mid_slots",
+        "_ov_cap",
+        "_ov_chunks",
+        "_ov_lists",
+        "_ov_refs",
+        "_ov_slots",
+    )
 
     def __init__(
         self,
@@ -618,37 +660,82 @@ class TopView(TypeView):
             overlay=overlay,
             size=size,
         )
+        below = mid._overlay
+        if below is None:
+            raise CorruptStateError(f"{what}: {mid.name}: its mid has no overlay")
         self._mid = mid
         self._ov_cap = overlay.keys.capacity
         self._ov_slots = overlay.keys.slots
         self._ov_refs = overlay.refs
         self._ov_chunks = overlay.chunks
+        self._ov_lists = overlay.chunks.lists
         self._bloom = bytes(overlay.bloom)
+        self._mid_cap = below.keys.capacity
+        self._mid_slots = below.keys.slots
+        self._mid_refs = below.refs
+        self._mid_chunks = below.chunks
+        self._mid_lists = below.chunks.lists
+        self._mid_bloom = mid._bloom
+        self._mid_bloom_n = mid._bloom_n
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot path inlined
         """The record whose primary key is *key* (a tuple for several fields), or *default*.
 
         Raises TypeError when *key* cannot be a key of this type.
         """
         if type(key) is int and self._exact:
-            k = key & _M64 if key < 0 else key
-            if self._bloom[k % self._bloom_n]:
+            # The hot path, inlined for all three levels (a call would cost more than a probe).
+            if key < 0:
+                key &= _M64
+            if self._bloom[key % self._bloom_n]:
                 cap = self._ov_cap
-                s = k % cap
+                s = key % cap
                 slots = self._ov_slots
                 for _ in range(cap):
                     value = slots[2 * s + 1]
                     if not value:
                         break
-                    if slots[2 * s] == k:
+                    if slots[2 * s] == key:
                         if value & TOMB:
                             return default
                         ref = self._ov_refs[value - 1]
-                        return self._ov_chunks[ref >> 32][ref & 0xFFFFFFFF]
+                        records = self._ov_lists[ref >> 32] or self._ov_chunks[ref >> 32]
+                        return records[ref & 0xFFFFFFFF]
                     s += 1
                     if s == cap:
                         s = 0
-            return self._mid.get(key, default)
+            if self._mid_bloom[key % self._mid_bloom_n]:
+                cap = self._mid_cap
+                s = key % cap
+                slots = self._mid_slots
+                for _ in range(cap):
+                    value = slots[2 * s + 1]
+                    if not value:
+                        break
+                    if slots[2 * s] == key:
+                        if value & TOMB:
+                            return default
+                        ref = self._mid_refs[value - 1]
+                        records = self._mid_lists[ref >> 32] or self._mid_chunks[ref >> 32]
+                        return records[ref & 0xFFFFFFFF]
+                    s += 1
+                    if s == cap:
+                        s = 0
+            cap = self._cap
+            s = key % cap
+            slots = self._slots
+            wrapped = False
+            while True:
+                o = slots[2 * s + 1]
+                if not o:
+                    return default
+                if slots[2 * s] == key:
+                    return self._records[o - 1]
+                s += 1
+                if s == cap:
+                    if wrapped:  # a table without an empty slot (forged): at most two passes
+                        return default
+                    s, wrapped = 0, True
         return self._get_hashed(key, default)
 
     def _get_hashed(self, key: Any, default: Any) -> Any:
