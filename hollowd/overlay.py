@@ -820,20 +820,17 @@ class _Step:
         kinds, wheres, _ = latest.locate(fps, keys)
         present = (kinds == ENTRY) | (kinds == BASE)
         changed = (latest.current_hashes(kinds, wheres) != hashes) | ~present
-        e_ord = latest.e_ord
-        for i in np.flatnonzero(changed).tolist():
-            kind, j = int(kinds[i]), int(wheres[i])
-            if kind == ENTRY:
-                self.e_dead.append(j)
-                self.new_ord.append(int(e_ord[j]))
-            elif kind == BASE:
-                self.masks.append(j)
-                self.new_ord.append(j)
-            else:
-                if kind == TOMBSTONE:
-                    self.t_dead.append(j)
-                self.new_ord.append(-1)
-            self.kept.append((records[i], int(fps[i]), int(hashes[i])))
+        idx = np.flatnonzero(changed)
+        kind, j = kinds[idx], wheres[idx]
+        is_entry, is_base = kind == ENTRY, kind == BASE
+        new_ord = np.full(len(idx), -1, dtype=np.int64)
+        new_ord[is_entry] = latest.e_ord[j[is_entry]].astype(np.int64)
+        new_ord[is_base] = j[is_base]
+        self.e_dead.extend(j[is_entry].tolist())
+        self.masks.extend(j[is_base].tolist())
+        self.t_dead.extend(j[kind == TOMBSTONE].tolist())
+        self.new_ord.extend(new_ord.tolist())
+        self.kept.extend(zip([records[i] for i in idx.tolist()], fps[idx].tolist(), np.asarray(hashes)[idx].tolist()))
 
     def assign_ordinals(self) -> Any:
         """New records fill the lowest free ordinals (holes, and those freed now), then grow the list.
