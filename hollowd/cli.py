@@ -177,7 +177,9 @@ def _status(args: argparse.Namespace) -> int:
         (
             str(v.version),
             f"{v.bytes:,}",
-            f"+ base {v.base_bytes:,}" if v.base_bytes else "-",
+            " ".join(
+                f"+ {what} {n:,}" for what, n in (("base", v.base_bytes), ("mid", v.mid_bytes)) if n
+            ) or "-",
             " ".join(f for f, on in (("announced", v.announced), ("pinned", v.pinned), ("latest", v.latest)) if on),
             ", ".join(map(str, v.leases)) or "-",
         )
@@ -187,7 +189,7 @@ def _status(args: argparse.Namespace) -> int:
     human = (
         f"{st.namespace} at {st.root}: announced {_none(st.announced)}"
         + (f" (pinned; latest {st.latest})" if st.pinned else "")
-        + f", {len(st.followers)} following process(es), {st.bytes:,} bytes in all (shared bases once)\n"
+        + f", {len(st.followers)} following process(es), {st.bytes:,} bytes in all (shared bases and mids once)\n"
         + _table(("version", "bytes", "shares", "", "leases (pids)"), rows)
     )
     answer, why = _daemon_status(args)

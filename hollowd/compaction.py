@@ -65,7 +65,7 @@ def compact_to(ns_dir: Path, namespace: str, schema: NamespaceSchema, version: i
     state = StateFile(ns_dir / str(version), namespace=namespace)
     if state.header.schema_fingerprint != schema.fingerprint:
         raise RuntimeError(f"{namespace} version {version} has another schema than {schema.path} has now")
-    latest = {n: overlay.Latest.read(state, rtype) for n, rtype in schema.types.items()}
+    latest = {n: overlay.Latest.read(state, rtype).flat() for n, rtype in schema.types.items()}
     built = build_base(latest, schema, {}, squeeze=False)
     parent = state.header.parent_version
     return publish.write_state_file(ns_dir, namespace, version, parent, schema, built, mode=mode, name=name)

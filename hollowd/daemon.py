@@ -157,17 +157,17 @@ class StateStore:
         """Keep a copy of the latest good *state_file* (write, fsync, rename: never half a copy).
 
         A version built on a base needs its base too: ``latest.state.base``, copied
-        only when the base changed (a compaction), before the version that needs it.
+        only when the base changed (a compaction), before the version that needs it;
+        and one over a mid its mid, ``latest.state.mid``, copied when the mid changed.
         """
-        base = layout.base_of(state_file)
-        saved_base = layout.base_of(self.saved)
-        try:
-            with open(base, "rb") as f:
-                head = f.read(layout.HEADER_SIZE)
-                if _head(saved_base) != head:  # the header names the file: its content hash
-                    self._replace(saved_base, head + f.read())
-        except FileNotFoundError:
-            pass
+        for link_of in (layout.base_of, layout.mid_of):
+            try:
+                with open(link_of(state_file), "rb") as f:
+                    head = f.read(layout.HEADER_SIZE)
+                    if _head(link_of(self.saved)) != head:  # the header names the file: its content hash
+                        self._replace(link_of(self.saved), head + f.read())
+            except FileNotFoundError:
+                pass
         self._replace(self.saved, state_file.read_bytes())
 
     def save_counter(self, version: int) -> None:

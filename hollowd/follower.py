@@ -420,14 +420,17 @@ class Follower:
     def _apply_snapshot(self, header: Header, *, pinned: bool) -> None:
         data = self._fetch(header, "snapshot")
         base = self._fetch(header, "base") if "base" in header.blobs else None
+        mid = self._fetch(header, "mid") if "mid" in header.blobs else None
         pid = os.getpid()
         saved = self.dir / f".{header.version}.incoming.{pid}.tmp"
-        base_path = layout.base_of(saved)
+        base_path, mid_path = layout.base_of(saved), layout.mid_of(saved)
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             saved.write_bytes(data)
             if base is not None:
                 base_path.write_bytes(base)
+            if mid is not None:
+                mid_path.write_bytes(mid)
             state = StateFile(saved, namespace=self.namespace)
             self._verify(saved, header)
             if self.producer is None:
@@ -435,7 +438,7 @@ class Follower:
             del state
             self.producer.materialize(saved, pinned=pinned)
         finally:
-            for p in (saved, base_path):
+            for p in (saved, base_path, mid_path):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
         self.blobs_applied += 1 + (base is not None)

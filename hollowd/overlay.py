@@ -62,6 +62,21 @@ BLOOM_BYTES_PER_KEY = 16
 #: The overlay's key table is filled to at most this: random keys cluster under linear probing,
 #: and most probes (a cycle's new keys, a reader's bloom false positives) are misses.
 OVERLAY_LOAD = 0.35
+#: A version's overlay is written over a *mid* (an earlier version, itself an overlay over the base)
+#: once that one's entries and tombstones reach :data:`TOP_FROM`, and stays over it while its own
+#: stay under :func:`top_limit`: a version then writes what changed since the mid, not everything
+#: since the base (each entry costs about 0.5 µs a version that carries it, at 1M records).
+TOP_FROM = 4096
+TOP_MIN = 4096
+TOP_SHARE = 0.25
+
+
+def top_limit(mid_pressure: int) -> int:
+    """How many entries and tombstones a version over a mid of *mid_pressure* may hold: past that,
+    the version is written over the base again (the next mid), at O(everything since the base)."""
+    return max(TOP_MIN, int(TOP_SHARE * mid_pressure))
+
+
 #: Renumber a type's ordinals (at a compaction) once holes exceed this share of its list.
 MAX_HOLE_SHARE = 0.5
 
@@ -188,6 +203,10 @@ class Latest:
     #: version's chunks the entries' refs count from (a rebased view drops the chunks before it).
     key_slots: Any = None
     chunk_offset: int = 0
+    #: The record lists the entries' refs point into, when not the version's own (a flattened view).
+    chunk_lists: Any = None
+    mid: Latest | None = None  # for a version over a mid (TopLatest): the mid's
+    flattened: bool = False  # a version over a mid, seen as an overlay over the base (Latest.flat)
 
     @classmethod
     def read(
@@ -223,7 +242,13 @@ class Latest:
             chunks = [state.raw(sec, what=f"{name} chunk") for sec in ov.chunks]
         arrays_of_base = BaseArrays.of(base_state, base, name, cache)
         ov_view = view.overlay
+        if state.mid is not None:
+            cls = TopLatest  # type: ignore[assignment]  # noqa: PLW0642 - the same fields, over a mid
+            mid: Latest | None = Latest.read(state.mid, rtype, cache)
+        else:
+            mid = None
         return cls(
+            mid=mid,
             key_slots=None if ov_view is None else np.frombuffer(ov_view.keys.slots, dtype=_U64).reshape(-1, 2),
             base_arrays=arrays_of_base,
             rtype=rtype,
@@ -246,6 +271,34 @@ class Latest:
     @property
     def entries(self) -> int:
         return len(self.e_ord)
+
+    @property
+    def pressure(self) -> int:
+        """Entries plus tombstones: what this version's own overlay makes readers carry."""
+        return len(self.e_ord) + len(self.t_key)
+
+    @property
+    def total_pressure(self) -> int:
+        """:attr:`pressure` with the mid's (for a version over a mid)."""
+        return self.pressure
+
+    @property
+    def mid_version(self) -> int:
+        """The version whose overlay this one's is over (0: over the base)."""
+        return 0
+
+    def flat(self) -> Latest:
+        """This version as an overlay over its base alone (itself, unless it is over a mid)."""
+        return self
+
+    def over_mid(self) -> TopLatest:
+        """This version (an overlay over its base) as the mid of the next: an empty overlay over it."""
+        return TopLatest.empty_over(self)
+
+    def masked_values(self, i: int, masks: list[int]) -> tuple[Any, Any]:
+        """Value fingerprints of the records at *masks* (being masked now) for secondary index *i*,
+        and what the skipped table holds for each: its position in that value's base postings."""
+        return _masked_values(self, i, masks)
 
     def locate(self, fps: Any, keys: list[Any]) -> tuple[Any, Any, Any]:
         """Where each key is in this version, as vectors: (kind, index, base ordinal or -1).
@@ -275,10 +328,12 @@ class Latest:
 
     def entry_record(self, entry: int) -> Any:
         """The record of one entry, read through the version's own view of its chunks."""
-        ov = self.view.overlay
-        assert ov is not None
+        lists = self.chunk_lists
+        if lists is None:
+            assert self.view.overlay is not None
+            lists = self.view.overlay.chunks
         ref = int(self.e_ref[entry])
-        return ov.chunks[(ref >> 32) + self.chunk_offset][ref & 0xFFFFFFFF]
+        return lists[(ref >> 32) + self.chunk_offset][ref & 0xFFFFFFFF]
 
     def _confirm(self, record: Any, key: Any) -> None:
         spec = self.rtype.primary
@@ -331,6 +386,176 @@ class Latest:
 
     def key_at(self, ordinal: int) -> Any:
         return fields_of(self.view.record_at(ordinal), self.rtype.primary.fields)
+
+
+@dataclass
+class TopLatest(Latest):
+    """One type of a version whose overlay is over a *mid* (an earlier version on the same base,
+    itself an overlay over the base; docs/decisions.md §18).
+
+    The arrays are this version's own overlay: entries and tombstones since the mid, masked
+    *mid* ordinals, and per secondary index the masked records' value fingerprints with their
+    ordinals (what its skipped tables hold). A cycle on it writes another such overlay, O(what
+    changed since the mid); :meth:`flat` gives the same version as one overlay over the base,
+    for a cycle that writes one (the top has grown) and for compaction and rebasing.
+    """
+
+    @classmethod
+    def empty_over(cls, mid: Latest) -> TopLatest:
+        """*mid* as the next version sees it: the same records, nothing changed since."""
+        n_ix = len(mid.rtype.indexes)
+        return cls(
+            rtype=mid.rtype, state=mid.state, view=mid.view, base=mid.base, base_state=mid.base_state,
+            base_hashes=mid.base_hashes, chunks=[], holes=mid.holes, size=mid.size, count=mid.count,
+            content_hash=mid.content_hash, base_arrays=mid.base_arrays, key_slots=None, chunk_lists=[],
+            mid=mid, **dict.fromkeys(_ARRAYS.values(), _EMPTY_U64),
+            e_vals=[_EMPTY_U64] * n_ix, m_vals=[_EMPTY_U64] * n_ix, m_pos=[_EMPTY_U64] * n_ix,
+        )  # fmt: skip
+
+    @property
+    def total_pressure(self) -> int:
+        assert self.mid is not None
+        return self.pressure + self.mid.pressure
+
+    @property
+    def mid_version(self) -> int:
+        assert self.mid is not None
+        return self.mid.state.version
+
+    def over_mid(self) -> TopLatest:
+        return self
+
+    def locate(self, fps: Any, keys: list[Any]) -> tuple[Any, Any, Any]:
+        """As :meth:`Latest.locate`, with BASE meaning a record of the mid version (the index is its
+        ordinal, whether the mid's overlay or the base holds it); the third vector is still the
+        key's ordinal in the base, or -1."""
+        mid = self.mid
+        assert mid is not None
+        n = len(keys)
+        fps = np.asarray(fps, dtype=_U64)
+        kind = np.full(n, ABSENT, dtype=np.int64)
+        where = np.full(n, -1, dtype=np.int64)
+        if self.key_slots is not None and n:
+            values = index.lookup(self.key_slots, fps)
+            tomb = (values & _U64(TOMB)) != 0
+            entry = (values != 0) & ~tomb
+            kind[entry], where[entry] = ENTRY, values[entry].astype(np.int64) - 1
+            kind[tomb], where[tomb] = TOMBSTONE, (values[tomb] & ~_U64(TOMB)).astype(np.int64) - 1
+        m_kind, m_where, base_ord = mid.locate(fps, keys)
+        parent = np.full(n, -1, dtype=np.int64)
+        in_mid = m_kind == ENTRY
+        parent[in_mid] = mid.e_ord[m_where[in_mid]].astype(np.int64)
+        in_base = m_kind == BASE
+        parent[in_base] = m_where[in_base]
+        below = (kind == ABSENT) & (parent >= 0)
+        kind[below], where[below] = BASE, parent[below]
+        if self.rtype.primary.kind != layout.KIND_EXACT_INT:  # hashed keys: the record confirms
+            for i in np.flatnonzero(kind == ENTRY).tolist():
+                self._confirm(self.entry_record(int(where[i])), keys[i])
+        return kind, where, base_ord
+
+    def _mid_hashes(self, ordinals: Any) -> Any:
+        """The change hash of the mid version's record at each of *ordinals* (all live there)."""
+        mid = self.mid
+        assert mid is not None
+        ords = np.asarray(ordinals, dtype=_U64)
+        j = np.searchsorted(mid.e_ord, ords)
+        hit = j < len(mid.e_ord)
+        hit[hit] = mid.e_ord[j[hit]] == ords[hit]
+        out = np.zeros(len(ords), dtype=_U64)
+        out[hit] = mid.e_hash[j[hit]]
+        out[~hit] = mid.base_hashes[ords[~hit].astype(np.int64)]
+        return out
+
+    def current_hashes(self, kinds: Any, wheres: Any) -> Any:
+        current = np.zeros(len(kinds), dtype=_U64)
+        is_entry, is_base = kinds == ENTRY, kinds == BASE
+        current[is_entry] = self.e_hash[wheres[is_entry]]
+        current[is_base] = self._mid_hashes(wheres[is_base])
+        return current
+
+    def live_keys(self) -> tuple[Any, Any]:
+        assert self.mid is not None
+        fps, ords = self.mid.live_keys()
+        if len(self.m_ord):
+            keep = ~np.isin(ords, self.m_ord.astype(np.int64))
+            fps, ords = fps[keep], ords[keep]
+        return np.concatenate((fps, self.e_key)), np.concatenate((ords, self.e_ord.astype(np.int64)))
+
+    def live_hashes(self) -> tuple[Any, Any]:
+        assert self.mid is not None
+        hashes, ords = self.mid.live_hashes()
+        if len(self.m_ord):
+            keep = ~np.isin(ords, self.m_ord.astype(np.int64))
+            hashes, ords = hashes[keep], ords[keep]
+        if not len(self.e_hash):
+            return hashes, ords
+        by = np.argsort(self.e_hash)
+        hashes = np.concatenate((hashes, self.e_hash[by]))
+        ords = np.concatenate((ords, self.e_ord.astype(np.int64)[by]))
+        merged = np.argsort(hashes, kind="stable")
+        return hashes[merged], ords[merged]
+
+    def masked_values(self, i: int, masks: list[int]) -> tuple[Any, Any]:
+        """Value fingerprints of the mid's records at *masks*, and the ordinals themselves (a skipped
+        table over a mid holds the mid's ordinals to leave out, not positions)."""
+        mid = self.mid
+        assert mid is not None
+        if not masks:
+            return _EMPTY_U64, _EMPTY_U64
+        ords = np.array(masks, dtype=_U64)
+        j = np.searchsorted(mid.e_ord, ords)
+        hit = j < len(mid.e_ord)
+        hit[hit] = mid.e_ord[j[hit]] == ords[hit]
+        fps = np.zeros(len(ords), dtype=_U64)
+        fps[hit] = mid.e_vals[i][j[hit]]
+        if (~hit).any():
+            fps[~hit] = mid.base_arrays.values_at(i, ords[~hit].astype(np.int64))[0]
+        return fps, ords
+
+    def flat(self) -> Latest:
+        """The same version as one overlay over the base: the mid's entries this overlay did not
+        mask with its own, the base ordinals either masks, the tombstones of both (one a key).
+        O(the mid's overlay) vector work; no record is read."""
+        mid = self.mid
+        assert mid is not None and mid.mid is None
+        masked = self.m_ord.astype(np.int64)
+        mid_ords = mid.e_ord.astype(np.int64)
+        keep = ~np.isin(mid_ords, masked)
+        newly = masked[~np.isin(masked, mid_ords)]  # base records the top masks (the mid left them)
+        n_mid = len(mid.chunks)
+        e_ord = np.concatenate((mid.e_ord[keep], self.e_ord))
+        by = np.argsort(e_ord, kind="stable")
+        m_all = np.concatenate((mid.m_ord, newly.astype(_U64)))
+        m_by = np.argsort(m_all, kind="stable")
+        e_vals, m_vals, m_pos = [], [], []
+        for i in range(len(self.rtype.indexes)):
+            fps, positions = mid.base_arrays.values_at(i, newly) if len(newly) else (_EMPTY_U64, _EMPTY_U64)
+            e_vals.append(np.concatenate((mid.e_vals[i][keep], self.e_vals[i]))[by])
+            m_vals.append(np.concatenate((mid.m_vals[i], fps))[m_by])
+            m_pos.append(np.concatenate((mid.m_pos[i], np.asarray(positions).astype(_U64)))[m_by])
+        e_key = np.concatenate((mid.e_key[keep], self.e_key))[by]
+        stale = np.isin(mid.t_key, np.concatenate((self.e_key, self.t_key)))  # back, or removed again
+        t_key = np.concatenate((mid.t_key[~stale], self.t_key))
+        table, _ = _key_table(self.rtype.primary, e_key, t_key)
+        mid_lists = mid.chunk_lists if mid.chunk_lists is not None else mid.view.overlay.chunks  # type: ignore[union-attr]
+        own_lists = self.chunk_lists if self.chunk_lists is not None else self.view.overlay.chunks  # type: ignore[union-attr]
+        return dataclasses.replace(
+            mid,
+            state=self.state, view=self.view, holes=self.holes, size=self.size, count=self.count,
+            content_hash=self.content_hash, key_slots=table.slots, chunk_offset=0,
+            chunks=[*mid.chunks, *self.chunks],
+            chunk_lists=[*mid_lists[mid.chunk_offset :], *own_lists[self.chunk_offset :]],
+            e_ord=e_ord[by],
+            e_ref=np.concatenate((mid.e_ref[keep], self.e_ref + (_U64(n_mid) << _U64(32))))[by],
+            e_key=e_key,
+            e_hash=np.concatenate((mid.e_hash[keep], self.e_hash))[by],
+            e_stamp=np.concatenate((mid.e_stamp[keep], self.e_stamp))[by],
+            t_key=t_key,
+            t_ord=np.concatenate((mid.t_ord[~stale], self.t_ord)),
+            t_stamp=np.concatenate((mid.t_stamp[~stale], self.t_stamp)),
+            m_ord=m_all[m_by], e_vals=e_vals, m_vals=m_vals, m_pos=m_pos, mid=None, flattened=True,
+        )  # fmt: skip
 
 
 class BaseArrays:
@@ -436,11 +661,12 @@ class BuiltOverlay:
     removed: int
     renumber: bool  # holes passed MAX_HOLE_SHARE: the next compaction must renumber
     carried: int = 0  # versions that wrote each entry and tombstone, summed: what the overlay has cost
+    below: int = 0  # the mid's entries and tombstones, for a version over a mid
 
     @property
     def pressure(self) -> int:
-        """Entries plus tombstones: what the overlay makes every reader carry."""
-        return len(self.arrays["entryOrdinals"]) + len(self.arrays["tombKeys"])
+        """Entries plus tombstones (the mid's too): what the overlays make every reader carry."""
+        return len(self.arrays["entryOrdinals"]) + len(self.arrays["tombKeys"]) + self.below
 
 
 def fingerprints(rtype: RecordType, keys: list[Any], *, positions: bool | list[int] = False) -> Any:
@@ -498,8 +724,11 @@ def apply(
         values = [_EMPTY_U64 for _ in rtype.indexes]
     arrays, by_ord = step.entries(len(latest.chunks), ords, fps, hashes)
     fresh = chunks[len(latest.chunks) :]
-    if len(chunks) > MAX_CHUNKS and isinstance(enc, encoder.RecordEncoder):
-        j = _merge_from([len(c) for c in chunks])
+    many = len(chunks) > MAX_CHUNKS or (latest.flattened and len(chunks) > 1)
+    if many and isinstance(enc, encoder.RecordEncoder):
+        # A version written over the base from a top (flattened) becomes the next mid, read by every
+        # version until the next: one chunk, so that attaching it is one message, not up to 64.
+        j = 0 if latest.flattened else _merge_from([len(c) for c in chunks])
         refs = arrays["entryRefs"]
         moving = np.flatnonzero(refs >> _U64(32) >= _U64(j))
         merged = merge_chunks(chunks[j:], refs[moving] - (_U64(j) << _U64(32)), enc.top)
@@ -539,7 +768,9 @@ def apply(
         upserted=records,
         removed=len(step.freed),
         renumber=bool(len(holes)) and len(holes) > MAX_HOLE_SHARE * step.size,
-        carried=_carried(version, arrays["entryStamps"], arrays["tombStamps"]),
+        carried=_carried(version, arrays["entryStamps"], arrays["tombStamps"])
+        + (0 if latest.mid is None else _carried(latest.mid_version, latest.mid.e_stamp, latest.mid.t_stamp)),
+        below=0 if latest.mid is None else latest.mid.pressure,
     )
 
 
@@ -577,10 +808,10 @@ class _Step:
                     # A tomb even when the base lacks the key: a rebase onto a newer base
                     # (rebase()) must see every removal since the old one.
                     self.tombs.append((fp, ob if ob >= 0 else int(latest.e_ord[j])))
-                elif kind == BASE:
+                elif kind == BASE:  # a record of what the overlay is over (the base, or a mid)
                     self.freed.append(j)
                     self.masks.append(j)
-                    self.tombs.append((fp, j))
+                    self.tombs.append((fp, ob if ob >= 0 else j))
         keys, records = list(changes.upserts), list(changes.upserts.values())
         if not keys:
             return
@@ -589,20 +820,17 @@ class _Step:
         kinds, wheres, _ = latest.locate(fps, keys)
         present = (kinds == ENTRY) | (kinds == BASE)
         changed = (latest.current_hashes(kinds, wheres) != hashes) | ~present
-        e_ord = latest.e_ord
-        for i in np.flatnonzero(changed).tolist():
-            kind, j = int(kinds[i]), int(wheres[i])
-            if kind == ENTRY:
-                self.e_dead.append(j)
-                self.new_ord.append(int(e_ord[j]))
-            elif kind == BASE:
-                self.masks.append(j)
-                self.new_ord.append(j)
-            else:
-                if kind == TOMBSTONE:
-                    self.t_dead.append(j)
-                self.new_ord.append(-1)
-            self.kept.append((records[i], int(fps[i]), int(hashes[i])))
+        idx = np.flatnonzero(changed)
+        kind, j = kinds[idx], wheres[idx]
+        is_entry, is_base = kind == ENTRY, kind == BASE
+        new_ord = np.full(len(idx), -1, dtype=np.int64)
+        new_ord[is_entry] = latest.e_ord[j[is_entry]].astype(np.int64)
+        new_ord[is_base] = j[is_base]
+        self.e_dead.extend(j[is_entry].tolist())
+        self.masks.extend(j[is_base].tolist())
+        self.t_dead.extend(j[kind == TOMBSTONE].tolist())
+        self.new_ord.extend(new_ord.tolist())
+        self.kept.extend(zip([records[i] for i in idx.tolist()], fps[idx].tolist(), np.asarray(hashes)[idx].tolist()))
 
     def assign_ordinals(self) -> Any:
         """New records fill the lowest free ordinals (holes, and those freed now), then grow the list.
@@ -667,7 +895,7 @@ class _Step:
         m_by = np.argsort(m_all, kind="stable")
         per_index: dict[str, list[Any]] = {"entryValues": [], "maskedValues": [], "maskedPositions": []}
         for i in range(len(latest.rtype.indexes)):
-            mv, mp = _masked_values(latest, i, self.masks)
+            mv, mp = latest.masked_values(i, self.masks)
             per_index["entryValues"].append(np.concatenate((latest.e_vals[i][self.alive], values[i]))[by_ord])
             per_index["maskedValues"].append(np.concatenate((latest.m_vals[i], mv))[m_by])
             per_index["maskedPositions"].append(np.concatenate((latest.m_pos[i], mp))[m_by])

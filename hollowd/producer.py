@@ -220,9 +220,10 @@ class Producer:
             overlays: dict[str, overlay.BuiltOverlay] = {}
         else:
             changes = dict(changes) if changes is not None else self._changes(full, delta, latest)
+            over, mid = self._layering(state, latest, changes, rebased=base is not (state.base or state))
             overlays = {
                 name: overlay.apply(
-                    latest[name], changes[name], version, encoder_of(rtype, self._encoders),
+                    over[name], changes[name], version, encoder_of(rtype, self._encoders),
                     secondary_fps=secondary_fps, record_error=record_error,
                 )
                 for name, rtype in self.schema.types.items()
@@ -242,7 +243,8 @@ class Producer:
             assert base is not None
             self._publish(
                 lambda: publish.write_overlay_file(
-                    self.dir, self.namespace, version, parent, self.schema, base, overlays.values(), mode=self.mode
+                    self.dir, self.namespace, version, parent, self.schema, base, overlays.values(),
+                    mode=self.mode, mid=mid,
                 )
             )
             self._check_published(self.dir / layout.state_name(version), version, check)
@@ -257,6 +259,33 @@ class Producer:
         if self._compact_if_due(version, overlays, latest):
             lap("compact")
         return version
+
+    @staticmethod
+    def _layering(
+        state: StateFile,
+        latest: dict[str, overlay.Latest],
+        changes: Mapping[str, overlay.Changes],
+        *,
+        rebased: bool,
+    ) -> tuple[dict[str, overlay.Latest], StateFile | None]:
+        """What the next version's overlays are written over, per type, and its mid (None: the base).
+
+        Over the latest's mid (or the latest itself, which becomes the mid) while what changed
+        since stays small beside the mid's overlay, so that a version writes O(that); over the
+        base again once it grows, which makes that version the next mid (docs/decisions.md §18).
+        """
+        if rebased or state.base is None:
+            return latest, None  # a base, or the latest rebased onto a new one: over the base
+        tops = {n: lt.over_mid() for n, lt in latest.items()}
+        k = {n: len(c.upserts) + len(c.removals) for n, c in changes.items()}
+        large = any(t.mid is not None and t.mid.pressure >= overlay.TOP_FROM for t in tops.values())
+        fits = all(
+            t.mid is not None and t.pressure + k.get(n, 0) <= overlay.top_limit(t.mid.pressure)
+            for n, t in tops.items()
+        )
+        if large and fits:
+            return dict(tops), state.mid or state
+        return {n: lt.flat() for n, lt in latest.items()}, None
 
     def _compact_if_due(
         self, version: int, overlays: dict[str, overlay.BuiltOverlay], latest: dict[str, overlay.Latest]
@@ -419,6 +448,7 @@ class Producer:
         state, latest, _ = self._read_latest(required=True)
         if state is None or state.base is None:
             return version
+        latest = {n: lt.flat() for n, lt in latest.items()}
         started = time.monotonic()
         built = compaction.build_base(latest, self.schema, self._encoders, squeeze=True)
         publish.write_state_file(
@@ -506,7 +536,7 @@ class Producer:
             return None
         try:
             base = StateFile(job.path, namespace=self.namespace)
-            return {n: overlay.rebase(lt, base, job.version, self._base_cache) for n, lt in types.items()}, base
+            return {n: overlay.rebase(lt.flat(), base, job.version, self._base_cache) for n, lt in types.items()}, base
         except ReaderError as e:
             self._drop_compaction(str(e))
             return None
@@ -525,10 +555,11 @@ class Producer:
             raise PublishError(f"{saved} holds namespace {header.namespace!r}, not {self.namespace!r}")
         version = header.version
         if not (self.dir / layout.state_name(version)).exists():
-            base = layout.base_of(saved)
+            base, mid = layout.base_of(saved), layout.mid_of(saved)
             publish.copy_state_file(
-                self.dir, version, data, mode=self.mode, namespace=self.namespace, base=base if base.exists() else None
-            )
+                self.dir, version, data, mode=self.mode, namespace=self.namespace,
+                base=base if base.exists() else None, mid=mid if mid.exists() else None,
+            )  # fmt: skip
         self._last_version = max(self._last_version, version)
         self._announce(layout.Announcement(version, pinned, self._last_version, time.time_ns()))
         return version
@@ -587,11 +618,12 @@ class Producer:
         debris = [
             *self.dir.glob(".*.tmp"),
             *self.dir.glob(".*.tmp.base"),
+            *self.dir.glob(".*.tmp.mid"),
             *self.dir.glob(".*" + compaction.SUFFIX),
             *(self.dir / layout.ANNOUNCE_DIR).glob(f".{layout.ANNOUNCED}.*.tmp"),  # an announcement's room
         ]
         for stale in debris:  # files of a writer that died: temporary ones, bases compacted for nobody
-            if _tmp_owner_dead(stale.name.removesuffix(layout.BASE_SUFFIX)):
+            if _tmp_owner_dead(stale.name.removesuffix(layout.BASE_SUFFIX).removesuffix(layout.MID_SUFFIX)):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return removed

@@ -204,12 +204,17 @@ def write_overlay_file(
     types: Iterable[BuiltOverlay],
     *,
     mode: int = 0o640,
+    mid: StateFile | None = None,
 ) -> Path:
-    """Write and rename into place *version* as overlays over *base*, linked as ``<version>.base``."""
+    """Write and rename into place *version* as overlays over *base*, linked as ``<version>.base``,
+    or over *mid* (an earlier version on *base*), linked as ``<version>.mid`` as well."""
     now = time.time_ns()
     state = _envelope(namespace, version, parent, schema, now)
     state.baseVersion = base.version
     state.baseContentHash = base.header.content_hash
+    if mid is not None:
+        state.midVersion = mid.version
+        state.midContentHash = mid.header.content_hash
     types = list(types)
     place = _Layout()
     lst = state.init("types", len(types))
@@ -235,33 +240,41 @@ def write_overlay_file(
     total, pieces = _finish(state, place, namespace=namespace, version=version, parent=parent, schema=schema, now=now)
 
     def link_and_verify(tmp: Path) -> None:
-        link = layout.base_of(ns_dir / layout.state_name(version))
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()  # debris of a crash before this version's rename
-        _link(base.path, link)
-        _with_base(tmp, link, lambda: verify_overlay(tmp, namespace, version, types))
+        final = ns_dir / layout.state_name(version)
+        links = {layout.base_of: base.path} if mid is None else {layout.base_of: base.path, layout.mid_of: mid.path}
+        for link_of, target in links.items():
+            with contextlib.suppress(FileNotFoundError):
+                link_of(final).unlink()  # debris of a crash before this version's rename
+            _link(target, link_of(final))
+        _with_links(tmp, {link_of: link_of(final) for link_of in links}, lambda: verify_overlay(tmp, namespace, version, types))
 
     return _install(ns_dir, version, total, pieces, mode, link_and_verify)
 
 
 def copy_state_file(
-    ns_dir: Path, version: int, data: bytes, *, mode: int, namespace: str, base: Path | None = None
+    ns_dir: Path,
+    version: int,
+    data: bytes,
+    *,
+    mode: int,
+    namespace: str,
+    base: Path | None = None,
+    mid: Path | None = None,
 ) -> Path:
     """Publish the bytes of an existing state file (a durable copy) as *version*: same steps as a new one.
 
     A version built on a base needs *base* (the copy of its base file), installed first as
-    ``<version>.base``.
+    ``<version>.base``; one over a mid, *mid* as well (``<version>.mid``).
     """
-    link = layout.base_of(ns_dir / layout.state_name(version))
-    if base is not None:
-        base_data = base.read_bytes()
-        _install_file(link, ns_dir / f".{version}.base.{os.getpid()}.tmp", base_data, mode)
+    final = ns_dir / layout.state_name(version)
+    links = {}
+    for link_of, copy, kind in ((layout.base_of, base, "base"), (layout.mid_of, mid, "mid")):
+        if copy is not None:
+            _install_file(link_of(final), ns_dir / f".{version}.{kind}.{os.getpid()}.tmp", copy.read_bytes(), mode)
+            links[link_of] = link_of(final)
 
     def check(tmp: Path) -> None:  # refuse to put back a file that does not read, or is damaged
-        if base is None:
-            _check_copy(tmp, namespace)
-        else:
-            _with_base(tmp, link, lambda: _check_copy(tmp, namespace))
+        _with_links(tmp, links, lambda: _check_copy(tmp, namespace))
 
     return _install(ns_dir, version, len(data), [_Piece(0, data)], mode, check)
 
@@ -272,8 +285,9 @@ def _check_copy(tmp: Path, namespace: str) -> None:
     try:
         state = StateFile(tmp, namespace=namespace)
         stamp(state)
-        if state.base is not None:
-            stamp(state.base)
+        for linked in (state.base, state.mid):
+            if linked is not None:
+                stamp(linked)
     except ReaderError as e:
         raise PublishError(f"{tmp}: not put back: {e}") from e
 
@@ -294,17 +308,21 @@ def stamp(state: StateFile) -> None:
         os.close(fd)
 
 
-def _with_base(tmp: Path, base: Path, check: Callable[[], object]) -> None:
-    """Run *check* on the temporary file *tmp* of a version built on a base, with *base* linked
-    under the temporary name, as readers find it under the final one."""
-    tmp_link = layout.base_of(tmp)
-    with contextlib.suppress(FileNotFoundError):
-        tmp_link.unlink()
-    _link(base, tmp_link)
+def _with_links(tmp: Path, links: dict[Callable[[Path], Path], Path], check: Callable[[], object]) -> None:
+    """Run *check* on the temporary file *tmp* with each of *links* (``layout.base_of`` or
+    ``mid_of`` → the file) linked under the temporary name, as readers find them under the final one."""
+    made = []
     try:
+        for link_of, target in links.items():
+            tmp_link = link_of(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                tmp_link.unlink()
+            _link(target, tmp_link)
+            made.append(tmp_link)
         check()
     finally:
-        tmp_link.unlink()
+        for tmp_link in made:
+            tmp_link.unlink()
 
 
 def _install_file(final: Path, tmp: Path, data: bytes, mode: int) -> None:
@@ -338,8 +356,9 @@ def _install(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if not final.exists():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(layout.base_of(ns_dir / layout.state_name(version)))
+            for link_of in (layout.base_of, layout.mid_of):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(link_of(ns_dir / layout.state_name(version)))
             if name is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lease.lock_path(ns_dir, version))  # no orphan lockfile (issue 9, item 13)
@@ -439,7 +458,7 @@ def remove_version(ns_dir: Path, version: int, *, force: bool = False) -> bool:
     state = ns_dir / layout.state_name(version)
     lock = lease.lock_path(ns_dir, version)
     if not lock.exists():
-        for path in (state, layout.base_of(state)):
+        for path in (state, layout.base_of(state), layout.mid_of(state)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a file without a lockfile (not written by hollowd) cannot be leased
         return True
@@ -449,8 +468,9 @@ def remove_version(ns_dir: Path, version: int, *, force: bool = False) -> bool:
     try:
         with contextlib.suppress(FileNotFoundError):
             state.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            layout.base_of(state).unlink()  # the base's pages go with its last link
+        for link_of in (layout.base_of, layout.mid_of):
+            with contextlib.suppress(FileNotFoundError):
+                link_of(state).unlink()  # the base's (the mid's) pages go with their last link
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     finally:

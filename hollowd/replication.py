@@ -73,6 +73,11 @@ def base_key(version: int, content_hash: int) -> str:
     return f"bases/{version}-{content_hash:016x}"
 
 
+def mid_key(version: int, content_hash: int) -> str:
+    """A snapshot of a version over a mid needs the mid's file too (docs/decisions.md §18)."""
+    return f"mids/{version}-{content_hash:016x}"
+
+
 # --- the content hash -------------------------------------------------------------------
 
 
@@ -90,6 +95,14 @@ def _u64(state: StateFile, sec: Any, what: str) -> Any:
 
 def live_hashes(state: StateFile, name: str) -> tuple[Any, Any]:
     """(ordinals, change hashes) of every live record of one type of *state*, as vectors."""
+    if state.mid is not None:  # the mid's, less what this version's overlay masks, plus its entries
+        ords, hashes = live_hashes(state.mid, name)
+        ov = state.type_state(name).overlay
+        masked = _u64(state, ov.masked, f"{name} masked")
+        keep = ~np.isin(ords, masked) if len(masked) else slice(None)
+        e_ord = _u64(state, ov.entryOrdinals, f"{name} entry ordinals")
+        e_hash = _u64(state, ov.entryHashes, f"{name} entry hashes")
+        return np.concatenate((ords[keep], e_ord)), np.concatenate((hashes[keep], e_hash))
     base = state.base or state
     view = base.type(name)
     hashes = _u64(base, base.type_state(name).hashes, f"{name} hashes")
@@ -128,15 +141,18 @@ def _contribution(name: str, ords: Any, hashes: Any) -> Any:
 def hashes_at(state: StateFile, name: str, ords: Any) -> tuple[Any, Any]:
     """(live mask, change hashes) of one type of *state* at the ordinals *ords* (O(k log overlay))."""
     ords = np.asarray(ords, dtype=_U64)
-    base = state.base or state
-    view = base.type(name)
-    base_hashes = _u64(base, base.type_state(name).hashes, f"{name} hashes")
-    inside = ords < _U64(view.size)
-    live = inside.copy()
-    out = np.zeros(len(ords), dtype=_U64)
-    out[inside] = base_hashes[ords[inside].astype(np.int64)]
-    if len(view.holes):
-        live &= ~np.isin(ords, np.frombuffer(view.holes, dtype=np.uint32).astype(_U64))
+    if state.mid is not None:  # the mid's, then this version's overlay over it
+        live, out = hashes_at(state.mid, name, ords)
+    else:
+        base = state.base or state
+        view = base.type(name)
+        base_hashes = _u64(base, base.type_state(name).hashes, f"{name} hashes")
+        inside = ords < _U64(view.size)
+        live = inside.copy()
+        out = np.zeros(len(ords), dtype=_U64)
+        out[inside] = base_hashes[ords[inside].astype(np.int64)]
+        if len(view.holes):
+            live &= ~np.isin(ords, np.frombuffer(view.holes, dtype=np.uint32).astype(_U64))
     if state.base is not None:
         ov = state.type_state(name).overlay
         masked = _u64(state, ov.masked, f"{name} masked")
@@ -523,6 +539,8 @@ class Publisher:
                 else:
                     put("base", bkey, state.base.file_bytes())
                     self._bases[bkey] = entries["base"]
+            if state.mid is not None:
+                put("mid", mid_key(state.mid.version, state.mid.header.content_hash), state.mid.file_bytes())
         header = Header(
             version=version,
             parent=parent,

@@ -116,8 +116,10 @@ class Delta:
     def upsert(self, type_name: str, record: Any) -> None:
         """Add the record, or replace the one with the same primary key."""
         rtype = self._schema.type(type_name)
-        rec = as_dict(type_name, record)
-        key = _hashable_key(rtype, rtype.key_of(rec), None)
+        rec = record if type(record) is dict else as_dict(type_name, record)
+        key = rtype.key_of(rec)
+        if type(key) is not int and type(key) is not str:  # the common keys need no checking
+            key = _hashable_key(rtype, key, None)
         self.removals[type_name].discard(key)
         self.upserts[type_name][key] = rec
 

@@ -6,11 +6,13 @@ tests.fuzz_state``), so that a signal (SIGSEGV, SIGBUS, SIGABRT) or a hang fails
 one batch and names the mutation, instead of killing the caller.
 
 A mutation damages one of the files of a published namespace whose version 1 is
-a base and version 2 an overlay on it:
+a base, version 2 an overlay on it and version 3 an overlay over version 2 (its mid):
 
 * ``base``: the base, planted as a version of its own;
 * ``overlay``: the overlay, over the intact base;
-* ``under``: the intact overlay, over a damaged copy of its base.
+* ``under``: the intact overlay, over a damaged copy of its base;
+* ``top``: version 3, over its intact mid and base;
+* ``mid``: the intact version 3, over a damaged copy of its mid.
 
 The damage is a bit flip, bytes overwritten (zeros, ones or random), or a
 truncation, at any offset, the header included. ``seal`` says what the damage
@@ -46,9 +48,9 @@ import xxhash
 
 import hollow
 from hollow import layout
-from hollowd import Producer
+from hollowd import Producer, overlay
 
-TARGETS = ("base", "overlay", "under")
+TARGETS = ("base", "overlay", "under", "top", "mid")
 KINDS = ("flip", "zeros", "ones", "random", "truncate")
 SEALS = ("none", "header", "forged")
 HANG_SECONDS = 10
@@ -89,7 +91,8 @@ class Mutation:
 
 
 def publish(root: Path, ns: str = "movies", n: int = 60) -> Path:
-    """Version 1 (a base) and 2 (an overlay on it) of *ns*: movies, actors and roles."""
+    """Version 1 (a base), 2 (an overlay on it) and 3 (over 2 as its mid) of *ns*: movies, actors
+    and roles."""
     schema = Path(__file__).resolve().parent.parent / "schemas" / "movies.capnp"
     kw: dict[str, Any] = {
         "primary_keys": {"Movie": "id", "Actor": "id", "Role": ["movieId", "actorId"]},
@@ -111,11 +114,24 @@ def publish(root: Path, ns: str = "movies", n: int = 60) -> Path:
 
         return populate
 
-    with Producer(ns, schema=schema, root=root, **kw) as p:
-        assert p.run_cycle(fill(False)) == 1
-        assert p.run_cycle(fill(True)) == 2
+    def third(delta: Any) -> None:
+        delta.upsert("Movie", {"id": 1, "title": "Movie 1 (third)", "year": 1999, "genre": "Western"})
+        delta.upsert("Movie", {"id": 1001, "title": "Newer", "year": 2021, "genre": "Drama"})
+        delta.remove("Movie", 2)
+        delta.remove("Role", (4, 4))
+
+    saved = overlay.TOP_FROM, overlay.TOP_MIN
+    overlay.TOP_FROM, overlay.TOP_MIN = 1, 64  # a version over a mid at this size
+    try:
+        with Producer(ns, schema=schema, root=root, **kw) as p:
+            assert p.run_cycle(fill(False)) == 1
+            assert p.run_cycle(fill(True)) == 2
+            assert p.run_incremental(third) == 3
+    finally:
+        overlay.TOP_FROM, overlay.TOP_MIN = saved
     ns_dir = root / ns
     assert (ns_dir / "2.base").exists(), "version 2 should be an overlay on version 1"
+    assert (ns_dir / "3.mid").exists(), "version 3 should be over version 2"
     return ns_dir
 
 
@@ -152,15 +168,16 @@ def run(root: Path, mutations: Iterable[Mutation], ns: str = "movies") -> dict[s
     ns_dir = root / ns
     base_bytes = (ns_dir / "1").read_bytes()
     overlay_bytes = (ns_dir / "2").read_bytes()
+    top_bytes = (ns_dir / "3").read_bytes()
     counts: dict[str, int] = {}
     by_target: dict[str, dict[str, int]] = {}
     examples: dict[str, list[str]] = {}
     signal.signal(signal.SIGALRM, _alarm)
     want = {}
-    for v, target in ((1, "base"), (2, "overlay")):
+    for v, target in ((1, "base"), (2, "overlay"), (3, "top")):
         with hollow.open(ns, root=root, follow=False) as ds, ds.attach(v) as snap:
             want[target] = answers(snap)
-    want["under"] = want["overlay"]
+    want["under"], want["mid"] = want["overlay"], want["top"]
     for i, m in enumerate(mutations):
         d = root / f"m{i}" / ns
         (d / layout.ANNOUNCE_DIR).mkdir(parents=True)
@@ -169,10 +186,18 @@ def run(root: Path, mutations: Iterable[Mutation], ns: str = "movies") -> dict[s
         elif m.target == "overlay":
             (d / "2").write_bytes(m.apply(overlay_bytes))
             os.link(ns_dir / "1", d / "2.base")
-        else:
+        elif m.target == "under":
             os.link(ns_dir / "2", d / "2")
             (d / "2.base").write_bytes(m.apply(base_bytes))
-        version = 1 if m.target == "base" else 2
+        elif m.target == "top":
+            (d / "3").write_bytes(m.apply(top_bytes))
+            os.link(ns_dir / "2", d / "3.mid")
+            os.link(ns_dir / "1", d / "3.base")
+        else:
+            os.link(ns_dir / "3", d / "3")
+            (d / "3.mid").write_bytes(m.apply(overlay_bytes))
+            os.link(ns_dir / "1", d / "3.base")
+        version = {"base": 1, "top": 3, "mid": 3}.get(m.target, 2)
         layout.announcement_path(d).write_bytes(layout.Announcement(version).dumps())
         print(f"mutation {i}: {m}", file=sys.stderr, flush=True)
         signal.alarm(HANG_SECONDS)

@@ -15,9 +15,9 @@ import pytest
 
 from hollow import layout
 from hollow.state import StateFile
-from hollowd import ProducerLockedError, blobs
+from hollowd import ProducerLockedError, blobs, overlay
 from hollowd.follower import Follower, restore
-from hollowd.replication import Publisher, ReplicationError, content_hash, header_key
+from hollowd.replication import Publisher, ReplicationError, content_hash, header_key, read_header
 from tests.daemons import run
 from tests.helpers import movie, movies_producer, populate
 from tests.seaweed import Seaweed
@@ -134,6 +134,48 @@ def test_producer_and_follower_compact_at_different_moments(root: Path, host2: P
             assert theirs.base.version == 1
         finally:
             f.close()
+
+
+def test_versions_over_a_mid_replicate_by_delta_and_by_snapshot(
+    root: Path, host2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer writes versions over a mid (docs/decisions.md §18); a follower replays them by
+    deltas, and a fresh one starts from a snapshot of such a version (its mid uploaded with it)."""
+    monkeypatch.setattr(overlay, "TOP_FROM", 1)
+    monkeypatch.setattr(overlay, "TOP_MIN", 8)
+    store = blobs.DirStore(tmp_path / "store")
+    host3 = host2.with_name(host2.name + "-3")
+    host3.mkdir()
+    with movies_producer(root) as p:
+        pub = Publisher(store, p, snapshot_every=4)
+        p.run_cycle(populate(movie(i) for i in range(300)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        late = None
+        try:
+            f.poll()
+            mids, snapshot_mids = 0, 0
+            for i in range(1, 14):
+                v = change(p, i)
+                h = pub.publish()
+                mids += (root / "movies" / f"{v}.mid").exists()
+                snapshot_mids += "mid" in h.blobs
+                assert f.poll()
+                assert f.here == v
+                assert hash_of(host2, v) == hash_of(root, v) == h.content_hash
+            assert records_of(host2) == records_of(root)
+            assert mids >= 4 and snapshot_mids >= 1  # the layouts this test is about did occur
+            start = read_header(store, read_header(store, v).snapshot_at)  # type: ignore[union-attr]
+            assert start is not None and "mid" in start.blobs  # the late one starts from a version over a mid
+            late = Follower(store, "movies", root=host3, work_dir=tmp_path / "late")
+            assert late.poll()
+            assert late.here == v
+            assert records_of(host3) == records_of(root)
+        finally:
+            f.close()
+            if late is not None:
+                late.close()
+            shutil.rmtree(host3, ignore_errors=True)
 
 
 def test_a_version_whose_content_hash_differs_is_refused(root: Path, host2: Path, tmp_path: Path) -> None:

@@ -31,14 +31,16 @@ def test_current_format_has_golden_files() -> None:
 
 def test_producer_writes_the_golden_bytes(root: Path) -> None:
     path = dataset.produce(root)
-    produced, produced_base = path.read_bytes(), _base_of(path)
+    produced, produced_base, produced_mid = path.read_bytes(), _base_of(path), _mid_of(path)
     golden_path = GOLDEN / f"v{layout.FORMAT_VERSION}" / "movies.state"
-    golden, golden_base = golden_path.read_bytes(), _base_of(golden_path)
+    golden, golden_base, golden_mid = golden_path.read_bytes(), _base_of(golden_path), _mid_of(golden_path)
     assert (produced_base is None) == (golden_base is None)
-    for mine, theirs in ((produced, golden), (produced_base, golden_base)):
+    assert (produced_mid is None) == (golden_mid is None)
+    for mine, theirs in ((produced, golden), (produced_base, golden_base), (produced_mid, golden_mid)):
         if mine is None or theirs is None:
             continue
-        assert dataset.normalized(mine, produced_base) == dataset.normalized(theirs, golden_base), (
+        mine_n = dataset.normalized(mine, produced_base, produced_mid)
+        assert mine_n == dataset.normalized(theirs, golden_base, golden_mid), (
             "the state-file bytes changed without a FORMAT_VERSION bump; if that is meant, bump it and "
             "run python -m tests.golden.dataset"
         )
@@ -47,6 +49,11 @@ def test_producer_writes_the_golden_bytes(root: Path) -> None:
 def _base_of(path: Path) -> bytes | None:
     base = path.with_name(path.name + ".base")
     return base.read_bytes() if base.exists() else None
+
+
+def _mid_of(path: Path) -> bytes | None:
+    mid = path.with_name(path.name + ".mid")
+    return mid.read_bytes() if mid.exists() else None
 
 
 def _install(root: Path, golden: Path) -> None:
@@ -58,6 +65,9 @@ def _install(root: Path, golden: Path) -> None:
     base = _base_of(golden)
     if base is not None:  # format 4: a version built on a base
         (ns / f"{version}.base").write_bytes(base)
+    mid = _mid_of(golden)
+    if mid is not None:  # format 5: a version over a mid
+        (ns / f"{version}.mid").write_bytes(mid)
     layout.announcement_path(ns).parent.mkdir()
     layout.announcement_path(ns).write_bytes(layout.Announcement(version).dumps())
 
@@ -88,7 +98,9 @@ def test_reader_reads_golden_file(root: Path, golden: Path) -> None:
                 key = record["id"] if "id" in record else (record["movieId"], record["actorId"])
                 assert _same(view[key], record), (type_name, key)
         movies = snap["Movie"]
-        assert [m.id for m in movies] == [1, 7, 3, 4, 6]  # 7 filled the hole 2 left; 5's hole is gone
-        assert sorted(m.id for m in movies.find(genre="Crime")) == [1, 6]
+        # 7 filled the hole 2 left, 8 the hole 5 left (format 5: over a mid, version 2)
+        assert [m.id for m in movies] == [1, 7, 3, 4, 8, 6]
+        assert sorted(m.id for m in movies.find(genre="Crime")) == [1, 8]
+        assert [m.id for m in movies.find(genre="Thriller")] == [6]
         assert [m.id for m in movies.find(year=1954, genre="Drama")] == [7]
-        assert sorted(r.movieId for r in snap["Role"].find(actorId=11)) == [1, 6]
+        assert sorted(r.movieId for r in snap["Role"].find(actorId=11)) == [1]

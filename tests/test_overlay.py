@@ -141,6 +141,9 @@ step = st.one_of(
     st.tuples(st.just("restart")),
     st.tuples(st.just("compact")),
 )
+#: Mostly small incremental cycles: what builds versions over a mid.
+_inc = st.tuples(st.just("inc"), st.lists(records, max_size=4), st.lists(st.integers(0, 39), max_size=3))
+small_steps = st.one_of(_inc, _inc, _inc, _inc, step)
 
 
 def _unique(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -150,13 +153,25 @@ def _unique(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def run_steps(first: list[dict[str, Any]], steps: list[Any], *, background: bool) -> None:
+def run_steps(
+    first: list[dict[str, Any]], steps: list[Any], *, background: bool, top_from: int | None = None, top_min: int = 0
+) -> None:
     """Drive a producer through *steps* and check a fresh reader against the model after each.
 
     *background*: a compaction starts in the background after every cycle, and the
     "compact" step waits for it (the next cycle then rebases on it); otherwise
     "compact" compacts in the call and nothing else compacts but holes past half.
+    *top_from*: versions are written over a mid from overlays this small (overlay.TOP_FROM),
+    until they hold *top_min* entries and tombstones (overlay.TOP_MIN) and a quarter of the mid's.
     """
+    if top_from is not None:
+        saved = overlay.TOP_FROM, overlay.TOP_MIN
+        overlay.TOP_FROM, overlay.TOP_MIN = top_from, top_min
+        try:
+            run_steps(first, steps, background=background)
+        finally:
+            overlay.TOP_FROM, overlay.TOP_MIN = saved
+        return
     root = Path(tempfile.mkdtemp(prefix="hollow-test-prop-", dir="/dev/shm"))
     kw: dict[str, Any] = {"compact_min": 0, "compact_share": 0.0} if background else {}
     model = Model()
@@ -207,6 +222,29 @@ def test_any_sequence_of_cycles_reads_like_the_model(first: list[dict[str, Any]]
 def test_background_compactions_read_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
     """The same with a compaction in the background after every cycle: readers cannot tell."""
     run_steps(first, steps, background=True)
+
+
+@settings(
+    max_examples=int(os.environ.get("HOLLOW_PROPERTY_EXAMPLES", "200")) // 2,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    st.lists(records, min_size=1, max_size=25), st.lists(small_steps, max_size=24), st.integers(1, 6), st.integers(0, 30)
+)
+def test_versions_over_a_mid_read_like_the_model(
+    first: list[dict[str, Any]], steps: list[Any], top_from: int, top_min: int
+) -> None:
+    """The same with versions written over a mid from small overlays on (docs/decisions.md §18):
+    tops over a mid, tops grown past their limit written over the base again, restarts on a top."""
+    run_steps(first, steps, background=False, top_from=top_from, top_min=top_min)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(records, min_size=1, max_size=25), st.lists(small_steps, max_size=16))
+def test_background_compactions_over_a_mid_read_like_the_model(first: list[dict[str, Any]], steps: list[Any]) -> None:
+    """Background compactions of versions over a mid, and rebases of them: readers cannot tell."""
+    run_steps(first, steps, background=True, top_from=1, top_min=12)
 
 
 def test_automatic_compaction_keeps_every_record(root: Path) -> None:

@@ -86,6 +86,6 @@ def test_status_to_dict_is_json(root: Path) -> None:
     assert doc["followers"] == [kid.pid]
     assert [v["version"] for v in doc["versions"]] == [1, 2]
     first = doc["versions"][0]
-    assert set(first) == {"version", "bytes", "announced", "pinned", "latest", "leases", "base_bytes"}
+    assert set(first) == {"version", "bytes", "announced", "pinned", "latest", "leases", "base_bytes", "mid_bytes"}
     assert first["leases"] == [kid.pid]
     assert first["bytes"] == st.versions[0].bytes > 0

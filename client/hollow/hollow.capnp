@@ -1,4 +1,4 @@
-# The envelope of a hollowd state file (format version 4).
+# The envelope of a hollowd state file (format version 5).
 #
 # A state file is: a 128-byte fixed header (see hollow/layout.py), then this
 # envelope as an unpacked single-segment Cap'n Proto message, then the
@@ -21,6 +21,13 @@ struct State {
                                  # the base's inode, shared by every version built on it)
                                  # read through this file's overlays (Overlay below)
   baseContentHash @7 :UInt64;    # the base's header content hash: the link must be that file
+  midVersion @8 :UInt64;         # 0: the overlays are over the base. Otherwise they are over
+                                 # this earlier version on the same base (its *mid*: a file
+                                 # whose overlays are over the base), read as `<version>.mid`,
+                                 # a hard link to its file: entries and tombstones are what
+                                 # changed since the mid, masked ordinals the mid's, and each
+                                 # skipped table holds the mid's ordinals to leave out
+  midContentHash @9 :UInt64;     # the mid's header content hash: the link must be that file
 }
 
 struct EmbeddedSchema {
@@ -76,6 +83,7 @@ struct Overlay {
   tombOrdinals @7 :Section;      # T: their ordinals in the base
   tombStamps @8 :Section;        # T: the version that removed each
   masked @9 :Section;            # M ascending base ordinals whose base record is not current
+                                 # (over a mid: the mid's ordinals whose record is not)
   bloom @10 :Section;            # bytes: non-zero at fingerprint % length for every key above
   bloomLength @11 :UInt64;       # (the section is padded to whole words)
   keys @12 :Index;               # fingerprint -> entry + 1, or 1 << 63 | tomb + 1
@@ -83,9 +91,11 @@ struct Overlay {
   maskedValues @14 :List(Section); # per secondary index: M value fingerprints of masked records
   added @15 :List(Index);        # per secondary index: value -> entries having it (postings)
   skipped @16 :List(Index);      # per secondary index: value -> positions in the base's
-                                 # postings of that value whose record is masked
+                                 # postings of that value whose record is masked (over a
+                                 # mid: the masked ordinals themselves, in the mid's matches)
   maskedPositions @17 :List(Section);  # per secondary index: M positions of the masked
-                                 # records in their value's postings (what `skipped` holds)
+                                 # records in their value's postings (what `skipped` holds;
+                                 # over a mid, their ordinals)
 }
 
 enum KeyKind {

@@ -11,6 +11,8 @@ Layout of a namespace directory (``<root>/<namespace>/``)::
     <version>         one immutable state file per live version (decimal name)
     .<version>.<pid>.tmp   a state file being written; never opened by readers
     <version>.base    a hard link to the base file the version is built on, if any
+    <version>.mid     a hard link to the earlier version (on the same base) whose
+                      overlays this version's are over, if any (docs/decisions.md §18)
     <version>.lock    its lockfile, on which readers hold leases (hollow.lease)
     announce/announced   JSON: the version readers should be on, and the pin
 
@@ -36,7 +38,7 @@ import xxhash
 
 from hollow.errors import CorruptStateError, InvalidNameError, PermissionDeniedError, UntrustedDirectoryError
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MAGIC = b"\x89HOLLOW\n"
 HEADER_SIZE = 128
 DEFAULT_ROOT = "/dev/shm/hollow"  # noqa: S108 - the shared-memory root is the point
@@ -148,6 +150,17 @@ BASE_SUFFIX = ".base"
 def base_of(path: Path) -> Path:
     """The name under which the state file at *path* finds its base: ``<path>.base``."""
     return path.with_name(path.name + BASE_SUFFIX)
+
+
+#: The suffix of a version's link to its mid: ``<version>.mid`` (and of a temporary file's).
+MID_SUFFIX = ".mid"
+#: The links a state file may have beside it, removed with it.
+LINK_SUFFIXES = (BASE_SUFFIX, MID_SUFFIX)
+
+
+def mid_of(path: Path) -> Path:
+    """The name under which the state file at *path* finds its mid: ``<path>.mid``."""
+    return path.with_name(path.name + MID_SUFFIX)
 
 
 def parse_state_name(name: str) -> int | None:

@@ -3,7 +3,9 @@
 Attach is O(1) in the dataset's size: one open, one fstat, one mmap, a 128-byte
 header check, and the envelope (a few hundred bytes per type). A version built
 on a base (docs/decisions.md §18) maps its base too: ``<version>.base``, a hard
-link to the base's file, so every version on one base shares its pages. Nothing is
+link to the base's file, so every version on one base shares its pages; and a
+version whose overlays are over an earlier one (its *mid*) maps that too, as
+``<version>.mid``. Nothing is
 copied or deserialized; record lists and index tables are views of the mapping.
 The content check (:meth:`StateFile.verify`) is O(1) too for a file that still
 carries its producer's stamp (docs/decisions.md §60), O(file) once per process
@@ -30,7 +32,7 @@ import xxhash
 
 from hollow import layout, schema
 from hollow.errors import CorruptStateError, PermissionDeniedError, UnknownTypeError, VersionNotFoundError
-from hollow.view import IndexTable, IndexTables, OverlaidView, Overlay, TypeView, section
+from hollow.view import Chunks, IndexTable, IndexTables, OverlaidView, Overlay, TopView, TypeView, section
 
 #: Files this process has checked against their content hash (StateFile.verify), oldest first.
 _CHECKED: dict[tuple[int, ...], None] = {}
@@ -46,6 +48,7 @@ class StateFile:
         "_checked",
         "_envelope",
         "_identity",
+        "_mid",
         "_mm",
         "_stamped",
         "_structs",
@@ -60,7 +63,13 @@ class StateFile:
     )
 
     def __init__(
-        self, path: Path, *, namespace: str, reader_schema: Any = None, structs: dict[int, Any] | None = None
+        self,
+        path: Path,
+        *,
+        namespace: str,
+        reader_schema: Any = None,
+        structs: dict[int, Any] | None = None,
+        base: StateFile | None = None,
     ) -> None:
         self.path = path
         what = str(path)
@@ -95,7 +104,8 @@ class StateFile:
             self._type_states = {ts.name: ts for ts in root.types}
             self._structs = structs if structs is not None else self._schema_of(root, reader_schema)
             self._envelope = root
-            self._base = self._open_base(root, namespace) if root.baseVersion else None
+            self._base = (base or self._open_base(root, namespace)) if root.baseVersion else None
+            self._mid = self._open_mid(root, namespace) if root.midVersion else None
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: damaged envelope ({e.description})") from e
         except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
@@ -127,6 +137,23 @@ class StateFile:
             raise CorruptStateError(f"{self._what}: its base {path} has a base of its own")
         return base
 
+    def _open_mid(self, root: Any, namespace: str) -> StateFile:
+        """The version this file's overlays are over: ``<version>.mid``, on the same base, with no mid."""
+        path = layout.mid_of(self.path)
+        if self._base is None:
+            raise CorruptStateError(f"{self._what}: names a mid version but no base")
+        try:
+            mid = StateFile(path, namespace=namespace, structs=self._structs, base=self._base)
+        except VersionNotFoundError as e:
+            raise CorruptStateError(f"{self._what}: its mid {path} is missing ({e})") from None
+        if mid.version != root.midVersion or mid.header.content_hash != root.midContentHash:
+            raise CorruptStateError(
+                f"{self._what}: {path} is not its mid (version {mid.version}, wanted {root.midVersion})"
+            )
+        if mid._base is None or mid._mid is not None or mid._envelope.baseVersion != root.baseVersion:
+            raise CorruptStateError(f"{self._what}: its mid {path} is not an overlay on the same base")
+        return mid
+
     def verify(self) -> None:
         """Check every byte of this file, and of its base, against the header's content hash.
 
@@ -155,6 +182,8 @@ class StateFile:
                     del _CHECKED[next(iter(_CHECKED))]
         if self._base is not None:
             self._base.verify()
+        if self._mid is not None:
+            self._mid.verify()
         self._checked = True
 
     def _content_hash(self) -> int:
@@ -181,6 +210,11 @@ class StateFile:
     def base(self) -> StateFile | None:
         """The base this version's overlays are read over (None when this file holds every record)."""
         return self._base
+
+    @property
+    def mid(self) -> StateFile | None:
+        """The earlier version this file's overlays are over (None when they are over the base)."""
+        return self._mid
 
     def type_state(self, name: str) -> Any:
         """The envelope's ``TypeState`` of *name* (for the producer, which reads sections itself)."""
@@ -250,6 +284,8 @@ class StateFile:
         struct = self._structs.get(ts.typeId)
         if struct is None:
             raise CorruptStateError(f"{what}: type {name} ({ts.typeId:#x}) missing from the embedded schema")
+        if self._mid is not None:
+            return self._attach_top(ts, struct)
         if self._base is not None:
             return self._attach_overlaid(ts, struct)
         view, size = self._view, self.header.file_length
@@ -270,6 +306,15 @@ class StateFile:
         msg = schema.read_message(self._view[sec.offset : sec.offset + sec.length])
         return msg.get_root(schema.envelope().Records).list.as_list(list_schema)
 
+    def _chunk(self, sec: Any, list_schema: Any, what: str) -> Any:
+        """One overlay chunk's records, read on first use (:class:`hollow.view.Chunks`)."""
+        try:
+            return self._records(sec, list_schema, what)
+        except capnp.KjException as e:
+            raise CorruptStateError(f"{self._what}: {what}: damaged ({e.description})") from e
+        except (UnicodeDecodeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CorruptStateError(f"{self._what}: {what}: malformed ({type(e).__name__}: {e})") from e
+
     def _holes(self, ts: Any) -> memoryview:
         """A type's holes: exactly (ordinals - count) of them (the section is padded to a whole word)."""
         count, ordinals, what = ts.count, ts.ordinals, f"{self._what}: {ts.name} holes"
@@ -280,14 +325,43 @@ class StateFile:
 
     def _attach_overlaid(self, ts: Any, struct: Any) -> TypeView:
         """The type's view: the base's records and indexes under this file's overlay."""
-        what, view, size, name = self._what, self._view, self.header.file_length, ts.name
         assert self._base is not None
-        if name not in self._base._type_states:
-            raise CorruptStateError(f"{what}: type {name} is missing from its base")
-        base = self._base.type(name)
+        if ts.name not in self._base._type_states:
+            raise CorruptStateError(f"{self._what}: type {ts.name} is missing from its base")
+        base = self._base.type(ts.name)
+        return OverlaidView(
+            ts.name,
+            base._records,
+            ts.count,
+            self._holes(ts),
+            base.primary,
+            base.indexes,
+            content_hash=ts.contentHash,
+            schema=struct,
+            what=self._what,
+            overlay=self._overlay(ts, struct, len(base.indexes)),
+            size=ts.ordinals,
+        )
+
+    def _attach_top(self, ts: Any, struct: Any) -> TypeView:
+        """The type's view: its mid's view under this file's (small) overlay."""
+        assert self._mid is not None
+        if ts.name not in self._mid._type_states:
+            raise CorruptStateError(f"{self._what}: type {ts.name} is missing from its mid")
+        mid = self._mid.type(ts.name)
+        overlay = self._overlay(ts, struct, len(mid.indexes))
+        return TopView(
+            mid, overlay, ts.count, self._holes(ts), ts.ordinals, content_hash=ts.contentHash, what=self._what
+        )
+
+    def _overlay(self, ts: Any, struct: Any, n_indexes: int) -> Overlay:
+        """This file's overlay of one type, its sections bounds-checked."""
+        what, view, size, name = self._what, self._view, self.header.file_length, ts.name
         ov = ts.overlay
-        list_schema = capnp._ListSchema(struct)
-        chunks = [self._records(sec, list_schema, f"{name} chunk {i}") for i, sec in enumerate(ov.chunks)]
+        secs, list_schema = list(ov.chunks), capnp._ListSchema(struct)
+        for sec in secs:
+            layout.check_section(sec.offset, sec.length, size, what=f"{what}: {name} chunk")
+        chunks = Chunks(len(secs), lambda i: self._chunk(secs[i], list_schema, f"{name} chunk {i}"))
         ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
         refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
         if len(refs) != len(ordinals):
@@ -301,24 +375,9 @@ class StateFile:
         keys = IndexTable.attach(ov.keys, view, size, what=f"{what}: {name} overlay keys")
         added = IndexTables(ov.added, view, size, what=f"{what}: {name} overlay index")
         skipped = IndexTables(ov.skipped, view, size, what=f"{what}: {name} overlay index")
-        if len(added) != len(base.indexes) or len(skipped) != len(base.indexes):
+        if len(added) != n_indexes or len(skipped) != n_indexes:
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
-        count, ordinal_count = ts.count, ts.ordinals
-        holes = self._holes(ts)
-        overlay = Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
-        return OverlaidView(
-            name,
-            base._records,
-            count,
-            holes,
-            base.primary,
-            base.indexes,
-            content_hash=ts.contentHash,
-            schema=struct,
-            what=what,
-            overlay=overlay,
-            size=ordinal_count,
-        )
+        return Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
 
 
 def _map(path: Path) -> tuple[mmap.mmap, os.stat_result]:

@@ -25,6 +25,8 @@ class VersionStatus:
     leases: list[int] = field(default_factory=list)  # PIDs holding a lease
     base_bytes: int = 0  # the base file it is built on (shared with other versions), 0 for a base
     base_inode: int = field(default=0, repr=False)
+    mid_bytes: int = 0  # the earlier version it is written over (its mid; shared too), 0 for none
+    mid_inode: int = field(default=0, repr=False)
     inode: int = field(default=0, repr=False)
 
 
@@ -41,14 +43,15 @@ class Status:
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         for v in doc["versions"]:
-            del v["inode"], v["base_inode"]  # this host's bookkeeping, not the namespace's state
+            del v["inode"], v["base_inode"], v["mid_inode"]  # this host's bookkeeping, not the namespace's
         return doc
 
     @property
     def bytes(self) -> int:
-        """Bytes of every live version's files together, each file once (versions share their base)."""
+        """Bytes of every live version's files together, each file once (versions share their base and mid)."""
         files = {v.inode: v.bytes for v in self.versions}
         files.update({v.base_inode: v.base_bytes for v in self.versions if v.base_inode})
+        files.update({v.mid_inode: v.mid_bytes for v in self.versions if v.mid_inode})
         return sum(files.values())
 
 
@@ -96,12 +99,19 @@ def status(namespace: str, root: str | os.PathLike[str] | None = None) -> Status
             base_bytes = base_inode = 0
         if base_inode == st.st_ino:
             base_bytes = base_inode = 0
+        try:
+            mid = os.stat(layout.mid_of(ns_dir / name))
+            mid_bytes, mid_inode = mid.st_size, mid.st_ino
+        except FileNotFoundError:
+            mid_bytes = mid_inode = 0
         rows.append(
             VersionStatus(
                 version=v,
                 bytes=st.st_size,
                 base_bytes=base_bytes,
                 base_inode=base_inode,
+                mid_bytes=mid_bytes,
+                mid_inode=mid_inode,
                 inode=st.st_ino,
                 announced=v == announced,
                 pinned=v == pinned,

@@ -169,6 +169,32 @@ TOMB = 1 << 63
 _GONE = object()
 
 
+class Chunks:
+    """An overlay's chunks (one Records message a cycle), each read on first use: an overlay can
+    have up to 64 and a lookup touches few. ``lists`` holds those read so far (None for the others),
+    for hot paths to index without a call; ``chunks[i]`` reads chunk *i* if need be."""
+
+    __slots__ = ("_load", "lists")
+
+    def __init__(self, n: int, load: Any) -> None:
+        self.lists: list[Any] = [None] * n
+        self._load = load
+
+    def __len__(self) -> int:
+        return len(self.lists)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self.lists)))]
+        found = self.lists[i]
+        if found is None:
+            found = self.lists[i] = self._load(i)
+        return found
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self.lists)))
+
+
 class Overlay:
     """What a version changed since its base, for one type (``Overlay`` in hollow.capnp)."""
 
@@ -185,7 +211,7 @@ class Overlay:
 
     def __init__(
         self,
-        chunks: list[Any],
+        chunks: Chunks,
         ordinals: memoryview,
         refs: memoryview,
         keys: IndexTable,
@@ -252,6 +278,17 @@ class VersionRecords:
 
 _EMPTY = RecordList((), ())
 _NO_BLOOM = b"\0"
+
+
+def _merged(kept: array[int], overlay: Overlay, added: memoryview | None) -> array[int]:
+    """*kept* (ascending ordinals) with the ordinals of the overlay's entries *added* put in order."""
+    ords = overlay.ordinals
+    extra = [ords[e] for e in added or ()]
+    if len(extra) < 64:
+        for o in extra:
+            kept.insert(bisect.bisect_left(kept, o), o)
+        return kept
+    return array("I", sorted([*kept, *extra]))
 
 
 class TypeView:
@@ -401,14 +438,23 @@ class TypeView:
             fp = index.fingerprint(key)
         except TypeError as e:
             raise TypeError(f"{self.name} index on {', '.join(index.fields)}: {e}") from None
+        ordinals, records = self._ordinals_of(self.indexes.index(index), fp, key)
+        return _EMPTY if not ordinals else RecordList(records, ordinals)
+
+    def _ordinals_of(self, i: int, fp: int, key: Any) -> tuple[Sequence[int] | None, Any]:
+        """The ordinals, ascending, of this version's records whose index *i* value is *key*
+        (fingerprint *fp*), and what reads them by ordinal."""
+        index = self.indexes[i]
         ordinals = index.postings_of(fp)
         if ordinals is not None and not (ordinals and self._matches(self._records[ordinals[0]], index.fields, key)):
             ordinals = None
         if self._overlay is None:
-            return _EMPTY if ordinals is None else RecordList(self._records, ordinals)
-        return self._find_overlaid(self.indexes.index(index), fp, key, ordinals)
+            return ordinals, self._records
+        found = self._find_overlaid(i, fp, key, ordinals)
+        # The base's postings untouched by the overlay are base records: read them straight.
+        return found, self._records if found is ordinals else VersionRecords(self._records, self._overlay)
 
-    def _find_overlaid(self, i: int, fp: int, key: Any, base: memoryview | None) -> RecordList:
+    def _find_overlaid(self, i: int, fp: int, key: Any, base: memoryview | None) -> Sequence[int] | None:
         """The base's matches less those the overlay masks, merged with the overlay's, in ordinal order."""
         overlay = self._overlay
         assert overlay is not None
@@ -418,7 +464,7 @@ class TypeView:
             added = None
         skipped = overlay.skipped[i].postings_of(fp) if base is not None else None
         if not added and not skipped:
-            return _EMPTY if base is None else RecordList(self._records, base)
+            return base
         kept = array("I")
         if base is not None:
             at = 0
@@ -426,14 +472,7 @@ class TypeView:
                 kept.frombytes(base[at:pos].cast("B"))
                 at = pos + 1
             kept.frombytes(base[at:].cast("B"))
-        ords = overlay.ordinals
-        extra = [ords[e] for e in added or ()]
-        if len(extra) < 64:
-            for o in extra:
-                kept.insert(bisect.bisect_left(kept, o), o)
-        else:
-            kept = array("I", sorted([*kept, *extra]))
-        return RecordList(VersionRecords(self._records, overlay), kept) if kept else _EMPTY
+        return _merged(kept, overlay, added)
 
     def _index_for(self, where: dict[str, Any]) -> IndexTable:
         wanted = set(where)
@@ -520,7 +559,7 @@ class OverlaidView(TypeView):
     probe itself, and a base's view should not pay the byte test at all.
     """
 
-    __slots__ = ("_ov_cap", "_ov_chunks", "_ov_refs", "_ov_slots")
+    __slots__ = ("_ov_cap", "_ov_chunks", "_ov_lists", "_ov_refs", "_ov_slots")
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -530,6 +569,7 @@ class OverlaidView(TypeView):
         self._ov_slots = overlay.keys.slots
         self._ov_refs = overlay.refs
         self._ov_chunks = overlay.chunks
+        self._ov_lists = overlay.chunks.lists
         # bytes index faster than a memoryview: this private copy (16 bytes an overlay key) pays for itself
         self._bloom = bytes(overlay.bloom)
 
@@ -555,7 +595,8 @@ class OverlaidView(TypeView):
                         if value & TOMB:
                             return default
                         ref = self._ov_refs[value - 1]
-                        return self._ov_chunks[ref >> 32][ref & 0xFFFFFFFF]
+                        records = self._ov_lists[ref >> 32] or self._ov_chunks[ref >> 32]
+                        return records[ref & 0xFFFFFFFF]
                     s += 1
                     if s == cap:
                         s = 0
@@ -599,6 +640,216 @@ class OverlaidView(TypeView):
                         return default
                     s, wrapped = 0, True
         return self._get_hashed(key, default)
+
+
+class TopView(TypeView):
+    """A type of a version whose overlay is over an earlier version on the same base (its *mid*).
+
+    The overlay holds only what changed since the mid, so that writing such a version costs
+    O(its changes) however large the mid's overlay has grown (docs/decisions.md §18). A lookup
+    tests this overlay's bloom byte (and table), then asks the mid's view, which tests its own
+    and then reads the base. Its masked ordinals and skipped tables name the mid's ordinals.
+    """
+
+    __slots__ = (
+        "_mid",
+        "_mid_bloom",
+        "_mid_bloom_n",
+        "_mid_cap",
+        "_mid_chunks",
+        "_mid_lists",
+        "_mid_refs",
+        "_mid_slots",
+        "_ov_cap",
+        "_ov_chunks",
+        "_ov_lists",
+        "_ov_refs",
+        "_ov_slots",
+    )
+
+    def __init__(
+        self,
+        mid: TypeView,
+        overlay: Overlay,
+        count: int,
+        holes: memoryview,
+        size: int,
+        *,
+        content_hash: int,
+        what: str,
+    ) -> None:
+        super().__init__(
+            mid.name,
+            mid._records,
+            count,
+            holes,
+            mid.primary,
+            mid.indexes,
+            content_hash=content_hash,
+            schema=mid.schema,
+            what=what,
+            overlay=overlay,
+            size=size,
+        )
+        below = mid._overlay
+        if below is None:
+            raise CorruptStateError(f"{what}: {mid.name}: its mid has no overlay")
+        self._mid = mid
+        self._ov_cap = overlay.keys.capacity
+        self._ov_slots = overlay.keys.slots
+        self._ov_refs = overlay.refs
+        self._ov_chunks = overlay.chunks
+        self._ov_lists = overlay.chunks.lists
+        self._bloom = bytes(overlay.bloom)
+        self._mid_cap = below.keys.capacity
+        self._mid_slots = below.keys.slots
+        self._mid_refs = below.refs
+        self._mid_chunks = below.chunks
+        self._mid_lists = below.chunks.lists
+        self._mid_bloom = mid._bloom
+        self._mid_bloom_n = mid._bloom_n
+
+    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot path inlined
+        """The record whose primary key is *key* (a tuple for several fields), or *default*.
+
+        Raises TypeError when *key* cannot be a key of this type.
+        """
+        if type(key) is int and self._exact:
+            # The hot path, inlined for all three levels (a call would cost more than a probe).
+            if key < 0:
+                key &= _M64
+            if self._bloom[key % self._bloom_n]:
+                cap = self._ov_cap
+                s = key % cap
+                slots = self._ov_slots
+                for _ in range(cap):
+                    value = slots[2 * s + 1]
+                    if not value:
+                        break
+                    if slots[2 * s] == key:
+                        if value & TOMB:
+                            return default
+                        ref = self._ov_refs[value - 1]
+                        records = self._ov_lists[ref >> 32] or self._ov_chunks[ref >> 32]
+                        return records[ref & 0xFFFFFFFF]
+                    s += 1
+                    if s == cap:
+                        s = 0
+            if self._mid_bloom[key % self._mid_bloom_n]:
+                cap = self._mid_cap
+                s = key % cap
+                slots = self._mid_slots
+                for _ in range(cap):
+                    value = slots[2 * s + 1]
+                    if not value:
+                        break
+                    if slots[2 * s] == key:
+                        if value & TOMB:
+                            return default
+                        ref = self._mid_refs[value - 1]
+                        records = self._mid_lists[ref >> 32] or self._mid_chunks[ref >> 32]
+                        return records[ref & 0xFFFFFFFF]
+                    s += 1
+                    if s == cap:
+                        s = 0
+            cap = self._cap
+            s = key % cap
+            slots = self._slots
+            wrapped = False
+            while True:
+                o = slots[2 * s + 1]
+                if not o:
+                    return default
+                if slots[2 * s] == key:
+                    return self._records[o - 1]
+                s += 1
+                if s == cap:
+                    if wrapped:  # a table without an empty slot (forged): at most two passes
+                        return default
+                    s, wrapped = 0, True
+        return self._get_hashed(key, default)
+
+    def _get_hashed(self, key: Any, default: Any) -> Any:
+        primary = self.primary
+        try:
+            fp = primary.fingerprint(key)
+        except TypeError as e:
+            raise TypeError(f"{self.name} primary key is {self._key_signature(primary)}: {e}") from None
+        if self._bloom[fp % self._bloom_n]:
+            found = self._overlay.lookup(fp)  # type: ignore[union-attr]
+            if found is not _MISSING:
+                return found if found is not _GONE and self._matches(found, primary.fields, key) else default
+        return self._mid.get(key, default)
+
+    def _ordinals_of(self, i: int, fp: int, key: Any) -> tuple[Sequence[int] | None, Any]:
+        """The mid's matches less the mid ordinals this overlay masks, merged with its own."""
+        below, records = self._mid._ordinals_of(i, fp, key)
+        overlay = self._overlay
+        assert overlay is not None
+        added = overlay.added[i].postings_of(fp)
+        if added and not self._matches(overlay.record(added[0]), self.indexes[i].fields, key):
+            added = None
+        skipped = overlay.skipped[i].postings_of(fp) if below else None
+        if not added and not skipped:
+            return below, records
+        kept = array("I")
+        if below:
+            rows = memoryview(below)  # an array of the mid's, or a memoryview of the base's postings
+            at = 0
+            for o in skipped or ():
+                pos = bisect.bisect_left(rows, o, at)
+                if pos < len(rows) and rows[pos] == o:
+                    kept.frombytes(rows[at:pos].cast("B"))
+                    at = pos + 1
+            kept.frombytes(rows[at:].cast("B"))
+        return _merged(kept, overlay, added), _ByOrdinal(self)
+
+    def _iter_merged(self) -> Iterator[Any]:
+        holes = set(self._holes)
+        base = self._records
+        top, mid = self._overlay, self._mid._overlay
+        assert top is not None
+        t_ords = top.ordinals
+        m_ords: Any = mid.ordinals if mid is not None else ()
+        ti, tn, mi, mn = 0, len(t_ords), 0, len(m_ords)
+        nt = t_ords[0] if tn else -1
+        nm = m_ords[0] if mn else -1
+        for o in range(self._size):
+            if o == nt:
+                yield top.record(ti)
+                ti += 1
+                nt = t_ords[ti] if ti < tn else -1
+            elif o in holes:
+                pass
+            elif o == nm:
+                yield mid.record(mi)  # type: ignore[union-attr]
+            else:
+                yield base[o]
+            if o == nm:
+                mi += 1
+                nm = m_ords[mi] if mi < mn else -1
+
+    def record_at(self, ordinal: int) -> Any:
+        """The record at *ordinal* in this version (a hole reads as an empty record)."""
+        e = self._overlay.entry_at(ordinal)  # type: ignore[union-attr]
+        return self._overlay.record(e) if e >= 0 else self._mid.record_at(ordinal)  # type: ignore[union-attr]
+
+    @property
+    def mid(self) -> TypeView:
+        """The view of the earlier version this one's overlay is over."""
+        return self._mid
+
+
+class _ByOrdinal:
+    """A version's records by ordinal, through its view's :meth:`TypeView.record_at`."""
+
+    __slots__ = ("_view",)
+
+    def __init__(self, view: TypeView) -> None:
+        self._view = view
+
+    def __getitem__(self, ordinal: int) -> Any:
+        return self._view.record_at(ordinal)
 
 
 _MISSING = object()

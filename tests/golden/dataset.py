@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hollow import layout
-from hollowd import Producer
+from hollowd import Producer, overlay
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE.parent.parent / "schemas" / "movies.capnp"
@@ -66,18 +66,34 @@ def second_cycle() -> dict[str, list[dict[str, Any]]]:
     return data
 
 
+def third_cycle() -> dict[str, list[dict[str, Any]]]:
+    """Movie 6 moves to another genre, movie 8 is added, Ronin's role goes: written over version 2
+    as its mid (format 5), the overlay thresholds lowered so that a tiny dataset has one."""
+    data = second_cycle()
+    data["Movie"] = [{**m, "genre": "Thriller"} if m["id"] == 6 else m for m in data["Movie"]]
+    data["Movie"].append({"id": 8, "title": "Heat 2", "year": 2026, "rating": 7.0, "genre": "Crime", "tags": []})
+    data["Role"] = [r for r in data["Role"] if r["movieId"] != 6]
+    return data
+
+
 def produce(root: Path) -> Path:
-    """Publish both cycles under *root*; return the second version's state file."""
-    with Producer("movies", schema=SCHEMA, primary_keys=KEYS, indexes=INDEXES, root=root) as p:
-        for cycle in (first_cycle(), second_cycle()):
-            version = p.run_cycle(lambda state, c=cycle: [state.add_all(t, rs) for t, rs in c.items()])
-        return p.dir / str(version)
+    """Publish the three cycles under *root*; return the last version's state file."""
+    saved = overlay.TOP_FROM, overlay.TOP_MIN
+    overlay.TOP_FROM, overlay.TOP_MIN = 1, 16
+    try:
+        with Producer("movies", schema=SCHEMA, primary_keys=KEYS, indexes=INDEXES, root=root) as p:
+            for cycle in (first_cycle(), second_cycle(), third_cycle()):
+                version = p.run_cycle(lambda state, c=cycle: [state.add_all(t, rs) for t, rs in c.items()])
+            return p.dir / str(version)
+    finally:
+        overlay.TOP_FROM, overlay.TOP_MIN = saved
 
 
-def normalized(data: bytes, base: bytes | None = None) -> bytes:
+def normalized(data: bytes, base: bytes | None = None, mid: bytes | None = None) -> bytes:
     """The file with what depends on the clock zeroed: publication time (header and
     envelope), the content and envelope hashes over it, and the header checksum; for a
-    version built on a base, the base's content hash it names (which covers the base's time)."""
+    version built on a base (over a mid), the base's (mid's) content hash it names (which
+    covers the base's time)."""
     header = layout.Header.unpack(data, what="golden", size=len(data))
     stamp = header.published_at_ns.to_bytes(8, "little", signed=True)
     body = bytearray(data)
@@ -85,8 +101,9 @@ def normalized(data: bytes, base: bytes | None = None) -> bytes:
     body[72:80] = bytes(8)  # envelope hash (covers the envelope's publication time)
     body[112:128] = bytes(16)  # published-at and the checksum over it
     rest = bytes(body[128:]).replace(stamp, bytes(8))
-    if base is not None:
-        rest = rest.replace(base[64:72], bytes(8))
+    for other in (base, mid):
+        if other is not None:
+            rest = rest.replace(other[64:72], bytes(8))
     return bytes(body[:128]) + rest
 
 
@@ -97,11 +114,12 @@ def main() -> None:
         out.mkdir(exist_ok=True)
         shutil.copyfile(state, out / "movies.state")
         (out / "movies.state").chmod(0o644)
-        base = state.with_name(state.name + ".base")
-        if base.exists():  # format 4: the second version is an overlay on the first
-            shutil.copyfile(base, out / "movies.state.base")
-            (out / "movies.state.base").chmod(0o644)
-    (out / "movies.json").write_text(json.dumps(second_cycle(), indent=1, ensure_ascii=False) + "\n")
+        for suffix in (layout.BASE_SUFFIX, layout.MID_SUFFIX):  # format 4: a base; 5: a mid too
+            linked = state.with_name(state.name + suffix)
+            if linked.exists():
+                shutil.copyfile(linked, out / f"movies.state{suffix}")
+                (out / f"movies.state{suffix}").chmod(0o644)
+    (out / "movies.json").write_text(json.dumps(third_cycle(), indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {out}", file=sys.stderr)
 
 
