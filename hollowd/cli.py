@@ -177,9 +177,7 @@ def _status(args: argparse.Namespace) -> int:
         (
             str(v.version),
             f"{v.bytes:,}",
-            " ".join(
-                f"+ {what} {n:,}" for what, n in (("base", v.base_bytes), ("mid", v.mid_bytes)) if n
-            ) or "-",
+            " ".join(f"+ {what} {n:,}" for what, n in (("base", v.base_bytes), ("mid", v.mid_bytes)) if n) or "-",
             " ".join(f for f, on in (("announced", v.announced), ("pinned", v.pinned), ("latest", v.latest)) if on),
             ", ".join(map(str, v.leases)) or "-",
         )

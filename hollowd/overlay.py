@@ -243,7 +243,7 @@ class Latest:
         arrays_of_base = BaseArrays.of(base_state, base, name, cache)
         ov_view = view.overlay
         if state.mid is not None:
-            cls = TopLatest  # type: ignore[assignment]  # noqa: PLW0642 - the same fields, over a mid
+            cls = TopLatest  # noqa: PLW0642 - the same fields, over a mid
             mid: Latest | None = Latest.read(state.mid, rtype, cache)
         else:
             mid = None
@@ -408,7 +408,7 @@ class TopLatest(Latest):
             rtype=mid.rtype, state=mid.state, view=mid.view, base=mid.base, base_state=mid.base_state,
             base_hashes=mid.base_hashes, chunks=[], holes=mid.holes, size=mid.size, count=mid.count,
             content_hash=mid.content_hash, base_arrays=mid.base_arrays, key_slots=None, chunk_lists=[],
-            mid=mid, **dict.fromkeys(_ARRAYS.values(), _EMPTY_U64),
+            mid=mid, **dict.fromkeys(_ARRAYS.values(), _EMPTY_U64),  # type: ignore[arg-type]
             e_vals=[_EMPTY_U64] * n_ix, m_vals=[_EMPTY_U64] * n_ix, m_pos=[_EMPTY_U64] * n_ix,
         )  # fmt: skip
 
@@ -518,7 +518,8 @@ class TopLatest(Latest):
         mask with its own, the base ordinals either masks, the tombstones of both (one a key).
         O(the mid's overlay) vector work; no record is read."""
         mid = self.mid
-        assert mid is not None and mid.mid is None
+        assert mid is not None
+        assert mid.mid is None
         masked = self.m_ord.astype(np.int64)
         mid_ords = mid.e_ord.astype(np.int64)
         keep = ~np.isin(mid_ords, masked)
@@ -830,7 +831,8 @@ class _Step:
         self.masks.extend(j[is_base].tolist())
         self.t_dead.extend(j[kind == TOMBSTONE].tolist())
         self.new_ord.extend(new_ord.tolist())
-        self.kept.extend(zip([records[i] for i in idx.tolist()], fps[idx].tolist(), np.asarray(hashes)[idx].tolist()))
+        picked = [records[i] for i in idx.tolist()]
+        self.kept.extend(zip(picked, fps[idx].tolist(), np.asarray(hashes)[idx].tolist(), strict=True))
 
     def assign_ordinals(self) -> Any:
         """New records fill the lowest free ordinals (holes, and those freed now), then grow the list.

@@ -243,8 +243,15 @@ class Producer:
             assert base is not None
             self._publish(
                 lambda: publish.write_overlay_file(
-                    self.dir, self.namespace, version, parent, self.schema, base, overlays.values(),
-                    mode=self.mode, mid=mid,
+                    self.dir,
+                    self.namespace,
+                    version,
+                    parent,
+                    self.schema,
+                    base,
+                    overlays.values(),
+                    mode=self.mode,
+                    mid=mid,
                 )
             )
             self._check_published(self.dir / layout.state_name(version), version, check)
@@ -280,8 +287,7 @@ class Producer:
         k = {n: len(c.upserts) + len(c.removals) for n, c in changes.items()}
         large = any(t.mid is not None and t.mid.pressure >= overlay.TOP_FROM for t in tops.values())
         fits = all(
-            t.mid is not None and t.pressure + k.get(n, 0) <= overlay.top_limit(t.mid.pressure)
-            for n, t in tops.items()
+            t.mid is not None and t.pressure + k.get(n, 0) <= overlay.top_limit(t.mid.pressure) for n, t in tops.items()
         )
         if large and fits:
             return dict(tops), state.mid or state

@@ -241,12 +241,15 @@ def write_overlay_file(
 
     def link_and_verify(tmp: Path) -> None:
         final = ns_dir / layout.state_name(version)
-        links = {layout.base_of: base.path} if mid is None else {layout.base_of: base.path, layout.mid_of: mid.path}
+        links: dict[Callable[[Path], Path], Path] = {layout.base_of: base.path}
+        if mid is not None:
+            links[layout.mid_of] = mid.path
         for link_of, target in links.items():
             with contextlib.suppress(FileNotFoundError):
                 link_of(final).unlink()  # debris of a crash before this version's rename
             _link(target, link_of(final))
-        _with_links(tmp, {link_of: link_of(final) for link_of in links}, lambda: verify_overlay(tmp, namespace, version, types))
+        at_tmp = {link_of: link_of(final) for link_of in links}
+        _with_links(tmp, at_tmp, lambda: verify_overlay(tmp, namespace, version, types))
 
     return _install(ns_dir, version, total, pieces, mode, link_and_verify)
 
@@ -267,7 +270,7 @@ def copy_state_file(
     ``<version>.base``; one over a mid, *mid* as well (``<version>.mid``).
     """
     final = ns_dir / layout.state_name(version)
-    links = {}
+    links: dict[Callable[[Path], Path], Path] = {}
     for link_of, copy, kind in ((layout.base_of, base, "base"), (layout.mid_of, mid, "mid")):
         if copy is not None:
             _install_file(link_of(final), ns_dir / f".{version}.{kind}.{os.getpid()}.tmp", copy.read_bytes(), mode)

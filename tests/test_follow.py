@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -514,3 +515,28 @@ def test_doorbell_file_of_wrong_size_is_never_opened_as_a_semaphore(root: Path, 
     finally:
         with contextlib.suppress(FileNotFoundError):
             bad.unlink()
+
+
+def test_wait_following_returns_at_once_when_the_follower_thread_cannot_start(
+    root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process out of threads still opens and serves (without following), and wait_following()
+    says False instead of blocking until its timeout (None: for ever)."""
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name.startswith("hollow-follow-"):
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    with movies_producer(root) as p:
+        p.run_cycle(version_data(1))
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with hollow.open("movies", root=root) as ds:
+            answers: list[bool] = []
+            waiter = threading.Thread(target=lambda: answers.append(ds.wait_following(None)))
+            waiter.start()
+            waiter.join(60)
+            assert answers == [False]  # before the fix it never returned
+            assert ds.version == 1
+    assert "cannot start the follower thread" in caplog.text

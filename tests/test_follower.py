@@ -164,9 +164,11 @@ def test_versions_over_a_mid_replicate_by_delta_and_by_snapshot(
                 assert f.here == v
                 assert hash_of(host2, v) == hash_of(root, v) == h.content_hash
             assert records_of(host2) == records_of(root)
-            assert mids >= 4 and snapshot_mids >= 1  # the layouts this test is about did occur
+            assert mids >= 4  # the layouts this test is about did occur
+            assert snapshot_mids >= 1
             start = read_header(store, read_header(store, v).snapshot_at)  # type: ignore[union-attr]
-            assert start is not None and "mid" in start.blobs  # the late one starts from a version over a mid
+            assert start is not None
+            assert "mid" in start.blobs  # the late one starts from a version over a mid
             late = Follower(store, "movies", root=host3, work_dir=tmp_path / "late")
             assert late.poll()
             assert late.here == v

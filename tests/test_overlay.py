@@ -230,7 +230,10 @@ def test_background_compactions_read_like_the_model(first: list[dict[str, Any]],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(
-    st.lists(records, min_size=1, max_size=25), st.lists(small_steps, max_size=24), st.integers(1, 6), st.integers(0, 30)
+    st.lists(records, min_size=1, max_size=25),
+    st.lists(small_steps, max_size=24),
+    st.integers(1, 6),
+    st.integers(0, 30),
 )
 def test_versions_over_a_mid_read_like_the_model(
     first: list[dict[str, Any]], steps: list[Any], top_from: int, top_min: int

@@ -248,11 +248,23 @@ class Dataset:
         """Block until the follower thread is set up: its doorbell made and inotify watching (or found
         unavailable). From then on an announcement wakes it at once, and ``hollow status`` counts this
         process among the followers. ``hollow.open`` does not wait for this, and need not: a version
-        announced meanwhile is followed all the same (docs/decisions.md §61). False on timeout."""
+        announced meanwhile is followed all the same (docs/decisions.md §61). False on timeout, and at
+        once when there is no follower thread (it could not be started: that is logged)."""
         self._check()
         if not self.follow:
             raise Error("wait_following needs a following dataset: hollow.open(..., follow=True)")
-        return self._armed.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._armed.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
+            with self._lock:
+                thread, launched = self._thread, self._launched
+            started = launched is None or not launched.locked()
+            if thread is None or (started and not thread.is_alive()):
+                if self._launch_failed:
+                    self._say_launch_failed()
+                return self._armed.is_set()  # no follower thread (it could not start, or has ended)
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     def on_update(self, callback: Callable[[int], None]) -> Callable[[int], None]:
         """Call ``callback(version)`` (in the follower thread) after each switch to a new version."""
@@ -319,7 +331,7 @@ class Dataset:
         launched.acquire()
         with self._lock:
             self._thread, self._launched = thread, launched
-        _thread.start_new_thread(_launch, (thread, launched, self.namespace))
+        _thread.start_new_thread(_launch, (thread, launched, self._launch_failed))
 
     def _start_watch(self) -> None:
         """In the follower thread: inotify on the announcement's directory, a second path after the doorbell."""
@@ -456,6 +468,13 @@ class Dataset:
         self._wake = threading.Event()  # the follower's head start ends, or it has no doorbell and is rung
         self._armed = threading.Event()  # the follower has its doorbell and watch (wait_following)
         self._launched = None
+        self._launch_failed: list[BaseException] = []  # the follower thread could not be started
+
+    def _say_launch_failed(self) -> None:
+        with contextlib.suppress(IndexError):
+            e = self._launch_failed.pop()
+            log.error("hollow: %s: cannot start the follower thread (%s); this process does not follow "
+                      "new versions", self.namespace, e)  # fmt: skip
 
     def _stopped(self) -> bool:
         return self._closed  # a call, so that type checkers do not assume it cannot change
@@ -464,6 +483,8 @@ class Dataset:
         """Every public call starts here: closed is an error; a forked child re-arms first."""
         if self._closed:
             raise ClosedError(f"dataset {self.namespace!r} is closed")
+        if self._launch_failed:
+            self._say_launch_failed()
         if self._generation != _Fork.generation:
             with self._rearming:  # several threads of a child may make its first call at once
                 if self._generation != _Fork.generation:
@@ -669,13 +690,15 @@ class Dataset:
             self._start_following()
 
 
-def _launch(thread: threading.Thread, launched: Any, namespace: str) -> None:
+def _launch(thread: threading.Thread, launched: Any, failed: list[BaseException]) -> None:
     """In a helper thread: start the follower *thread*, which ``Thread.start`` waits for, so that the
-    opener does not; then release *launched* (which ``_stop_following`` waits on)."""
+    opener does not; then release *launched* (which ``_stop_following`` waits on). A failure is put
+    in *failed*, for the dataset's next call to log: logging here would make this thread, which is
+    not a ``threading`` one, a dummy Thread that is never removed."""
     try:
         thread.start()
-    except Exception:  # cannot start a new thread: say so; the dataset still works, without following
-        log.exception("hollow: %s: cannot start the follower thread", namespace)
+    except Exception as e:  # noqa: BLE001 - cannot start a thread: the dataset still works, without following
+        failed.append(e)
     finally:
         launched.release()
 

@@ -794,7 +794,7 @@ class TopView(TypeView):
             return below, records
         kept = array("I")
         if below:
-            rows = memoryview(below)  # an array of the mid's, or a memoryview of the base's postings
+            rows = memoryview(below)  # type: ignore[arg-type]  # the mid's array, or the base's postings
             at = 0
             for o in skipped or ():
                 pos = bisect.bisect_left(rows, o, at)
