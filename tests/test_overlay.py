@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import xxhash
 from hypothesis import HealthCheck, given, settings
@@ -483,6 +484,53 @@ def test_change_hash_tells_apart_what_json_cannot() -> None:
     assert overlay.record_hash({"id": 1, "d": b"ab"}) != overlay.record_hash({"id": 1, "d": "ab"})
     assert overlay.record_hash({"id": 1, "n": 1}) != overlay.record_hash({"id": 1, "n": 1.0})
     assert overlay.record_hash({"id": 1, "n": 1}) == overlay.record_hash({"id": 1, "n": 1})
+
+
+json_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 70), 1 << 70)
+    | st.floats()
+    | st.binary(max_size=4)
+    # text that looks like the frame a batch is cut by, or a record boundary
+    | st.sampled_from(["", "\n", ",\n,", "},{", '"', "null", "[", "]"])
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=4), json_value, max_size=4), max_size=20), st.integers(1, 7))
+def test_change_hashes_of_a_batch_are_each_records_own(records: list[dict[str, Any]], batch: int) -> None:
+    """A record's change hash is the same alone, in a batch, first, last or anywhere between, whatever it
+    holds (what a later cycle computes for one dict must match what the first build stored for it)."""
+    alone = [overlay.record_hash(r) for r in records]
+    saved = overlay._BATCH
+    overlay._BATCH = batch  # batch edges fall on every position
+    try:
+        assert overlay.record_hashes(records).tolist() == alone
+        odd = [*records, {"f": orjson.Fragment(b"1,\n,2")}]  # a record that writes the cut itself
+        assert overlay.record_hashes(odd).tolist() == [*alone, overlay.record_hash(odd[-1])]
+    finally:
+        overlay._BATCH = saved
+
+
+def test_change_hashes_dump_a_batch_with_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashing n records costs one orjson call per batch, not one per record (issue 10: a record's
+    share of ``run_cycle`` is looking at it once; a call per record cost about a third of it)."""
+    calls = []
+    real = overlay._dumps
+
+    def counted(obj: Any) -> bytes:
+        calls.append(1)
+        return real(obj)
+
+    monkeypatch.setattr(overlay, "_dumps", counted)
+    records = [movie(i) for i in range(3 * overlay._BATCH)]
+    hashes = overlay.record_hashes(records)
+    assert len(calls) == 3
+    assert hashes.tolist() == [xxhash.xxh3_64_intdigest(json.dumps(r, separators=(",", ":")).encode()) for r in records]
 
 
 def test_status_counts_a_shared_base_once(root: Path) -> None:
