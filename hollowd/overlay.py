@@ -126,11 +126,10 @@ _CUT = orjson.Fragment(b"\n")
 
 
 def _has_null(blob: bytes) -> bool:
-    """Whether *blob* holds ``null``: numpy finds the n's (an eighth of the time ``in`` takes), then
-    looks at the three bytes after each."""
+    """Whether *blob* holds ``null``: four byte comparisons as numpy vectors (a third of the time
+    ``in`` takes)."""
     b = np.frombuffer(blob, dtype=np.uint8)
-    at = np.flatnonzero(b[:-3] == 110)  # n
-    return bool(((b[at + 1] == 117) & (b[at + 2] == 108) & (b[at + 3] == 108)).any())  # ull
+    return bool(((b[:-3] == 110) & (b[1:-2] == 117) & (b[2:-1] == 108) & (b[3:] == 108)).any())
 
 
 def record_hashes(records: list[Any]) -> Any:
@@ -364,7 +363,7 @@ class BaseArrays:
         self.key_slots = np.frombuffer(base.primary.slots, dtype=_U64).reshape(-1, 2)
         self._base = base
         self._values: dict[int, tuple[Any, Any]] = {}
-        self._by_hash: tuple[Any, Any] | None = None
+        self._by_hash: tuple[Any, Any, Any, bool] | None = None
 
     @classmethod
     def of(
@@ -384,13 +383,24 @@ class BaseArrays:
     def hashes_by_value(self, hashes: Any) -> tuple[Any, Any]:
         """(change hashes, ordinals) of the base's live records, ascending by hash (*hashes*: the
         base's, per ordinal)."""
+        return self._sorted_hashes(hashes)[:2]
+
+    def hash_ranks(self, hashes: Any) -> tuple[Any, Any, Any, bool]:
+        """:meth:`hashes_by_value`, with each base ordinal's place in that order and whether the
+        hashes are distinct (they are, but for a 64-bit collision)."""
+        return self._sorted_hashes(hashes)
+
+    def _sorted_hashes(self, hashes: Any) -> tuple[Any, Any, Any, bool]:
         if self._by_hash is None:
             live = np.ones(self._base.size, dtype=bool)
             if len(self._base.holes):
                 live[np.frombuffer(self._base.holes, dtype=np.uint32)] = False
             ords = np.flatnonzero(live)
             by = np.argsort(hashes[ords])
-            self._by_hash = (hashes[ords][by], ords[by])
+            by_hash, by_ord = hashes[ords][by], ords[by]
+            rank = np.zeros(self._base.size, dtype=np.int64)
+            rank[by_ord] = np.arange(len(by_ord))
+            self._by_hash = (by_hash, by_ord, rank, bool((by_hash[1:] != by_hash[:-1]).all()))
         return self._by_hash
 
     def values(self, i: int) -> tuple[Any, Any]:
@@ -822,24 +832,49 @@ def _compare(latest: Latest, new_hash: Any) -> tuple[Any, Any, Any]:
     once (the same record twice); ordinals of the latest's records whose hash is gone; and the new
     hashes sorted.
 
-    One sort (the latest's hashes come sorted: :meth:`Latest.live_hashes`) and one sorted
-    search, which walks both arrays in order and so stays in the cache; the latest's records
-    that stay are the ones it found (their hashes are distinct), so no search the other way."""
-    old_sorted, old_ord = latest.live_hashes()
+    One sort of what the cycle is handed, and one sorted search of it into the base's hashes
+    (sorted once per base: :meth:`BaseArrays.hash_ranks`) and one into the entries' (few), which
+    walk both arrays in order and so stay in the cache. The base's masked records are dead where
+    the search lands; the latest's records that stay are the ones it found (their hashes are
+    distinct), so there is no search the other way and no merge of the base's and the entries'."""
+    b_hash, b_ord, b_rank, distinct = latest.base_arrays.hash_ranks(latest.base_hashes)
+    by = np.argsort(latest.e_hash)
+    e_hash, e_ord = latest.e_hash[by], latest.e_ord.astype(np.int64)[by]
+    if not distinct or not (e_hash[1:] != e_hash[:-1]).all():  # pragma: no cover - a 64-bit collision
+        return _compare_merged(latest, new_hash)
+    dead = np.zeros(len(b_hash), dtype=bool)
+    dead[b_rank[latest.m_ord.astype(np.int64)]] = True
     new_sorted = np.sort(new_hash)
-    at = np.searchsorted(old_sorted, new_sorted)
-    np.minimum(at, max(len(old_sorted) - 1, 0), out=at)
-    seen = old_sorted[at] == new_sorted if len(old_sorted) else np.zeros(len(new_sorted), dtype=bool)
+    seen = np.zeros(len(new_sorted), dtype=bool)
+    stays = []
+    for pool, masked in ((b_hash, dead), (e_hash, None)):
+        found = np.zeros(len(pool), dtype=bool)
+        if len(pool):
+            at = np.searchsorted(pool, new_sorted)
+            np.minimum(at, len(pool) - 1, out=at)
+            hit = pool[at] == new_sorted
+            if masked is not None:
+                hit &= ~masked[at]
+            found[at[hit]] = True
+            seen |= hit
+        stays.append(found)
     unseen = new_sorted[~seen]
     repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
-    if (old_sorted[1:] != old_sorted[:-1]).all():  # distinct: the search above found every one that stays
-        stays = np.zeros(len(old_sorted), dtype=bool)
-        stays[at[seen]] = True
-        gone = np.sort(old_ord[~stays])
-    else:  # pragma: no cover - two live records with one hash (a collision): search the other way too
-        gone = np.sort(old_ord[~_in_sorted(old_sorted, new_sorted)])
+    gone = np.concatenate(  # base records first, as the files list them
+        (np.sort(b_ord[~(stays[0] | dead)]), np.sort(e_ord[~stays[1]]))
+    )
+    return _positions_of(new_hash, np.union1d(unseen, repeated)), gone, new_sorted
+
+
+def _compare_merged(latest: Latest, new_hash: Any) -> tuple[Any, Any, Any]:  # pragma: no cover - collisions
+    """:func:`_compare` when two live records share a change hash: searches both ways."""
+    old_sorted, old_ord = latest.live_hashes()
+    new_sorted = np.sort(new_hash)
+    unseen = new_sorted[~_in_sorted(new_sorted, old_sorted)]
+    repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
+    gone = np.sort(old_ord[~_in_sorted(old_sorted, new_sorted)])
     in_overlay = np.isin(gone, latest.e_ord.astype(np.int64))
-    gone = np.concatenate((gone[~in_overlay], gone[in_overlay]))  # base records first, as the files list them
+    gone = np.concatenate((gone[~in_overlay], gone[in_overlay]))
     return _positions_of(new_hash, np.union1d(unseen, repeated)), gone, new_sorted
 
 
