@@ -806,7 +806,11 @@ def _diff_hashed(latest: Latest, hashes: Any, records_at: Any, parse_keys: Any, 
             field=", ".join(rtype.primary.fields),
         )
     upserts = dict(zip(keys, records, strict=True))
-    removals = [k for k in map(latest.key_at, gone.tolist()) if k not in upserts]
+    # A gone record whose key is upserted is replaced, not removed: its ordinal is where that key
+    # was found, so only the records really removed are read for their keys.
+    replaced = np.concatenate((wheres[kinds == BASE], latest.e_ord.astype(np.int64)[wheres[kinds == ENTRY]]))
+    removed = gone[~np.isin(gone, replaced)]
+    removals = list(map(latest.key_at, removed.tolist()))
     return Changes(upserts, removals, hashes[changed])
 
 
