@@ -124,9 +124,8 @@ def test_diagnose_names_nested_field() -> None:
 
 
 def test_lists_of_text_read_back_whether_they_repeat_or_not() -> None:
-    """The columnar path interns lists of Text only when a sample of the column repeats (issue 10);
-    either way every list, an empty one, a None and non-ASCII text read back as pycapnp's builders
-    write them, and the records are the same."""
+    """Lists of Text that mostly differ and lists that repeat (stored once): every list, an empty
+    one, a None and non-ASCII text read back as pycapnp's builders write them (issue 10)."""
     words = ["a", "bb", "ccc", "Ωmega", ""]
     rest = {
         "flag": True, "count": 1, "ratio": 0.5, "name": "n", "color": "red", "other": False, "nums": [1],
