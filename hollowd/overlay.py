@@ -135,30 +135,51 @@ def _exact(record: Any) -> bytes:
 
 
 _BATCH = 4096
+#: Between records of a batch dumped in one call: a raw newline, which orjson never writes itself
+#: (it escapes control characters in strings, and indents nothing), so ``,\n,`` cuts the batch exactly.
+_CUT = orjson.Fragment(b"\n")
+
+
+def _has_null(blob: bytes) -> bool:
+    """Whether *blob* holds ``null``: four byte comparisons as numpy vectors (less than half the time
+    ``in`` takes)."""
+    b = np.frombuffer(blob, dtype=np.uint8)
+    return bool(((b[:-3] == 110) & (b[1:-2] == 117) & (b[2:-1] == 108) & (b[3:] == 108)).any())
 
 
 def record_hashes(records: list[Any]) -> Any:
     """:func:`record_hash` of each record, as a uint64 array.
 
-    In batches: each batch dumped and hashed by C loops (``map``), the few
-    records with a ``null`` found by one scan of the batch's bytes.
+    In batches, each dumped by one orjson call as ``[r0,\n,r1,\n,...]`` (the newlines
+    are :data:`_CUT` fragments) and cut at ``,\n,``, so every piece is exactly the
+    record's own JSON; the pieces are hashed by one C loop (``map``), the few records
+    with a ``null`` found by one numpy scan of the batch's bytes (docs/decisions.md §70).
     """
     n = len(records)
     out = np.empty(n, dtype=_U64)
+    frame = [_CUT] * (2 * min(n, _BATCH) - 1)
     for start in range(0, n, _BATCH):
         part = records[start : start + _BATCH]
+        if len(part) * 2 - 1 != len(frame):
+            frame = [_CUT] * (2 * len(part) - 1)
+        frame[::2] = part
         try:
-            blobs = list(map(_dumps, part))
-        except TypeError:
+            blob = _dumps(frame)
+            pieces = blob.split(b",\n,")
+            pieces[0] = pieces[0][1:]  # the list's brackets (one piece may have both)
+            pieces[-1] = pieces[-1][:-1]
+        except TypeError:  # bytes, or an int past 64 bits: those records are hashed from their repr
+            pieces = []
+        if len(pieces) != len(part):  # or a record holds a fragment of its own: one by one
             try:
                 out[start : start + len(part)] = np.fromiter(map(record_hash, part), dtype=_U64, count=len(part))
             except RecursionError:
                 raise _deep(part, start) from None
             continue
-        out[start : start + len(part)] = np.fromiter(map(_xxh, blobs), dtype=_U64, count=len(part))
-        if b"null" in b"".join(blobs):
-            for i, blob in enumerate(blobs):
-                if b"null" in blob:
+        out[start : start + len(part)] = np.fromiter(map(_xxh, pieces), dtype=_U64, count=len(part))
+        if _has_null(blob):
+            for i, piece in enumerate(pieces):
+                if b"null" in piece:
                     out[start + i] = _xxh(_exact(part[i]))
     return out
 
@@ -567,7 +588,7 @@ class BaseArrays:
         self.key_slots = np.frombuffer(base.primary.slots, dtype=_U64).reshape(-1, 2)
         self._base = base
         self._values: dict[int, tuple[Any, Any]] = {}
-        self._by_hash: tuple[Any, Any] | None = None
+        self._by_hash: tuple[Any, Any, Any, bool] | None = None
 
     @classmethod
     def of(
@@ -587,13 +608,24 @@ class BaseArrays:
     def hashes_by_value(self, hashes: Any) -> tuple[Any, Any]:
         """(change hashes, ordinals) of the base's live records, ascending by hash (*hashes*: the
         base's, per ordinal)."""
+        return self._sorted_hashes(hashes)[:2]
+
+    def hash_ranks(self, hashes: Any) -> tuple[Any, Any, Any, bool]:
+        """:meth:`hashes_by_value`, with each base ordinal's place in that order and whether the
+        hashes are distinct (they are, but for a 64-bit collision)."""
+        return self._sorted_hashes(hashes)
+
+    def _sorted_hashes(self, hashes: Any) -> tuple[Any, Any, Any, bool]:
         if self._by_hash is None:
             live = np.ones(self._base.size, dtype=bool)
             if len(self._base.holes):
                 live[np.frombuffer(self._base.holes, dtype=np.uint32)] = False
             ords = np.flatnonzero(live)
             by = np.argsort(hashes[ords])
-            self._by_hash = (hashes[ords][by], ords[by])
+            by_hash, by_ord = hashes[ords][by], ords[by]
+            rank = np.zeros(self._base.size, dtype=np.int64)
+            rank[by_ord] = np.arange(len(by_ord))
+            self._by_hash = (by_hash, by_ord, rank, bool((by_hash[1:] != by_hash[:-1]).all()))
         return self._by_hash
 
     def values(self, i: int) -> tuple[Any, Any]:
@@ -1003,7 +1035,11 @@ def _diff_hashed(latest: Latest, hashes: Any, records_at: Any, parse_keys: Any, 
             field=", ".join(rtype.primary.fields),
         )
     upserts = dict(zip(keys, records, strict=True))
-    removals = [k for k in map(latest.key_at, gone.tolist()) if k not in upserts]
+    # A gone record whose key is upserted is replaced, not removed: its ordinal is where that key
+    # was found, so only the records really removed are read for their keys.
+    replaced = np.concatenate((wheres[kinds == BASE], latest.e_ord.astype(np.int64)[wheres[kinds == ENTRY]]))
+    removed = gone[~np.isin(gone, replaced)]
+    removals = list(map(latest.key_at, removed.tolist()))
     return Changes(upserts, removals, hashes[changed])
 
 
@@ -1029,15 +1065,53 @@ def _compare(latest: Latest, new_hash: Any) -> tuple[Any, Any, Any]:
     once (the same record twice); ordinals of the latest's records whose hash is gone; and the new
     hashes sorted.
 
-    One sort (the latest's hashes come sorted: :meth:`Latest.live_hashes`) and sorted
-    searches, which walk both arrays in order and so stay in the cache."""
+    One sort of what the cycle is handed, and one sorted search of it into the base's hashes
+    (sorted once per base: :meth:`BaseArrays.hash_ranks`) and one into the entries' (few), which
+    walk both arrays in order and so stay in the cache. The base's masked records are dead where
+    the search lands; the latest's records that stay are the ones it found (their hashes are
+    distinct), so there is no search the other way and no merge of the base's and the entries'.
+    A version over a mid is compared as one overlay over the base (:meth:`Latest.flat`, O(its
+    overlays): a full cycle is O(n) anyway)."""
+    if latest.mid is not None:
+        latest = latest.flat()
+    b_hash, b_ord, b_rank, distinct = latest.base_arrays.hash_ranks(latest.base_hashes)
+    by = np.argsort(latest.e_hash)
+    e_hash, e_ord = latest.e_hash[by], latest.e_ord.astype(np.int64)[by]
+    if not distinct or not (e_hash[1:] != e_hash[:-1]).all():  # pragma: no cover - a 64-bit collision
+        return _compare_merged(latest, new_hash)
+    dead = np.zeros(len(b_hash), dtype=bool)
+    dead[b_rank[latest.m_ord.astype(np.int64)]] = True
+    new_sorted = np.sort(new_hash)
+    seen = np.zeros(len(new_sorted), dtype=bool)
+    stays = []
+    for pool, masked in ((b_hash, dead), (e_hash, None)):
+        found = np.zeros(len(pool), dtype=bool)
+        if len(pool):
+            at = np.searchsorted(pool, new_sorted)
+            np.minimum(at, len(pool) - 1, out=at)
+            hit = pool[at] == new_sorted
+            if masked is not None:
+                hit &= ~masked[at]
+            found[at[hit]] = True
+            seen |= hit
+        stays.append(found)
+    unseen = new_sorted[~seen]
+    repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
+    gone = np.concatenate(  # base records first, as the files list them
+        (np.sort(b_ord[~(stays[0] | dead)]), np.sort(e_ord[~stays[1]]))
+    )
+    return _positions_of(new_hash, np.union1d(unseen, repeated)), gone, new_sorted
+
+
+def _compare_merged(latest: Latest, new_hash: Any) -> tuple[Any, Any, Any]:  # pragma: no cover - collisions
+    """:func:`_compare` when two live records share a change hash: searches both ways."""
     old_sorted, old_ord = latest.live_hashes()
     new_sorted = np.sort(new_hash)
     unseen = new_sorted[~_in_sorted(new_sorted, old_sorted)]
     repeated = new_sorted[1:][new_sorted[1:] == new_sorted[:-1]]
     gone = np.sort(old_ord[~_in_sorted(old_sorted, new_sorted)])
     in_overlay = np.isin(gone, latest.e_ord.astype(np.int64))
-    gone = np.concatenate((gone[~in_overlay], gone[in_overlay]))  # base records first, as the files list them
+    gone = np.concatenate((gone[~in_overlay], gone[in_overlay]))
     return _positions_of(new_hash, np.union1d(unseen, repeated)), gone, new_sorted
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from hollow import layout
 from hollowd import encoder, index, overlay
 from hollowd.errors import MissingKeyError, SchemaError, ValidationError
 from hollowd.overlay import MAX_HOLE_SHARE, Latest
@@ -98,7 +99,8 @@ class WriteState:
             raise SchemaError(self._unknown(type_name)) from None
         start = len(bucket)
         bucket.extend(records)
-        if set(map(type, bucket[start:])) - {dict}:
+        added = bucket if not start else bucket[start:]  # no copy of a whole first batch
+        if set(map(type, added)) - {dict}:
             bucket[start:] = [as_dict(type_name, r) for r in bucket[start:]]
 
     def _unknown(self, type_name: str) -> str:
@@ -181,8 +183,14 @@ def build_type(
     *hashes* are their change hashes when the caller computed them already.
     """
     columns = encoder.ColumnCache(records)
-    keys = _keys(rtype, records, columns)
-    fps = full_fingerprints(rtype, keys)
+    exact = rtype.primary.kind == layout.KIND_EXACT_INT
+    keys = _keys(rtype, records, columns, seek_none=not exact)
+    try:
+        fps = full_fingerprints(rtype, keys)
+    except ValidationError:
+        if exact and None in keys:  # looked for only now: a scan of a million keys cost 0.1 s
+            _hashable_key(rtype, None, keys.index(None))
+        raise
     overlay.check_unique(rtype, keys, fps)
     ordinals, size, holes = _ordinals(fps, previous)
     if size == len(records) and (ordinals[1:] > ordinals[:-1]).all():
@@ -257,15 +265,22 @@ def full_fingerprints(rtype: RecordType, keys: list[Any], positions: list[int] |
 
 
 def _keys(
-    rtype: RecordType, records: list[dict[str, Any]], columns: encoder.ColumnCache, positions: list[int] | None = None
+    rtype: RecordType,
+    records: list[dict[str, Any]],
+    columns: encoder.ColumnCache,
+    positions: list[int] | None = None,
+    *,
+    seek_none: bool = True,
 ) -> list[Any]:
+    """The primary keys of *records*; a missing one is named by its position. *seek_none* False
+    leaves a single field's None to the caller (integer fingerprints refuse it anyway)."""
     fields = rtype.primary.fields
     if len(fields) == 1:
         name = fields[0]
         keys = columns.get(name)
         if keys is None:
             keys = [d.get(name) if isinstance(d, Mapping) else None for d in records]
-        if None in keys:
+        if seek_none and None in keys:
             at = keys.index(None)
             _hashable_key(rtype, None, at if positions is None else positions[at])
         return keys

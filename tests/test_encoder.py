@@ -82,6 +82,20 @@ def test_columnar_path_matches_pycapnp(records: list[dict[str, Any]], holes: lis
     assert _read(struct.pack("<II", 0, len(buf) // 8), buf) == _builder_encoding(with_holes)
 
 
+with_nones = st.fixed_dictionaries({"id": ints["int64"], **{k: st.none() | v for k, v in FIELDS.items()}})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(with_nones, min_size=1, max_size=6))
+def test_columnar_path_takes_none_as_absent(records: list[dict[str, Any]]) -> None:
+    """Every field present, any of them None (absent): still the columnar path, which looks for the
+    None only after a column's plain conversion failed (issue 10), and reads as pycapnp writes it."""
+    enc = encoder.RecordEncoder(THING)
+    buf = enc._start(len(records))
+    encoder._Columns(enc, buf, list(records)).encode()  # raises _Fallback if the columnar path refused
+    assert _read(struct.pack("<II", 0, len(buf) // 8), buf) == _builder_encoding(list(records))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(partial, min_size=1, max_size=6))
 def test_record_path_matches_pycapnp(records: list[dict[str, Any]]) -> None:
@@ -107,3 +121,25 @@ def test_diagnose_names_nested_field() -> None:
     assert encoder.diagnose(THING, bad) == ("people[1].age", "300 is out of range for UInt8 (0..255)")
     assert encoder.diagnose(THING, {"id": 1, "colour": "red"})[0] == "colour"
     assert encoder.diagnose(THING, {"id": 1, "color": "mauve"}) == ("color", "'mauve' is not one of red, green, blue")
+
+
+def test_lists_of_text_read_back_whether_they_repeat_or_not() -> None:
+    """Lists of Text that mostly differ and lists that repeat (stored once): every list, an empty
+    one, a None and non-ASCII text read back as pycapnp's builders write them (issue 10)."""
+    words = ["a", "bb", "ccc", "Ωmega", ""]
+    rest = {
+        "flag": True, "count": 1, "ratio": 0.5, "name": "n", "color": "red", "other": False, "nums": [1],
+        "bits": [True], "colors": ["red"], "blobs": [b"x"], "nested": [["a"]], "d": b"d", "big": 1, "neg": -1,
+        "owner": {"name": "o"}, "people": [], "score": 1.0,
+    }  # fmt: skip
+    distinct = [{"id": i, **rest, "tags": [words[i % 5], f"t{i}", words[i // 5 % 5]][: i % 4]} for i in range(5000)]
+    repeating = [{"id": i, **rest, "tags": [words[i % 5], words[i % 3]][: i % 3]} for i in range(5000)]
+    for records in (distinct, repeating):
+        records[7]["tags"] = None
+        records[4999]["tags"] = []
+        enc = encoder.RecordEncoder(THING)
+        buf = enc._start(len(records))
+        encoder._Columns(enc, buf, list(records)).encode()  # raises _Fallback if the columnar path refused
+        assert _read(struct.pack("<II", 0, len(buf) // 8), buf) == _builder_encoding(records)
+    segment = encoder.RecordEncoder(THING).encode(repeating)[1]
+    assert len(segment) < len(encoder.RecordEncoder(THING).encode(distinct)[1])  # repeated lists stored once

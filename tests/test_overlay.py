@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import xxhash
 from hypothesis import HealthCheck, given, settings
@@ -444,6 +445,28 @@ def test_full_cycle_of_equal_records_publishes_nothing(root: Path) -> None:
         assert sorted(os.listdir(p.dir)) == before
 
 
+def test_comparing_with_base_and_entries_apart_finds_what_a_merged_search_finds(root: Path) -> None:
+    """A full cycle compares its hashes with the base's and the entries' apart (issue 10: merging
+    them cost a sort of every hash a cycle); masked base records, entries over them, a record
+    changed back to its base value and new keys in holes all come out as the merged search says."""
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(200)))
+        p.run_incremental(lambda d: [d.upsert("Movie", movie(i, title="a")) for i in range(40)])
+        p.run_incremental(lambda d: [d.remove("Movie", i) for i in range(30, 60)])
+        p.run_incremental(lambda d: [d.upsert("Movie", movie(i)) for i in (*range(10), *range(300, 310))])
+        _, latest, _ = p._read_latest(required=True)
+        lat = latest["Movie"]
+        assert len(lat.m_ord)
+        assert len(lat.e_hash)
+        assert len(lat.t_key)
+        wanted = [movie(i, title="a") for i in range(5, 35)] + [movie(i) for i in range(0, 400, 3)]
+        wanted += [movie(7), movie(7)]  # the same record twice
+        hashes = overlay.record_hashes(wanted)
+        got, merged = overlay._compare(lat, hashes), overlay._compare_merged(lat, hashes)
+        for a, b in zip(got, merged, strict=True):
+            assert a.tolist() == b.tolist()
+
+
 def test_a_version_whose_base_is_gone_is_a_named_error(root: Path) -> None:
     with movies_producer(root) as p:
         p.run_cycle(populate(movie(i) for i in range(10)))
@@ -524,6 +547,53 @@ def test_change_hash_tells_apart_what_json_cannot() -> None:
     assert overlay.record_hash({"id": 1, "d": b"ab"}) != overlay.record_hash({"id": 1, "d": "ab"})
     assert overlay.record_hash({"id": 1, "n": 1}) != overlay.record_hash({"id": 1, "n": 1.0})
     assert overlay.record_hash({"id": 1, "n": 1}) == overlay.record_hash({"id": 1, "n": 1})
+
+
+json_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 70), 1 << 70)
+    | st.floats()
+    | st.binary(max_size=4)
+    # text that looks like the frame a batch is cut by, or a record boundary
+    | st.sampled_from(["", "\n", ",\n,", "},{", '"', "null", "[", "]"])
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=4), json_value, max_size=4), max_size=20), st.integers(1, 7))
+def test_change_hashes_of_a_batch_are_each_records_own(records: list[dict[str, Any]], batch: int) -> None:
+    """A record's change hash is the same alone, in a batch, first, last or anywhere between, whatever it
+    holds (what a later cycle computes for one dict must match what the first build stored for it)."""
+    alone = [overlay.record_hash(r) for r in records]
+    saved = overlay._BATCH
+    overlay._BATCH = batch  # batch edges fall on every position
+    try:
+        assert overlay.record_hashes(records).tolist() == alone
+        odd = [*records, {"f": orjson.Fragment(b"1,\n,2")}]  # a record that writes the cut itself
+        assert overlay.record_hashes(odd).tolist() == [*alone, overlay.record_hash(odd[-1])]
+    finally:
+        overlay._BATCH = saved
+
+
+def test_change_hashes_dump_a_batch_with_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashing n records costs one orjson call per batch, not one per record (issue 10), and each
+    hash is xxh3 of the record's own JSON, as it always was (the files' stored hashes stay valid)."""
+    calls = []
+    real = overlay._dumps
+
+    def counted(obj: Any) -> bytes:
+        calls.append(1)
+        return real(obj)
+
+    monkeypatch.setattr(overlay, "_dumps", counted)
+    records = [movie(i) for i in range(3 * overlay._BATCH)]
+    hashes = overlay.record_hashes(records)
+    assert len(calls) == 3
+    assert hashes.tolist() == [xxhash.xxh3_64_intdigest(json.dumps(r, separators=(",", ":")).encode()) for r in records]
 
 
 def test_status_counts_a_shared_base_once(root: Path) -> None:
