@@ -3,7 +3,8 @@
 It watches the store's announcement (a conditional GET with the last entity tag,
 every *interval* seconds), plans the path from the version it has to the one
 announced by headers alone (deltas forward; the nearest snapshot when there is no
-chain or it moves fewer bytes; never a LIST in the normal path), downloads and
+chain or it moves fewer bytes; reverse deltas back to an older version the store
+pins; never a LIST in the normal path), downloads and
 checks each blob, applies a delta through the producer's incremental path
 (:meth:`Producer.run_changes`, so its work is proportional to the delta), checks
 the version's content hash against the producer's before it is announced, and
@@ -26,20 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hollow import layout
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import blobs, overlay
-from hollowd.errors import Error
+from hollowd.errors import Error, ValidationError
 from hollowd.producer import Producer
 from hollowd.replication import (
+    Delta,
     Header,
     ReplicationError,
     StoreAnnouncement,
     content_hash,
     decode_delta,
     delta_content_hash,
+    hashes_at,
     header_key,
+    moved_content_hash,
 )
 
 log = logging.getLogger("hollowd")
@@ -50,7 +56,7 @@ DEFAULT_INTERVAL = 1.0
 class Step:
     """One step of a plan: apply *header*'s delta, or put its snapshot in place."""
 
-    kind: str  # "delta" or "snapshot"
+    kind: str  # "delta", "reverse" or "snapshot"
     header: Header
 
 
@@ -272,13 +278,7 @@ class Follower:
         if self.producer is not None and current is not None and current.pinned and not ann.pinned:
             self.producer.unpin()  # the store's pin is gone: back to the latest, then on
         if target < self._latest_local():  # back (a pin) to a version this host no longer has
-            top = self._header(target)
-            if top is None or "snapshot" not in top.blobs:
-                raise ReplicationError(
-                    f"{self.namespace}: the store pins version {target}, which this host no longer has and the store "
-                    "has no snapshot of (going back needs one: not done); pin a version this host has with hollow pin"
-                )
-            self._execute([Step("snapshot", top)], pinned=ann.pinned)
+            self._go_back(target)
             return
         plan = self.plan(self._latest_local(), target)
         try:
@@ -343,6 +343,117 @@ class Follower:
             if "snapshot" in h.blobs:
                 snap_at = len(walk) - 1
         return [Step("snapshot", walk[snap_at])] + [Step("delta", x) for x in reversed(walk[:snap_at])]
+
+    def plan_back(self, here: int, target: int) -> list[Step] | None:
+        """Reverse deltas from local version *here* down to *target*, by headers alone (O(here - target)
+        GETs, no LIST); None when the chain has no way back there (a version without a reverse delta, a
+        missing header, *target* not on the chain)."""
+        steps: list[Step] = []
+        v = here
+        while v > target:
+            h = self._header(v)
+            if h is None or "reverse" not in h.blobs or not h.parent or h.parent < target:
+                return None
+            steps.append(Step("reverse", h))
+            v = h.parent
+        return steps
+
+    def _go_back(self, target: int) -> None:
+        """To *target*, older than this host's latest and no longer here (the store pins it): by reverse
+        deltas from the latest, or by *target*'s snapshot when that moves fewer bytes or there is no way
+        back; a reverse delta that fails (missing, damaged, a content hash that differs) falls back to
+        the snapshot. The version is announced pinned: it is never this host's latest."""
+        top = self._header(target)
+        if top is None:
+            raise ReplicationError(f"{self.store.url}: version {target} is announced but has no header")
+        back = self.plan_back(self._latest_local(), target)
+        snapshot = [Step("snapshot", top)] if "snapshot" in top.blobs else None
+        if back is not None and (
+            snapshot is None or sum(s.header.bytes_for("reverse") for s in back) <= top.bytes_for("snapshot", "base")
+        ):
+            try:
+                self._apply_reverse(back, top)
+                return
+            except (blobs.BlobCorruptError, ReplicationError) as e:
+                if snapshot is None:
+                    raise
+                log.warning(
+                    "hollowd: event=follow-fallback namespace=%s version=%d error=%r: going by its snapshot",
+                    self.namespace, target, str(e),
+                )  # fmt: skip
+        if snapshot is None:
+            raise ReplicationError(
+                f"{self.namespace}: the store pins version {target}, which this host no longer has; the store has no "
+                "snapshot of it and no reverse deltas from this host's latest down to it. Pin a version this host "
+                "has (hollow pin), or have the producer pin one with a snapshot"
+            )
+        self._execute(snapshot, pinned=True)
+
+    def _apply_reverse(self, steps: list[Step], target: Header) -> None:
+        """Apply reverse deltas *steps* (from this host's latest down) at once: per ordinal, the record the
+        one nearest *target* restores (or its removal), written as version *target* on the latest's file
+        with every record at *target*'s ordinal, pinned; verified by the content hash from the latest's,
+        over those ordinals. O(the changes in *steps*)."""
+        producer = self.producer
+        if producer is None:
+            raise ReplicationError(f"{self.namespace}: going back needs a version to start from; none is here")
+        here = self._latest_local()
+        here_header = self._header(here)
+        if here_header is None:
+            raise ReplicationError(f"{self.store.url}: version {here} (this host's latest) has no header")
+        deltas, at = self._compose_reverse(steps, here)
+        state = StateFile(self.dir / layout.state_name(here), namespace=self.namespace)
+        changes: dict[str, overlay.Changes] = {}
+        touched: dict[str, Any] = {}
+        for name, rtype in producer.schema.types.items():
+            m = at.get(name)
+            if m:
+                touched[name] = np.array(sorted(m), dtype=np.uint64)
+                changes[name] = _back_changes(state, rtype, deltas, m, touched[name])
+            else:
+                changes[name] = overlay.Changes()
+
+        def check(path: Path) -> None:
+            now = StateFile(path, namespace=self.namespace)
+            got = moved_content_hash(now, state, here_header.content_hash, touched)
+            if got != target.content_hash:
+                raise ReplicationError(
+                    f"{self.namespace} version {target.version} (back from {here} by reverse deltas): content hash "
+                    f"{got:016x} here, {target.content_hash:016x} at the producer; refused (nothing announced)"
+                )
+
+        try:
+            written = producer.run_changes(changes, version=target.version, check=check, pinned=True)
+        except ValidationError as e:
+            raise ReplicationError(f"{self.namespace}: the reverse deltas to {target.version} do not apply: {e}") from e
+        if written != target.version:
+            raise ReplicationError(f"{self.namespace}: the reverse deltas to {target.version} change nothing here")
+        self.blobs_applied += len(steps)
+        log.info(
+            "hollowd: event=follow namespace=%s version=%d by=reverse from=%d steps=%d",
+            self.namespace, target.version, here, len(steps),
+        )  # fmt: skip
+
+    def _compose_reverse(self, steps: list[Step], here: int) -> tuple[list[Delta], dict[str, dict[int, Any]]]:
+        """The reverse deltas of *steps*, fetched and checked, and per type what each ordinal they touch
+        holds at the end: (delta, element, change hash) of the record the last one restores, or None."""
+        deltas: list[Delta] = []
+        at: dict[str, dict[int, Any]] = {}
+        expect = here
+        for step in steps:
+            key = step.header.blobs["reverse"]["key"]
+            d = decode_delta(self._fetch(step.header, "reverse"), what=f"{self.store.url}/{key}")
+            if not d.reverse or d.parent != expect or d.version != step.header.parent:
+                raise ReplicationError(f"{self.store.url}/{key}: not the reverse delta of {expect} to its parent")
+            expect = d.version
+            deltas.append(d)
+            for name, td in d.types.items():
+                m = at.setdefault(name, {})
+                for o in td.removed.tolist():
+                    m[o] = None
+                for i, (o, h) in enumerate(zip(td.ordinals.tolist(), td.hashes.tolist(), strict=True)):
+                    m[o] = (len(deltas) - 1, int(td.refs[i]), h)
+        return deltas, at
 
     def _execute(self, plan: list[Step], *, pinned: bool) -> None:
         for i, step in enumerate(plan):
@@ -446,6 +557,35 @@ class Follower:
         if self.producer is not None and self._owns_producer:
             self.producer.close()
         self.producer = None
+
+
+def _back_changes(state: StateFile, rtype: Any, deltas: list[Delta], at: dict[int, Any], ords: Any) -> overlay.Changes:
+    """One type's changes from *state* (this host's latest) back to what *at* says each ordinal held:
+    upserts at their ordinals (a key living elsewhere moves there), removals of the keys that go."""
+    records: dict[int, Any] = {}
+    upserts: dict[Any, dict[str, Any]] = {}
+    up_ords, up_hashes = [], []
+    for o in ords.tolist():
+        got = at[o]
+        if got is None:
+            continue
+        di, ref, h = got
+        if di not in records:
+            records[di] = state.decode_records(rtype.name, deltas[di].types[rtype.name].chunk or b"")
+        rec = records[di][ref].to_dict()
+        upserts[rtype.key_of(rec)] = rec
+        up_ords.append(o)
+        up_hashes.append(h)
+    view = state.type(rtype.name)
+    live_here, _ = hashes_at(state, rtype.name, ords)
+    removals = []
+    for o in ords[live_here].tolist():
+        k = overlay.fields_of(view.record_at(o), rtype.primary.fields)
+        if k not in upserts:  # a key that stays moves (Changes.ordinals); one that goes, goes
+            removals.append(k)
+    return overlay.Changes(
+        upserts, removals, hashes=np.array(up_hashes, dtype=np.uint64), ordinals=np.array(up_ords, dtype=np.int64)
+    )
 
 
 class FollowerThread:

@@ -5,6 +5,9 @@
   records the cycle wrote, as they are in the file, with their ordinals and change
   hashes) and the ordinals it removed (its tombstones stamped v). Not a second
   encoding of the data.
+- A **reverse delta** of v turns v back into its parent: the parent's records at the
+  ordinals v changed (where the parent had one) and the ordinals v filled where the
+  parent had none. A follower goes back with them (a pin to an older version).
 - A **snapshot** of v is v's file; when v is an overlay, its base's file is a blob of
   its own (``bases/<v>-<hash>``), uploaded once and shared by every snapshot on it.
 - The **content hash** of a version depends only on its records and their ordinals:
@@ -63,6 +66,11 @@ def header_key(version: int) -> str:
 def delta_key(version: int, content: int) -> str:
     """Named by version and content hash too: a refused producer's blobs never replace the chain's."""
     return f"deltas/{version}-{content:016x}"
+
+
+def reverse_key(version: int, content: int) -> str:
+    """Version *version*'s reverse delta (back to its parent), named as its delta is."""
+    return f"reverses/{version}-{content:016x}"
 
 
 def snapshot_key(version: int, content: int) -> str:
@@ -167,10 +175,18 @@ def changed_ordinals(state: StateFile) -> dict[str, Any]:
 def delta_content_hash(state: StateFile, parent: StateFile, parent_hash: int) -> int:
     """*state*'s content hash from its parent's, in O(changes): less what the changed ordinals held in
     *parent*, plus what they hold now (the same sum :func:`content_hash` makes over every record)."""
-    total = _U64(parent_hash)
+    return moved_content_hash(state, parent, parent_hash, changed_ordinals(state))
+
+
+def moved_content_hash(state: StateFile, other: StateFile, other_hash: int, ordinals: dict[str, Any]) -> int:
+    """*state*'s content hash from *other*'s (*other_hash*), when the two differ at most at *ordinals*
+    (per type): less what those ordinals hold in *other*, plus what they hold in *state*. O(len(ordinals));
+    a version before or after *state*, one delta or many away (a reverse delta goes back)."""
+    total = _U64(other_hash)
     with np.errstate(over="ignore"):
-        for name, ords in changed_ordinals(state).items():
-            was_live, was = hashes_at(parent, name, ords)
+        for name, given in ordinals.items():
+            ords = np.asarray(given, dtype=_U64)
+            was_live, was = hashes_at(other, name, ords)
             now_live, now = hashes_at(state, name, ords)
             total -= _contribution(name, ords[was_live], was[was_live])
             total += _contribution(name, ords[now_live], now[now_live])
@@ -227,6 +243,48 @@ def encode_delta(state: StateFile) -> bytes | None:
     return _SECTION.pack(len(doc)) + doc + b"".join(sections)
 
 
+def encode_reverse(state: StateFile, parent: StateFile, encode: Any) -> bytes | None:
+    """Version *state*'s reverse delta: what turns it back into *parent* (None when *state* is a base).
+
+    The delta's layout (:func:`encode_delta`), read the other way: per type, *parent*'s records at
+    the ordinals *state* changed where *parent* had one (a Records message made by *encode(name,
+    records)*, with their ordinals and *parent*'s change hashes), and as removed the ordinals
+    *state* filled where *parent* had none. ``version`` is the parent's, ``parent`` *state*'s: the
+    version it makes and the one it applies to. O(changes): *parent*'s records are read at those
+    ordinals only.
+    """
+    if state.base is None:
+        return None
+    sections: list[bytes] = []
+    at = 0
+
+    def add(data: Any) -> list[int]:
+        nonlocal at
+        raw = bytes(memoryview(data).cast("B"))
+        sections.append(raw)
+        where = [at, len(raw)]
+        at += len(raw)
+        return where
+
+    types: dict[str, Any] = {}
+    for name, ords in changed_ordinals(state).items():
+        if name not in parent.type_names:
+            return None
+        live, hashes = hashes_at(parent, name, ords)
+        back = ords[live]
+        view = parent.type(name)
+        records = [view.record_at(o).to_dict() for o in back.tolist()]
+        types[name] = {
+            "chunk": add(encode(name, records)) if records else None,
+            "refs": add(np.arange(len(back), dtype=_U64)),
+            "ordinals": add(back),
+            "hashes": add(hashes[live]),
+            "removed": add(ords[~live]),
+        }
+    doc = orjson.dumps({"version": parent.version, "parent": state.version, "reverse": True, "types": types})
+    return _SECTION.pack(len(doc)) + doc + b"".join(sections)
+
+
 @dataclass
 class TypeDelta:
     chunk: bytes | None
@@ -238,9 +296,10 @@ class TypeDelta:
 
 @dataclass
 class Delta:
-    version: int
-    parent: int
+    version: int  # the version it makes
+    parent: int  # the version it applies to (for a reverse delta, the newer one)
     types: dict[str, TypeDelta] = field(default_factory=dict)
+    reverse: bool = False
 
 
 def decode_delta(raw: bytes, *, what: str) -> Delta:
@@ -255,7 +314,7 @@ def decode_delta(raw: bytes, *, what: str) -> Delta:
                 raise ValueError("a section runs past the end")
             return body[start : start + length]
 
-        out = Delta(int(doc["version"]), int(doc["parent"]))
+        out = Delta(int(doc["version"]), int(doc["parent"]), reverse=bool(doc.get("reverse", False)))
         for name, t in doc["types"].items():
             out.types[name] = TypeDelta(
                 chunk=None if t["chunk"] is None else bytes(sec(t["chunk"])),
@@ -513,6 +572,12 @@ class Publisher:
             )
         if delta is not None:
             put("delta", delta_key(version, ch), delta)
+            if parent_file.exists():  # and the way back to the parent (a pin to an older version)
+                reverse = encode_reverse(
+                    state, StateFile(parent_file, namespace=self.producer.namespace), self.producer.encode_records
+                )
+                if reverse is not None:
+                    put("reverse", reverse_key(version, ch), reverse)
         snapshot_at = version if want_snapshot or parent_header is None else parent_header.snapshot_at
         if want_snapshot:
             put("snapshot", snapshot_key(version, ch), state.file_bytes())

@@ -92,7 +92,7 @@ def test_a_follower_replays_every_version_by_deltas(
             for i in range(1, 8):
                 v = change(p, i)
                 h = pub.publish()
-                assert set(h.blobs) == {"delta"}
+                assert set(h.blobs) == {"delta", "reverse"}
                 fetched = f.bytes_fetched
                 assert f.poll()
                 assert f.here == v
@@ -385,4 +385,112 @@ def test_hollow_history_lists_the_versions_in_the_store(root: Path, tmp_path: Pa
     assert [d["version"] for d in doc] == [1, v]
     assert doc[-1]["announced"]
     assert set(doc[0]["blobs"]) == {"snapshot"}
-    assert set(doc[1]["blobs"]) == {"delta"}
+    assert set(doc[1]["blobs"]) == {"delta", "reverse"}
+
+
+class CountingStore(blobs.DirStore):
+    """A directory store that counts what a follower asks of it (to show a plan's cost)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gets: list[str] = []
+        self.lists = 0
+
+    def get(self, key: str) -> Any:
+        self.gets.append(key)
+        return super().get(key)
+
+    def list(self, prefix: str = "") -> Any:
+        self.lists += 1
+        return super().list(prefix)
+
+
+def test_a_pin_to_a_version_gone_from_a_follower_goes_back_by_reverse_deltas(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    """Every version has a reverse delta; a follower that no longer has the pinned version walks back to it
+    from its latest by them (no snapshot, no LIST, O(distance) GETs), with every record at the producer's
+    ordinal and the producer's content hash, and goes on forward when the pin goes."""
+    store = CountingStore(tmp_path / "store")
+    with movies_producer(root, retain=50) as p:
+        pub = Publisher(store, p, snapshot_every=1000)
+        p.run_cycle(populate(movie(i) for i in range(300)))
+        first = pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f", retain=2)
+        try:
+            f.poll()
+            versions = []
+            for i in range(1, 9):  # removals free ordinals that new records then take, removed keys come back
+                versions.append(change(p, i))
+                if i >= 3:  # at another ordinal: going back, the key moves
+                    h = pub.publish()
+                    assert set(h.blobs) == {"delta", "reverse"}
+                    versions.append(
+                        p.run_incremental(lambda d, i=i: d.upsert("Movie", movie((i - 2) * 13 % 300, title="back")))
+                    )
+                h = pub.publish()
+                assert set(h.blobs) == {"delta", "reverse"}
+                assert f.poll()
+            target = versions[0]
+            old = {r["id"]: o for o, r in records_of(root, target)["Movie"]}
+            now = {r["id"]: o for o, r in records_of(root, versions[-1])["Movie"]}
+            assert old[26] != now[26]
+            assert not (host2 / "movies" / str(target)).exists()  # reclaimed here (retain=2)
+            p.pin(target)
+            pub.publish()
+            store.gets.clear()
+            fetched = f.bytes_fetched
+            assert f.poll()
+            assert f.here == target
+            assert f.status().pinned
+            assert store.lists == 0
+            assert not [k for k in store.gets if k.startswith(("snapshots/", "bases/", "deltas/"))]
+            assert len([k for k in store.gets if k.startswith("reverses/")]) == len(versions) - 1
+            assert f.bytes_fetched - fetched < first.blobs["snapshot"]["size"]
+            assert records_of(host2, target) == records_of(root, target)
+            assert hash_of(host2, target) == hash_of(root, target)
+            p.unpin()
+            pub.publish()
+            assert f.poll()
+            assert f.here == versions[-1]
+            v = change(p, 20)
+            pub.publish()
+            assert f.poll()
+            assert f.here == v
+            assert records_of(host2) == records_of(root)
+        finally:
+            f.close()
+
+
+def test_a_damaged_reverse_delta_is_refused_and_the_pinned_version_comes_by_snapshot(
+    root: Path, host2: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root, retain=50) as p:
+        pub = Publisher(store, p, snapshot_every=2)
+        p.run_cycle(populate(movie(i) for i in range(300)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f", retain=1)
+        try:
+            f.poll()
+            for i in range(1, 6):
+                change(p, i)
+                pub.publish()
+                f.poll()
+            target = 3
+            assert "snapshot" in orjson.loads(store.get(header_key(target)).data)["blobs"]  # type: ignore[union-attr]
+            for v in (4, 5):  # both on the way back; one damaged
+                assert "reverse" in orjson.loads(store.get(header_key(v)).data)["blobs"]  # type: ignore[union-attr]
+            key = orjson.loads(store.get(header_key(4)).data)["blobs"]["reverse"]["key"]  # type: ignore[union-attr]
+            blob = bytearray(store.get(key).data)  # type: ignore[union-attr]
+            blob[-3] ^= 0xFF
+            store.put(key, bytes(blob))
+            p.pin(target)
+            pub.publish()
+            assert f.poll()  # the reverse delta is refused by its checksum: the snapshot instead
+            assert "event=follow-fallback" in caplog.text
+            assert "reverses/4-" in caplog.text
+            assert f.here == target
+            assert records_of(host2, target) == records_of(root, target)
+        finally:
+            f.close()
