@@ -295,6 +295,7 @@ class Daemon:
             retain=ns.retain,
             mode=ns.mode,
         )
+        follower.local_pin = StateStore(self.cfg.state_dir, ns.name).pin  # hollow pin here: kept across restarts
         return FollowerThread(follower)
 
     def _lock_state_dir(self) -> None:
@@ -523,9 +524,13 @@ class Daemon:
     def _control_follower(self, follower: Follower, command: Any, doc: dict[str, Any]) -> dict[str, Any]:
         """pin / unpin on a follower namespace: this host only, overriding the store's announcement."""
         try:
+            pins = StateStore(self.cfg.state_dir, follower.namespace)
             if command == "pin":
-                follower.pin(int(doc["version"]))
+                version = int(doc["version"])
+                follower.pin(version)
+                pins.save_pin(version)  # durable: a restart (or a reboot) keeps this host on it
             elif command == "unpin":
+                pins.save_pin(None)
                 follower.pin(None)
             else:
                 return {

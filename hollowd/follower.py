@@ -188,7 +188,9 @@ class Follower:
             if got is not None:
                 self._announcement = StoreAnnouncement.loads(got.data, what=f"{self.store.url}/announced")
                 self._etag = got.etag
-            if self._announcement is not None and self.local_pin is None:
+            if self.local_pin is not None:
+                self._to_local_pin()
+            elif self._announcement is not None:
                 self._sync(self._announcement)
             self.last_error = None
         except (Error, ReaderError) as e:
@@ -201,7 +203,11 @@ class Follower:
         return self.here != before
 
     def pin(self, version: int | None) -> None:
-        """Pin this host to *version* whatever the store announces (None: follow the store again)."""
+        """Pin this host to *version* whatever the store announces (None: follow the store again).
+
+        A version no longer on this host comes from the store (reverse deltas back, deltas forward, or
+        a snapshot), as after a restart with an empty root: the daemon keeps the pin in its state
+        directory and gives it back through :attr:`local_pin` before the first :meth:`poll`."""
         with self._lock:
             if version is None:
                 self.local_pin = None
@@ -209,12 +215,28 @@ class Follower:
                 if self._announcement is not None:
                     self._sync(self._announcement, force=True)
                 return
-            if self.producer is None or not (self.dir / layout.state_name(version)).exists():
+            try:
+                self._to(version)
+            except (Error, ReaderError) as e:
                 raise ReplicationError(
-                    f"{self.namespace} version {version} is not on this host (have: {layout.list_versions(self.dir)})"
-                )
-            self.producer.pin(version)
+                    f"{self.namespace} version {version} is not on this host (have: {layout.list_versions(self.dir)}) "
+                    f"and cannot come from {self.store.url}: {e}"
+                ) from None
             self.local_pin = version
+
+    def _to_local_pin(self) -> None:
+        """Keep this host on its own pin (announced pinned here), whatever the store says."""
+        assert self.local_pin is not None
+        current = layout.read_announcement(self.dir)
+        if current is None or current.version != self.local_pin or not current.pinned:
+            self._to(self.local_pin)
+
+    def _to(self, version: int) -> None:
+        """Announce *version* pinned here: from this host's files if it has it, else from the store."""
+        if self.producer is not None and (self.dir / layout.state_name(version)).exists():
+            self.producer.pin(version)
+            return
+        self._sync(StoreAnnouncement(version, True, version, time.time_ns()), force=True)
 
     def run(self, stop: threading.Event) -> None:
         """Poll every :attr:`interval` seconds until *stop* is set."""

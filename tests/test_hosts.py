@@ -184,3 +184,33 @@ def test_a_follower_killed_restarts_cleanly_and_a_fresh_producer_host_continues_
         assert b.get(9)["title"] == "after"
     finally:
         fresh.stop()
+
+
+def test_a_local_pin_on_a_follower_host_overrides_the_store_and_survives_a_restart(
+    hosts: tuple[Path, list[Host]],
+) -> None:
+    """`hollow pin` on a follower host keeps that host on its version while the store moves on, across a
+    restart of its daemon with an empty tmpfs (a reboot: the pinned version comes from the store again);
+    `hollow unpin` follows the store again. The other follower is not pinned."""
+    source, (a, b, c) = hosts
+    v = a.announced()
+    wait_until(lambda: b.announced() == v)
+    pinned = b.cli("pin", "movies", str(v))
+    assert pinned.returncode == 0, pinned.stderr
+    write_jsonl(source, [movie(i, title="moved on") if i == 4 else movie(i) for i in range(200)])
+    wait_until(lambda: c.announced() == v + 1)  # the store moved; c follows it
+    assert b.announced() == v
+    b.stop()
+    b.start()  # a new mount namespace: an empty tmpfs, as after a reboot
+    b.daemon.notifications("READY=1")
+    wait_until(lambda: b.announced() == v)
+    assert b.status()["local_pin"] == v
+    assert b.get(4)["title"] == "Movie 4"
+    write_jsonl(source, [movie(i, title="and on") if i == 4 else movie(i) for i in range(200)])
+    wait_until(lambda: c.announced() == v + 2)
+    assert b.announced() == v
+    unpinned = b.cli("unpin", "movies")
+    assert unpinned.returncode == 0, unpinned.stderr
+    wait_until(lambda: b.announced() == v + 2)
+    assert b.get(4)["title"] == "and on"
+    assert b.status()["local_pin"] is None
