@@ -429,6 +429,9 @@ class Publisher:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease_etag: str | None = None
         self._announced_etag: str | None = None
+        #: The lease was this producer's already (a restart on the same state directory after a crash):
+        #: the store's versions are its own, even those it no longer has on this host.
+        self._own_chain = False
         self._headers: dict[int, Header] = {}
         self._bases: dict[str, dict[str, Any]] = {}
         self.bytes_uploaded = 0
@@ -454,6 +457,7 @@ class Publisher:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             owner, renewed = "?", 0.0
         age = time.time() - renewed
+        self._own_chain = owner == self.owner  # this producer's own, from before a crash: its chain too
         if owner != self.owner and age < self.lease_seconds:
             raise ProducerLockedError(
                 f"{self.store.url}: another producer ({owner}) holds this namespace's lease, renewed {age:.0f} s ago; "
@@ -511,7 +515,7 @@ class Publisher:
         has, with the same content (its own earlier version, or the one it restored), so that the chain
         goes on and a producer that started afresh beside another is refused rather than merged."""
         current, _ = read_announcement(self.store)
-        if current is None:
+        if current is None or (self._own_chain and current.latest <= version):
             return
         known = current.latest
         mine = self.producer.dir / layout.state_name(known)

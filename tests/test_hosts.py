@@ -3,8 +3,11 @@ tmpfs as its shared-memory root and its own state directory, connected by nothin
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -214,3 +217,93 @@ def test_a_local_pin_on_a_follower_host_overrides_the_store_and_survives_a_resta
     wait_until(lambda: b.announced() == v + 2)
     assert b.get(4)["title"] == "and on"
     assert b.status()["local_pin"] is None
+
+
+def _lock_waiters(lock: Path) -> set[int]:
+    """PIDs blocked waiting for a flock on *lock* (/proc/locks: the "->" lines of its inode)."""
+    ino = lock.stat().st_ino
+    out = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 6 and parts[1] == "->" and parts[6].rsplit(":", 1)[-1] == str(ino):
+            out.add(int(parts[5]))
+    return out
+
+
+@pytest.fixture
+def dir_hosts(tmp_path: Path) -> Iterator[tuple[Path, Path, list[Host]]]:
+    """A producer host and a follower host, connected by a directory store (its writes can be held)."""
+    store = tmp_path / "store"
+    source = tmp_path / "movies.jsonl"
+    write_jsonl(source, [movie(i) for i in range(200)])
+    schema = str(SCHEMAS / "movies.capnp")
+    made: list[Host] = []
+    try:
+        made.append(Host(tmp_path, "a", PRODUCER, {}, schema=schema, source=str(source), store=str(store)))
+        made[0].daemon.notifications("READY=1")
+        made.append(Host(tmp_path, "b", FOLLOWER, {}, store=str(store)))
+        made[1].daemon.notifications("READY=1")
+        yield source, store, made
+    finally:
+        for h in made:
+            h.stop()
+
+
+def test_a_producer_killed_between_its_blobs_and_its_announcement_leaves_nothing_half_visible(
+    dir_hosts: tuple[Path, Path, list[Host]],
+) -> None:
+    """SIGKILL exactly after a version's blobs are in the store and before its header and announcement (the
+    producer is held on the store's lock, seen from outside in /proc/locks): the follower stays on the
+    announced version, whole; the producer, started again (after a reboot: an empty tmpfs), takes its own
+    lease back at once, announces that version without uploading it again, and the chain goes on."""
+    source, store, (a, b) = dir_hosts
+    v = a.announced()
+    wait_until(lambda: b.announced() == v)
+    lock = store / ".lock"
+    producer = a.daemon.proc.pid
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the producer's next conditional write (the lease's renewal) waits
+        write_jsonl(source, [movie(i, title="half") if i == 5 else movie(i) for i in range(200)])
+        wait_until(lambda: producer in _lock_waiters(lock))
+        here = subprocess.run(  # its control socket waits on the cycle: read its tmpfs from inside
+            ["nsenter", "-t", str(producer), "-m", "cat", str(a.root / "movies" / "announce" / "announced")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(here.stdout)["version"] == v + 1  # announced on its own host, not yet in the store
+        lease = (store / "lease").read_bytes()
+        fcntl.flock(fd, fcntl.LOCK_UN)  # let the renewal through...
+        while (store / "lease").read_bytes() == lease:
+            pass  # (its blobs take milliseconds more: encoding, compressing, an fsync each)
+        os.kill(producer, signal.SIGSTOP)  # ...and hold the next one, the header's, after the blobs
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # stopped inside the renewal's lock: let it out
+                os.kill(producer, signal.SIGCONT)
+                os.kill(producer, signal.SIGSTOP)
+        os.kill(producer, signal.SIGCONT)
+        wait_until(lambda: producer in _lock_waiters(lock))
+        assert [p.name for p in (store / "deltas").glob(f"{v + 1}-*")]  # its blobs are there
+        assert not (store / "headers" / str(v + 1)).exists()
+        a.stop(signal.SIGKILL)
+    finally:
+        os.close(fd)
+    ann = json.loads((store / "announced").read_bytes())
+    assert ann["version"] == v
+    contact = b.status()["last_contact"]
+    wait_until(lambda: b.status()["last_contact"] > contact)  # the follower looked at the store since
+    assert b.announced() == v
+    assert b.get(5)["title"] == "Movie 5"
+    assert b.status()["failures"] == 0
+    a.start()  # its state directory kept, its tmpfs empty: the daemon and then the store give it back
+    a.daemon.notifications("READY=1")
+    wait_until(lambda: b.announced() == v + 1)
+    assert b.get(5)["title"] == "half"
+    write_jsonl(source, [movie(i, title="on") if i == 5 else movie(i) for i in range(200)])
+    wait_until(lambda: b.announced() == v + 2)
+    assert b.get(5)["title"] == "on"
+    header = json.loads((store / "headers" / str(v + 2)).read_bytes())
+    assert header["parent"] == v + 1
+    assert "delta" in header["blobs"]
