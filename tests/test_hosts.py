@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from hollow import layout
 from hollowd import control
 from tests.daemons import Daemon, wait_until, write_jsonl
-from tests.helpers import SCHEMAS, movie
+from tests.helpers import SCHEMAS, movie, run_python
 from tests.seaweed import Seaweed
 
 PRODUCER = """\
@@ -307,3 +308,65 @@ def test_a_producer_killed_between_its_blobs_and_its_announcement_leaves_nothing
     header = json.loads((store / "headers" / str(v + 2)).read_bytes())
     assert header["parent"] == v + 1
     assert "delta" in header["blobs"]
+
+
+def test_a_follower_killed_mid_apply_restarts_cleanly_and_goes_on(tmp_path: Path, root: Path) -> None:
+    """SIGKILL while the follower applies a version (its delta fetched, the version not yet announced: seen
+    from outside through its status), then the same daemon again on the same root and state directory:
+    it serves a whole version at once, leaves no debris, and catches up and goes on."""
+    store = tmp_path / "store"
+    source = tmp_path / "movies.jsonl"
+    n = 20_000
+    write_jsonl(source, [movie(i) for i in range(n)])
+    a = Host(tmp_path, "a", PRODUCER, {}, schema=str(SCHEMAS / "movies.capnp"), source=str(source), store=str(store))
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    (b_dir / "hollowd.toml").write_text(FOLLOWER.format(root=root, state=b_dir / "state", store=store))
+    ns = root / "movies"
+
+    def status() -> dict[str, Any]:
+        answer = control.call(b_dir / "state" / "control.sock", {"command": "status", "namespace": "movies"})
+        return dict(answer["namespaces"]["movies"])
+
+    def here() -> int:
+        current = layout.read_announcement(ns)
+        return current.version if current else 0
+
+    b = Daemon(b_dir / "hollowd.toml", b_dir)
+    try:
+        a.daemon.notifications("READY=1")
+        b.notifications("READY=1")
+        v = a.announced()
+        wait_until(lambda: here() == v)
+        fetched = status()["bytes_fetched"]
+        write_jsonl(source, [movie(i, title="big") if i % 2 else movie(i) for i in range(n)])  # half of them
+        wait_until(lambda: json.loads((store / "announced").read_bytes())["version"] == v + 1)
+        wait_until(lambda: status()["bytes_fetched"] > fetched + 10_000 and here() == v, timeout=120)
+        os.kill(b.proc.pid, signal.SIGSTOP)  # mid-apply: its delta is fetched, the version not announced
+        assert here() == v
+        assert b.stop(signal.SIGKILL) == -signal.SIGKILL
+        b = Daemon(b_dir / "hollowd.toml", b_dir)  # the same root and state directory
+        b.notifications("READY=1")
+        first = here()
+        assert first in (v, v + 1)
+        got = run_python(READ_ALL, str(root), str(first))
+        assert got["count"] == n
+        assert got["titles"] == (["Movie 1", "Movie 3"] if first == v else ["big"])
+        wait_until(lambda: here() == v + 1)
+        write_jsonl(source, [movie(i, title="on") if i == 3 else movie(i) for i in range(n)])
+        wait_until(lambda: here() == v + 2)
+        assert run_python(READ_ALL, str(root), str(v + 2))["titles"] == ["Movie 1", "on"]
+        assert status()["failures"] == 0
+        assert not [p.name for p in ns.iterdir() if p.name.endswith(".tmp")]  # nothing of the killed apply
+    finally:
+        b.stop()
+        a.stop()
+
+
+READ_ALL = """
+import json, sys
+import hollow
+with hollow.open("movies", root=sys.argv[1], follow=False) as ds, ds.attach(int(sys.argv[2])) as snap:
+    movies = snap["Movie"]
+    print(json.dumps({"count": len(movies), "titles": sorted({movies[i].title for i in (1, 3)})}))
+"""
