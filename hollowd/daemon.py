@@ -359,6 +359,7 @@ class Daemon:
                     blobs.open_store(ns.publish_to),
                     producer,
                     snapshot_every=ns.snapshot_every,
+                    store_retain=ns.store_retain,
                     owner=f"{socket.gethostname()}:{store.producer_id}",
                 )
                 try:

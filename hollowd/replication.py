@@ -402,6 +402,71 @@ def read_announcement(store: blobs.BlobStore) -> tuple[StoreAnnouncement | None,
     return StoreAnnouncement.loads(got.data, what=f"{store.url}/{ANNOUNCED}"), got.etag
 
 
+# --- retention ------------------------------------------------------------------------------
+
+#: The kinds of keys that belong to one version (``<kind>/<version>`` or ``<kind>/<version>-<hash>``).
+VERSION_KINDS = ("headers", "deltas", "reverses", "snapshots", "bases")
+#: Versions whose blobs stay in the store by default (``store_retain``).
+STORE_RETAIN = 100
+
+
+def version_of_key(key: str) -> int | None:
+    """The version a store key belongs to; None for the announcement, the lease and anything not ours."""
+    kind, _, rest = key.partition("/")
+    number = rest.split("-", 1)[0]
+    return int(number) if kind in VERSION_KINDS and number.isdigit() else None
+
+
+def retention(store: blobs.BlobStore, retain: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """What the store keeps under *retain* and what may go: (kept ranges of versions, keys to delete).
+
+    Kept: the newest *retain* versions up to the announced ``latest``, and the announced (pinned)
+    version, each with what a follower needs to reach it: from the newest snapshot at or before it
+    (its header's ``snapshot_at``), every version after, and the base blobs from that snapshot's base
+    on. Versions below every kept range go, headers first, whatever they are (a chain, or the blobs
+    of a producer killed before its header). One LIST and a header GET per range: the producer's
+    housekeeping, never a follower's path. Nothing goes when a header it needs cannot be read.
+    """
+    current, _ = read_announcement(store)
+    if current is None or retain <= 0:
+        return [], []
+    keys = store.list("")
+    headers = sorted({v for k in keys if k.startswith("headers/") and (v := version_of_key(k)) is not None})
+    window = [v for v in headers if current.latest - retain < v <= current.latest]
+    targets = {current.version}
+    if window:
+        targets.add(window[0])
+    ranges: list[tuple[int, int]] = []
+    base_floors: list[tuple[int, int]] = []
+    for v in sorted(targets):
+        top = read_header(store, v)
+        snap = read_header(store, top.snapshot_at) if top is not None else None
+        if top is None or snap is None:
+            return [], []  # a version to keep that cannot be reached now: delete nothing
+        high = v if v < (window[0] if window else v) else 1 << 64
+        ranges.append((top.snapshot_at, high))
+        base_floors.append((snap.base, high))
+
+    def kept(key: str) -> bool:
+        v = version_of_key(key)
+        if v is None:
+            return True
+        if key.startswith("bases/"):
+            return any(low <= v <= high for low, high in base_floors)
+        return any(low <= v <= high for low, high in ranges)
+
+    gone = [k for k in keys if not kept(k)]
+    return ranges, sorted(gone, key=lambda k: (not k.startswith("headers/"), k))  # headers first
+
+
+def prune(store: blobs.BlobStore, retain: int) -> list[str]:
+    """Delete what :func:`retention` says may go; returns the keys deleted."""
+    _, gone = retention(store, retain)
+    for key in gone:
+        store.delete(key)
+    return gone
+
+
 # --- the producer's side -----------------------------------------------------------------
 
 
@@ -421,9 +486,13 @@ class Publisher:
         snapshot_every: int = SNAPSHOT_EVERY,
         lease_seconds: float = LEASE_SECONDS,
         owner: str | None = None,
+        store_retain: int = 0,
     ) -> None:
+        """*store_retain*: after each snapshot, delete the versions the store need not keep (:func:`retention`;
+        0: keep every version)."""
         self.store = store
         self.producer = producer
+        self.store_retain = store_retain
         self.snapshot_every = max(1, snapshot_every)
         self.lease_seconds = lease_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -508,7 +577,22 @@ class Publisher:
             header = self._upload(version)
         self._headers[version] = header
         self._announce(StoreAnnouncement(version, pinned, max(version, local.latest if local else 0), time.time_ns()))
+        if self.store_retain and "snapshot" in header.blobs:
+            self._prune()
         return header
+
+    def _prune(self) -> None:
+        """Old versions out of the store (housekeeping after an announcement: a failure is logged, retried
+        after the next snapshot, and fails nothing)."""
+        try:
+            gone = prune(self.store, self.store_retain)
+        except (Error, blobs.StoreError) as e:
+            log.warning("hollowd: event=store-prune-failed store=%s error=%r", self.store.url, str(e))
+            return
+        if gone:
+            for v in {version_of_key(k) for k in gone}:
+                self._headers.pop(v, None)  # type: ignore[arg-type]
+            log.info("hollowd: event=store-pruned store=%s deleted=%d", self.store.url, len(gone))
 
     def _check_chain(self, version: int) -> None:
         """Before this publisher's first announcement: the store's latest version must be one this producer

@@ -15,7 +15,7 @@ import pytest
 
 from hollow import layout
 from hollow.state import StateFile
-from hollowd import ProducerLockedError, blobs
+from hollowd import ProducerLockedError, blobs, replication
 from hollowd.follower import Follower, restore
 from hollowd.replication import Publisher, ReplicationError, content_hash, header_key
 from tests.daemons import run
@@ -494,3 +494,66 @@ def test_a_damaged_reverse_delta_is_refused_and_the_pinned_version_comes_by_snap
             assert records_of(host2, target) == records_of(root, target)
         finally:
             f.close()
+
+
+def test_store_retention_deletes_old_versions_but_never_what_a_follower_needs(
+    root: Path, host2: Path, tmp_path: Path, s3_url: str
+) -> None:
+    """Against SeaweedFS: with store_retain=4 and a snapshot every 3 versions, the store stays bounded as
+    versions go on, keeps the newest snapshot at or before every kept version and the chain from it, and
+    the store's pin to an old version with what leads to it; fresh and far-behind followers still get
+    there."""
+    store = blobs.open_store(s3_url)
+    with movies_producer(root, retain=50) as p:
+        pub = Publisher(store, p, snapshot_every=3, store_retain=4)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        behind = Follower(store, "movies", root=host2, work_dir=tmp_path / "behind")
+        try:
+            behind.poll()  # at version 1, then left behind
+            sizes = []
+            for i in range(1, 25):
+                change(p, i)
+                pub.publish()
+                sizes.append(len(store.list("")))
+            latest = p.versions()[-1]
+            keys = store.list("")
+            versions = {replication.version_of_key(k) for k in keys if not k.startswith("bases/")} - {None}
+            assert min(versions) >= latest - 4 - 3  # the window, back to the snapshot before it at most
+            assert max(sizes[12:]) <= max(sizes[:12])  # bounded: it stopped growing
+            oldest_kept = min(v for v in versions if (header_key(v)) in keys)
+            top = replication.read_header(store, latest - 3)
+            assert top is not None
+            assert top.snapshot_at in versions  # the snapshot a follower of the oldest kept version needs
+            assert oldest_kept <= top.snapshot_at
+            first = [k for k in keys if replication.version_of_key(k) == 1]
+            assert [k.split("/")[0] for k in first] == ["bases"]  # the first version's base stays: snapshots use it
+            assert behind.poll()  # far behind a deleted chain: by the snapshot
+            assert behind.here == latest
+            assert records_of(host2) == records_of(root)
+
+            pinned = latest - 2
+            p.pin(pinned)
+            pub.publish()
+            for i in range(30, 40):  # the store moves on past the window; the pin stays reachable
+                change(p, i)
+                pub.publish(pinned, pinned=True)
+            keys = store.list("")
+            assert header_key(pinned) in keys
+            snap = replication.read_header(store, pinned)
+            assert snap is not None
+            for v in range(snap.snapshot_at, pinned + 1):
+                assert header_key(v) in keys
+            fresh_root = Path("/dev/shm") / f"hollow-test-fr{uuid.uuid4().hex[:8]}"
+            fresh_root.mkdir()
+            fresh = Follower(store, "movies", root=fresh_root, work_dir=tmp_path / "fresh")
+            try:
+                assert fresh.poll()
+                assert fresh.here == pinned
+                assert records_of(fresh_root, pinned) == records_of(root, pinned)
+            finally:
+                fresh.close()
+                shutil.rmtree(fresh_root, ignore_errors=True)
+        finally:
+            behind.close()
+            store.close()
