@@ -118,6 +118,10 @@ class Follower:
         #: A pin made on this host (``hollow pin``): it overrides the store's announcement here.
         self.local_pin: int | None = None
         self._lock = threading.Lock()  # poll() in the follower's thread, pins from the daemon's
+        #: Seconds per stage of the last look at the store: watch (the announcement's GET), headers, fetch
+        #: (blob GETs), unpack (checksum, zstd), decode (delta to records), verify (content hash), and the
+        #: local producer's build, validate, publish, announce, reclaim (hollow status, bench/hosts.py).
+        self.last_timings: dict[str, float] = {}
         self._open_local()
 
     # -- the local producer ---------------------------------------------------------------
@@ -180,10 +184,20 @@ class Follower:
         with self._lock:
             return self._poll()
 
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Any:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + time.monotonic() - started
+
     def _poll(self) -> bool:
         before = self.here
+        self.last_timings = {}
         try:
-            got = self.store.get_if_changed("announced", self._etag)
+            with self._timed("watch"):
+                got = self.store.get_if_changed("announced", self._etag)
             self.last_contact = time.time()
             if got is not None:
                 self._announcement = StoreAnnouncement.loads(got.data, what=f"{self.store.url}/announced")
@@ -317,7 +331,8 @@ class Follower:
     def _header(self, version: int) -> Header | None:
         h = self._headers.get(version)
         if h is None:
-            got = self.store.get(header_key(version))
+            with self._timed("headers"):
+                got = self.store.get(header_key(version))
             if got is None:
                 return None
             self.bytes_fetched += len(got.data)
@@ -496,22 +511,25 @@ class Follower:
         if entry is None:
             raise ReplicationError(f"{self.store.url}: version {header.version} has no {kind} blob")
         key = entry["key"]
-        got = self.store.get(key)
+        with self._timed("fetch"):
+            got = self.store.get(key)
         if got is None:
             raise ReplicationError(f"{self.store.url}/{key}: missing (the header names it)")
         self.bytes_fetched += len(got.data)
-        return blobs.unpack(got.data, kind=kind, what=f"{self.store.url}/{key}")
+        with self._timed("unpack"):
+            return blobs.unpack(got.data, kind=kind, what=f"{self.store.url}/{key}")
 
     def _verify(
         self, path: Path, header: Header, *, parent: StateFile | None = None, parent_hash: int | None = None
     ) -> None:
         """Refuse *path* unless its content hash is the producer's: over every record (a snapshot, or no
         parent header to start from), or from the parent's, over the ordinals the version changed."""
-        state = StateFile(path, namespace=self.namespace)
-        if parent is not None and parent_hash is not None and state.base is not None:
-            got = delta_content_hash(state, parent, parent_hash)
-        else:
-            got = content_hash(state)
+        with self._timed("verify"):
+            state = StateFile(path, namespace=self.namespace)
+            if parent is not None and parent_hash is not None and state.base is not None:
+                got = delta_content_hash(state, parent, parent_hash)
+            else:
+                got = content_hash(state)
         if got != header.content_hash:
             raise ReplicationError(
                 f"{self.namespace} version {header.version}: content hash {got:016x} here, {header.content_hash:016x} "
@@ -527,6 +545,7 @@ class Follower:
         parent = self._latest_local()
         if delta.parent != parent:
             raise ReplicationError(f"{self.namespace}: delta {delta.version} applies to {delta.parent}, not {parent}")
+        decoding = time.monotonic()
         state = StateFile(self.dir / layout.state_name(parent), namespace=self.namespace)
         changes: dict[str, overlay.Changes] = {}
         for name, rtype in producer.schema.types.items():
@@ -543,11 +562,14 @@ class Follower:
             view = state.type(name)
             removals = [overlay.fields_of(view.record_at(o), rtype.primary.fields) for o in td.removed.tolist()]
             changes[name] = overlay.Changes(upserts, removals, hashes=td.hashes.copy() if upserts else None)
+        self.last_timings["decode"] = self.last_timings.get("decode", 0.0) + time.monotonic() - decoding
         parent_header = self._header(parent)
         check = functools.partial(self._verify, header=header)
         if "snapshot" not in header.blobs and parent_header is not None:
             check = functools.partial(check, parent=state, parent_hash=parent_header.content_hash)
         producer.run_changes(changes, version=header.version, check=check)
+        for stage, seconds in producer.last_timings.items():
+            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + seconds
         self.blobs_applied += 1
 
     def _apply_snapshot(self, header: Header, *, pinned: bool) -> None:
