@@ -202,6 +202,8 @@ class Follower:
             if got is not None:
                 self._announcement = StoreAnnouncement.loads(got.data, what=f"{self.store.url}/announced")
                 self._etag = got.etag
+                if self._announcement.header is not None:  # the header came with it: no GET of its own
+                    self._headers.setdefault(self._announcement.version, self._announcement.header)
             if self.local_pin is not None:
                 self._to_local_pin()
             elif self._announcement is not None:

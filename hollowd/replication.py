@@ -377,16 +377,29 @@ class StoreAnnouncement:
     pinned: bool
     latest: int
     announced_at_ns: int
+    #: The announced version's header, as ``headers/<version>`` holds it (None from an older producer): a
+    #: follower one version behind then needs one GET fewer, the delta's, after the announcement's.
+    header: Header | None = None
 
     def dumps(self) -> bytes:
-        return orjson.dumps(self.__dict__)
+        doc = {k: v for k, v in self.__dict__.items() if k != "header"}
+        if self.header is not None:
+            doc["header"] = self.header.__dict__
+        return orjson.dumps(doc)
 
     @classmethod
     def loads(cls, data: bytes, *, what: str) -> StoreAnnouncement:
         try:
             doc = orjson.loads(data)
-            return cls(int(doc["version"]), bool(doc["pinned"]), int(doc["latest"]), int(doc["announced_at_ns"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            header = None
+            if doc.get("header") is not None:
+                header = Header.loads(orjson.dumps(doc["header"]), what=f"{what} (its header)")
+                if header.version != int(doc["version"]):
+                    raise ValueError(f"its header is version {header.version}'s")
+            return cls(
+                int(doc["version"]), bool(doc["pinned"]), int(doc["latest"]), int(doc["announced_at_ns"]), header
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise ReplicationError(f"{what}: not an announcement ({e})") from None
 
 
@@ -576,7 +589,8 @@ class Publisher:
         if header is None:
             header = self._upload(version)
         self._headers[version] = header
-        self._announce(StoreAnnouncement(version, pinned, max(version, local.latest if local else 0), time.time_ns()))
+        latest = max(version, local.latest if local else 0)
+        self._announce(StoreAnnouncement(version, pinned, latest, time.time_ns(), header))
         if self.store_retain and "snapshot" in header.blobs:
             self._prune()
         return header

@@ -150,14 +150,19 @@ def test_a_version_whose_content_hash_differs_is_refused(root: Path, host2: Path
             pub.publish()
             h = store.get(header_key(v))
             assert h is not None
+            ann = store.get("announced")
+            assert ann is not None
             doc = orjson.loads(h.data)
-            store.put(header_key(v), orjson.dumps({**doc, "content_hash": doc["content_hash"] ^ 1}))
+            wrong = {**doc, "content_hash": doc["content_hash"] ^ 1}
+            store.put(header_key(v), orjson.dumps(wrong))  # and the copy the announcement carries
+            store.put("announced", orjson.dumps({**orjson.loads(ann.data), "header": wrong}))
             f._headers.clear()
             assert not f.poll()
             assert f.here == good
             assert "content hash" in (f.last_error or "")
             assert not (host2 / "movies" / str(v)).exists()  # removed, never announced
             store.put(header_key(v), h.data)  # mended: the next poll catches up
+            store.put("announced", ann.data)
             f._headers.clear()
             assert f.poll()
             assert f.here == v
@@ -557,3 +562,28 @@ def test_store_retention_deletes_old_versions_but_never_what_a_follower_needs(
         finally:
             behind.close()
             store.close()
+
+
+def test_a_follower_one_version_behind_makes_two_requests_the_announcement_and_the_delta(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    """The announcement carries its version's header: one version behind, a look at the store is the
+    announcement's GET and the delta's, no header GET (issue 11.5: one round trip fewer per version)."""
+    store = CountingStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(50)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            for i in range(1, 4):
+                v = change(p, i)
+                pub.publish()
+                store.gets.clear()
+                assert f.poll()
+                assert f.here == v
+                assert [k.split("/")[0] for k in store.gets] == ["announced", "deltas"]
+            assert records_of(host2) == records_of(root)
+        finally:
+            f.close()
