@@ -639,11 +639,20 @@ class Publisher:
             return None
         state = StateFile(self.producer.dir / layout.state_name(version), namespace=self.producer.namespace)
         if content_hash(state) != there.content_hash:
+            if self._orphan(version):
+                return None  # a dead producer's, never announced: this one's replaces it (_upload)
             raise ProducerLockedError(
                 f"{self.store.url}: version {version} is in the store already with other content "
                 "(another producer); refused"
             )
         return there
+
+    def _orphan(self, version: int) -> bool:
+        """Whether *version*'s header in the store is an orphan: above every version the store ever
+        announced, so written by a producer killed before its announcement. This publisher holds the
+        lease (renewed at the start of each publish), so that producer can no longer announce it."""
+        current, _ = read_announcement(self.store)
+        return self._lease_etag is not None and (current is None or current.latest < version)
 
     def _upload(self, version: int) -> Header:
         state = StateFile(self.producer.dir / layout.state_name(version), namespace=self.producer.namespace)
@@ -701,10 +710,24 @@ class Publisher:
             snapshot_at=snapshot_at,
             base=base_version,
         )
-        try:  # after its blobs: a header names only what is there; written once, never replaced
+        return self._write_header(header)
+
+    def _write_header(self, header: Header) -> Header:
+        """After its blobs: a header names only what is there; written once, never replaced (but an orphan's)."""
+        version = header.version
+        try:
             self.store.put(header_key(version), header.dumps(), if_none_match=True)
         except blobs.PreconditionFailedError:
             there = read_header(self.store, version)
+            if there is not None and there.content_hash != header.content_hash and self._orphan(version):
+                got = self.store.get(header_key(version))  # ...but an orphan's (a killed producer's)
+                if got is not None:
+                    self.store.put(header_key(version), header.dumps(), if_match=got.etag)
+                    log.warning(
+                        "hollowd: event=orphan-replaced store=%s version=%d (written by a producer killed before "
+                        "announcing it)", self.store.url, version,
+                    )  # fmt: skip
+                    return header
             if there is None or there.content_hash != header.content_hash:
                 raise ProducerLockedError(
                     f"{self.store.url}: version {version} is in the store already with other content "

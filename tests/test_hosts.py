@@ -250,14 +250,10 @@ def dir_hosts(tmp_path: Path) -> Iterator[tuple[Path, Path, list[Host]]]:
             h.stop()
 
 
-def test_a_producer_killed_between_its_blobs_and_its_announcement_leaves_nothing_half_visible(
-    dir_hosts: tuple[Path, Path, list[Host]],
-) -> None:
-    """SIGKILL exactly after a version's blobs are in the store and before its header and announcement (the
-    producer is held on the store's lock, seen from outside in /proc/locks): the follower stays on the
-    announced version, whole; the producer, started again (after a reboot: an empty tmpfs), takes its own
-    lease back at once, announces that version without uploading it again, and the chain goes on."""
-    source, store, (a, b) = dir_hosts
+def _kill_between_blobs_and_announcement(a: Host, b: Host, source: Path, store: Path, title: str) -> int:
+    """Change the source and SIGKILL the producer host *a* exactly after the new version's blobs are in the
+    store and before its header (held on the store's lock, seen in /proc/locks); returns the version
+    announced before, which *b* serves."""
     v = a.announced()
     wait_until(lambda: b.announced() == v)
     lock = store / ".lock"
@@ -265,7 +261,7 @@ def test_a_producer_killed_between_its_blobs_and_its_announcement_leaves_nothing
     fd = os.open(lock, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # the producer's next conditional write (the lease's renewal) waits
-        write_jsonl(source, [movie(i, title="half") if i == 5 else movie(i) for i in range(200)])
+        write_jsonl(source, [movie(i, title=title) if i == 5 else movie(i) for i in range(200)])
         wait_until(lambda: producer in _lock_waiters(lock))
         here = subprocess.run(  # its control socket waits on the cycle: read its tmpfs from inside
             ["nsenter", "-t", str(producer), "-m", "cat", str(a.root / "movies" / "announce" / "announced")],
@@ -291,6 +287,18 @@ def test_a_producer_killed_between_its_blobs_and_its_announcement_leaves_nothing
         a.stop(signal.SIGKILL)
     finally:
         os.close(fd)
+    return v
+
+
+def test_a_producer_killed_between_its_blobs_and_its_announcement_leaves_nothing_half_visible(
+    dir_hosts: tuple[Path, Path, list[Host]],
+) -> None:
+    """SIGKILL exactly after a version's blobs are in the store and before its header and announcement (the
+    producer is held on the store's lock, seen from outside in /proc/locks): the follower stays on the
+    announced version, whole; the producer, started again (after a reboot: an empty tmpfs), takes its own
+    lease back at once, announces that version without uploading it again, and the chain goes on."""
+    source, store, (a, b) = dir_hosts
+    v = _kill_between_blobs_and_announcement(a, b, source, store, "half")
     ann = json.loads((store / "announced").read_bytes())
     assert ann["version"] == v
     contact = b.status()["last_contact"]
@@ -370,3 +378,32 @@ with hollow.open("movies", root=sys.argv[1], follow=False) as ds, ds.attach(int(
     movies = snap["Movie"]
     print(json.dumps({"count": len(movies), "titles": sorted({movies[i].title for i in (1, 3)})}))
 """
+
+
+def test_after_a_producer_killed_before_announcing_a_fresh_producer_host_replaces_its_orphan(
+    dir_hosts: tuple[Path, Path, list[Host]], tmp_path: Path
+) -> None:
+    """The killed producer left version v+1's blobs (and it could have left its header) unannounced; a
+    producer on a fresh host (new state directory, empty tmpfs) restores v and publishes its own,
+    different v+1: the orphan's header is replaced, not a reason to refuse, and the chain goes on."""
+    source, store, (a, b) = dir_hosts
+    v = _kill_between_blobs_and_announcement(a, b, source, store, "half")
+    orphan = {"version": v + 1, "parent": v}  # what the killed producer would have written next: its header
+    killed = json.loads((store / "headers" / str(v)).read_bytes())
+    (store / "headers" / str(v + 1)).write_bytes(
+        json.dumps({**killed, **orphan, "content_hash": 12345, "blobs": {}}).encode()
+    )
+    (store / "lease").unlink()  # the operator's way past the dead producer's lease (its error says so)
+    write_jsonl(source, [movie(i, title="other") if i == 5 else movie(i) for i in range(200)])
+    fresh = Host(tmp_path, "a2", PRODUCER, {}, schema=str(SCHEMAS / "movies.capnp"), source=str(source),
+                 store=str(store))  # fmt: skip
+    try:
+        fresh.daemon.notifications("READY=1")
+        wait_until(lambda: b.announced() == v + 1)
+        assert b.get(5)["title"] == "other"
+        assert json.loads((store / "headers" / str(v + 1)).read_bytes())["content_hash"] != 12345
+        write_jsonl(source, [movie(i, title="on") if i == 5 else movie(i) for i in range(200)])
+        wait_until(lambda: b.announced() == v + 2)
+        assert b.status()["failures"] == 0
+    finally:
+        fresh.stop()
