@@ -54,9 +54,12 @@ def follower_main(url: str, root: str, work: str, interval: float) -> None:
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     print(f"started {time.time()}", flush=True)
     while not stop.is_set():
-        began = time.monotonic()
+        began, began_at = time.monotonic(), time.time()
         if f.poll():
-            print(f"{f.here} {time.time()} {f.bytes_fetched} {time.monotonic() - began}", flush=True)
+            stages = json.dumps(f.last_timings, separators=(",", ":"))
+            print(
+                f"{f.here} {time.time()} {f.bytes_fetched} {time.monotonic() - began} {began_at} {stages}", flush=True
+            )
         elif f.last_error:
             print(f"error {f.last_error}", file=sys.stderr, flush=True)
         stop.wait(max(0.0, interval - (time.monotonic() - began)))
@@ -80,6 +83,8 @@ class Followers:
             )
         self.seen: list[dict[int, tuple[float, int]]] = [{} for _ in self.procs]
         self.apply: list[float] = []
+        #: per version and follower: (when its applying look began, its stages' seconds)
+        self.looks: list[dict[int, tuple[float, dict[str, float]]]] = [{} for _ in self.procs]
         for p in self.procs:
             line = p.stdout.readline().split()  # type: ignore[union-attr]
             self.started.append(float(line[1]))
@@ -103,9 +108,10 @@ class Followers:
                 i, line = self.lines.get(timeout=1.0)
             except queue.Empty:
                 continue
-            if len(line) == 4:
+            if len(line) == 6:
                 self.seen[i][int(line[0])] = (float(line[1]), int(line[2]))
                 self.apply.append(float(line[3]))
+                self.looks[i][int(line[0])] = (float(line[4]), json.loads(line[5]))
         return [s[version] for s in self.seen]
 
     def close(self) -> None:
@@ -170,7 +176,8 @@ def run(n: int, versions: int, k: int) -> dict[str, Any]:
                 if interval == 1.0:
                     res["fresh_seconds"] = [t - s for (t, _), s in zip(at, fl.started, strict=True)]
                     res["fresh_bytes"] = [b for _, b in at]
-                lat, fetched, deltas = [], [], []
+                lat, fetched, deltas, woke = [], [], [], []
+                stages: dict[str, list[float]] = {}
                 for _ in range(versions):
                     time.sleep(rng.uniform(0, interval))
                     producer.run_incremental(changes(rng, live, next_id, k))
@@ -179,6 +186,11 @@ def run(n: int, versions: int, k: int) -> dict[str, Any]:
                     announced = pub.last_announced_at
                     at = fl.wait_for(h.version)
                     lat.append(max(t for t, _ in at) - announced)
+                    slowest = max(range(FOLLOWERS), key=lambda j, at=at: at[j][0])
+                    began, timings = fl.looks[slowest][h.version]
+                    woke.append(began - announced)  # the watch's phase: announced → the slowest one's look
+                    for stage, seconds in timings.items():
+                        stages.setdefault(stage, []).append(seconds)
                     fetched += [b - b0 for (_, b), b0 in zip(at, before, strict=True)]
                     deltas.append(h.blobs["delta"])
                 res[f"watch {interval}"] = {
@@ -190,6 +202,11 @@ def run(n: int, versions: int, k: int) -> dict[str, Any]:
                     "delta_raw": statistics.median(d["raw"] for d in deltas),
                     "apply_p50": statistics.median(fl.apply),
                     "apply_p99": percentile(fl.apply, 99),
+                    # the slowest follower of each version: from the announcement to its look, then its stages
+                    "slowest": {
+                        "wait": [statistics.median(woke), percentile(woke, 99)],
+                        **{st: [statistics.median(v), percentile(v, 99)] for st, v in sorted(stages.items())},
+                    },
                 }
                 log(f"watch {interval}: {res[f'watch {interval}']}")
             finally:
@@ -233,6 +250,14 @@ def report(res: dict[str, Any]) -> str:
             "one follower's look at the store that applied a version, 1 s / 0.1 s watch: p50 / p99",
             f"{w1['apply_p50']:.3f} / {w1['apply_p99']:.3f} s, {w01['apply_p50']:.3f} / {w01['apply_p99']:.3f} s",
             "",
+        ],
+        *[
+            [
+                f"where the slowest follower's time went, {w} s watch: p50 / p99 (s)",
+                ", ".join(f"{st} {a:.3f}/{b:.3f}" for st, (a, b) in res[f"watch {w}"]["slowest"].items() if b >= 0.002),
+                "",
+            ]
+            for w in ("1.0", "0.1")
         ],
         [
             "fresh follower, nothing local -> serving (median of 4 started together)",

@@ -310,6 +310,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "namespace",
+        "store_retain",
+        100,
+        _count,
+        "With publish_to: the newest versions whose blobs stay in the store; older ones are deleted (checked "
+        "after each snapshot), except what a follower needs to reach a kept version or the store's pin: the "
+        "newest snapshot at or before it, and the chain from there. 0: keep every version for ever.",
+    ),
+    Setting(
+        "namespace",
         "follow",
         "",
         _text,
@@ -375,6 +384,7 @@ class NamespaceConfig:
     validators: dict[str, Any] = field(default_factory=dict)
     publish_to: str = ""
     snapshot_every: int = 16
+    store_retain: int = 100
     follow: str = ""
     watch_interval: float = 1.0
 
@@ -599,6 +609,7 @@ def _producing(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
         validators=validators,
         publish_to=_store_url(settings["publish_to"], base),
         snapshot_every=settings["snapshot_every"],
+        store_retain=settings["store_retain"],
     )
 
 

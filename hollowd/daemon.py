@@ -29,8 +29,10 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -145,6 +147,19 @@ class StateStore:
             return int((self.dir / "counter").read_text())
         except (FileNotFoundError, ValueError):
             return 0
+
+    @property
+    def producer_id(self) -> str:
+        """This state directory's name for its producer in a blob store's lease, made once: a daemon started
+        again on it (only one runs on a state directory at a time: its lock) is the same producer, and
+        takes its lease back at once after a crash instead of waiting for it to expire."""
+        path = self.dir / "producer-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            made = uuid.uuid4().hex[:12]
+            self._replace(path, f"{made}\n".encode())
+            return made
 
     @property
     def pin(self) -> int | None:
@@ -295,6 +310,7 @@ class Daemon:
             retain=ns.retain,
             mode=ns.mode,
         )
+        follower.local_pin = StateStore(self.cfg.state_dir, ns.name).pin  # hollow pin here: kept across restarts
         return FollowerThread(follower)
 
     def _lock_state_dir(self) -> None:
@@ -339,7 +355,13 @@ class Daemon:
                 )
             publisher = None
             if ns.publish_to:
-                publisher = Publisher(blobs.open_store(ns.publish_to), producer, snapshot_every=ns.snapshot_every)
+                publisher = Publisher(
+                    blobs.open_store(ns.publish_to),
+                    producer,
+                    snapshot_every=ns.snapshot_every,
+                    store_retain=ns.store_retain,
+                    owner=f"{socket.gethostname()}:{store.producer_id}",
+                )
                 try:
                     publisher.claim()  # a second producer of the namespace, on any host, stops here (exit 75)
                 except blobs.StoreUnavailableError as e:
@@ -523,9 +545,13 @@ class Daemon:
     def _control_follower(self, follower: Follower, command: Any, doc: dict[str, Any]) -> dict[str, Any]:
         """pin / unpin on a follower namespace: this host only, overriding the store's announcement."""
         try:
+            pins = StateStore(self.cfg.state_dir, follower.namespace)
             if command == "pin":
-                follower.pin(int(doc["version"]))
+                version = int(doc["version"])
+                follower.pin(version)
+                pins.save_pin(version)  # durable: a restart (or a reboot) keeps this host on it
             elif command == "unpin":
+                pins.save_pin(None)
                 follower.pin(None)
             else:
                 return {

@@ -3,7 +3,8 @@
 It watches the store's announcement (a conditional GET with the last entity tag,
 every *interval* seconds), plans the path from the version it has to the one
 announced by headers alone (deltas forward; the nearest snapshot when there is no
-chain or it moves fewer bytes; never a LIST in the normal path), downloads and
+chain or it moves fewer bytes; reverse deltas back to an older version the store
+pins; never a LIST in the normal path), downloads and
 checks each blob, applies a delta through the producer's incremental path
 (:meth:`Producer.run_changes`, so its work is proportional to the delta), checks
 the version's content hash against the producer's before it is announced, and
@@ -26,20 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hollow import layout
 from hollow.errors import Error as ReaderError
 from hollow.state import StateFile
 from hollowd import blobs, overlay
-from hollowd.errors import Error
+from hollowd.errors import Error, ValidationError
 from hollowd.producer import Producer
 from hollowd.replication import (
+    Delta,
     Header,
     ReplicationError,
     StoreAnnouncement,
     content_hash,
     decode_delta,
     delta_content_hash,
+    hashes_at,
     header_key,
+    moved_content_hash,
 )
 
 log = logging.getLogger("hollowd")
@@ -50,7 +56,7 @@ DEFAULT_INTERVAL = 1.0
 class Step:
     """One step of a plan: apply *header*'s delta, or put its snapshot in place."""
 
-    kind: str  # "delta" or "snapshot"
+    kind: str  # "delta", "reverse" or "snapshot"
     header: Header
 
 
@@ -112,6 +118,10 @@ class Follower:
         #: A pin made on this host (``hollow pin``): it overrides the store's announcement here.
         self.local_pin: int | None = None
         self._lock = threading.Lock()  # poll() in the follower's thread, pins from the daemon's
+        #: Seconds per stage of the last look at the store: watch (the announcement's GET), headers, fetch
+        #: (blob GETs), unpack (checksum, zstd), decode (delta to records), verify (content hash), and the
+        #: local producer's build, validate, publish, announce, reclaim (hollow status, bench/hosts.py).
+        self.last_timings: dict[str, float] = {}
         self._open_local()
 
     # -- the local producer ---------------------------------------------------------------
@@ -174,15 +184,29 @@ class Follower:
         with self._lock:
             return self._poll()
 
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Any:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + time.monotonic() - started
+
     def _poll(self) -> bool:
         before = self.here
+        self.last_timings = {}
         try:
-            got = self.store.get_if_changed("announced", self._etag)
+            with self._timed("watch"):
+                got = self.store.get_if_changed("announced", self._etag)
             self.last_contact = time.time()
             if got is not None:
                 self._announcement = StoreAnnouncement.loads(got.data, what=f"{self.store.url}/announced")
                 self._etag = got.etag
-            if self._announcement is not None and self.local_pin is None:
+                if self._announcement.header is not None:  # the header came with it: no GET of its own
+                    self._headers.setdefault(self._announcement.version, self._announcement.header)
+            if self.local_pin is not None:
+                self._to_local_pin()
+            elif self._announcement is not None:
                 self._sync(self._announcement)
             self.last_error = None
         except (Error, ReaderError) as e:
@@ -195,7 +219,11 @@ class Follower:
         return self.here != before
 
     def pin(self, version: int | None) -> None:
-        """Pin this host to *version* whatever the store announces (None: follow the store again)."""
+        """Pin this host to *version* whatever the store announces (None: follow the store again).
+
+        A version no longer on this host comes from the store (reverse deltas back, deltas forward, or
+        a snapshot), as after a restart with an empty root: the daemon keeps the pin in its state
+        directory and gives it back through :attr:`local_pin` before the first :meth:`poll`."""
         with self._lock:
             if version is None:
                 self.local_pin = None
@@ -203,12 +231,28 @@ class Follower:
                 if self._announcement is not None:
                     self._sync(self._announcement, force=True)
                 return
-            if self.producer is None or not (self.dir / layout.state_name(version)).exists():
+            try:
+                self._to(version)
+            except (Error, ReaderError) as e:
                 raise ReplicationError(
-                    f"{self.namespace} version {version} is not on this host (have: {layout.list_versions(self.dir)})"
-                )
-            self.producer.pin(version)
+                    f"{self.namespace} version {version} is not on this host (have: {layout.list_versions(self.dir)}) "
+                    f"and cannot come from {self.store.url}: {e}"
+                ) from None
             self.local_pin = version
+
+    def _to_local_pin(self) -> None:
+        """Keep this host on its own pin (announced pinned here), whatever the store says."""
+        assert self.local_pin is not None
+        current = layout.read_announcement(self.dir)
+        if current is None or current.version != self.local_pin or not current.pinned:
+            self._to(self.local_pin)
+
+    def _to(self, version: int) -> None:
+        """Announce *version* pinned here: from this host's files if it has it, else from the store."""
+        if self.producer is not None and (self.dir / layout.state_name(version)).exists():
+            self.producer.pin(version)
+            return
+        self._sync(StoreAnnouncement(version, True, version, time.time_ns()), force=True)
 
     def run(self, stop: threading.Event) -> None:
         """Poll every :attr:`interval` seconds until *stop* is set."""
@@ -272,13 +316,7 @@ class Follower:
         if self.producer is not None and current is not None and current.pinned and not ann.pinned:
             self.producer.unpin()  # the store's pin is gone: back to the latest, then on
         if target < self._latest_local():  # back (a pin) to a version this host no longer has
-            top = self._header(target)
-            if top is None or "snapshot" not in top.blobs:
-                raise ReplicationError(
-                    f"{self.namespace}: the store pins version {target}, which this host no longer has and the store "
-                    "has no snapshot of (going back needs one: not done); pin a version this host has with hollow pin"
-                )
-            self._execute([Step("snapshot", top)], pinned=ann.pinned)
+            self._go_back(target)
             return
         plan = self.plan(self._latest_local(), target)
         try:
@@ -295,7 +333,8 @@ class Follower:
     def _header(self, version: int) -> Header | None:
         h = self._headers.get(version)
         if h is None:
-            got = self.store.get(header_key(version))
+            with self._timed("headers"):
+                got = self.store.get(header_key(version))
             if got is None:
                 return None
             self.bytes_fetched += len(got.data)
@@ -344,6 +383,117 @@ class Follower:
                 snap_at = len(walk) - 1
         return [Step("snapshot", walk[snap_at])] + [Step("delta", x) for x in reversed(walk[:snap_at])]
 
+    def plan_back(self, here: int, target: int) -> list[Step] | None:
+        """Reverse deltas from local version *here* down to *target*, by headers alone (O(here - target)
+        GETs, no LIST); None when the chain has no way back there (a version without a reverse delta, a
+        missing header, *target* not on the chain)."""
+        steps: list[Step] = []
+        v = here
+        while v > target:
+            h = self._header(v)
+            if h is None or "reverse" not in h.blobs or not h.parent or h.parent < target:
+                return None
+            steps.append(Step("reverse", h))
+            v = h.parent
+        return steps
+
+    def _go_back(self, target: int) -> None:
+        """To *target*, older than this host's latest and no longer here (the store pins it): by reverse
+        deltas from the latest, or by *target*'s snapshot when that moves fewer bytes or there is no way
+        back; a reverse delta that fails (missing, damaged, a content hash that differs) falls back to
+        the snapshot. The version is announced pinned: it is never this host's latest."""
+        top = self._header(target)
+        if top is None:
+            raise ReplicationError(f"{self.store.url}: version {target} is announced but has no header")
+        back = self.plan_back(self._latest_local(), target)
+        snapshot = [Step("snapshot", top)] if "snapshot" in top.blobs else None
+        if back is not None and (
+            snapshot is None or sum(s.header.bytes_for("reverse") for s in back) <= top.bytes_for("snapshot", "base")
+        ):
+            try:
+                self._apply_reverse(back, top)
+                return
+            except (blobs.BlobCorruptError, ReplicationError) as e:
+                if snapshot is None:
+                    raise
+                log.warning(
+                    "hollowd: event=follow-fallback namespace=%s version=%d error=%r: going by its snapshot",
+                    self.namespace, target, str(e),
+                )  # fmt: skip
+        if snapshot is None:
+            raise ReplicationError(
+                f"{self.namespace}: the store pins version {target}, which this host no longer has; the store has no "
+                "snapshot of it and no reverse deltas from this host's latest down to it. Pin a version this host "
+                "has (hollow pin), or have the producer pin one with a snapshot"
+            )
+        self._execute(snapshot, pinned=True)
+
+    def _apply_reverse(self, steps: list[Step], target: Header) -> None:
+        """Apply reverse deltas *steps* (from this host's latest down) at once: per ordinal, the record the
+        one nearest *target* restores (or its removal), written as version *target* on the latest's file
+        with every record at *target*'s ordinal, pinned; verified by the content hash from the latest's,
+        over those ordinals. O(the changes in *steps*)."""
+        producer = self.producer
+        if producer is None:
+            raise ReplicationError(f"{self.namespace}: going back needs a version to start from; none is here")
+        here = self._latest_local()
+        here_header = self._header(here)
+        if here_header is None:
+            raise ReplicationError(f"{self.store.url}: version {here} (this host's latest) has no header")
+        deltas, at = self._compose_reverse(steps, here)
+        state = StateFile(self.dir / layout.state_name(here), namespace=self.namespace)
+        changes: dict[str, overlay.Changes] = {}
+        touched: dict[str, Any] = {}
+        for name, rtype in producer.schema.types.items():
+            m = at.get(name)
+            if m:
+                touched[name] = np.array(sorted(m), dtype=np.uint64)
+                changes[name] = _back_changes(state, rtype, deltas, m, touched[name])
+            else:
+                changes[name] = overlay.Changes()
+
+        def check(path: Path) -> None:
+            now = StateFile(path, namespace=self.namespace)
+            got = moved_content_hash(now, state, here_header.content_hash, touched)
+            if got != target.content_hash:
+                raise ReplicationError(
+                    f"{self.namespace} version {target.version} (back from {here} by reverse deltas): content hash "
+                    f"{got:016x} here, {target.content_hash:016x} at the producer; refused (nothing announced)"
+                )
+
+        try:
+            written = producer.run_changes(changes, version=target.version, check=check, pinned=True)
+        except ValidationError as e:
+            raise ReplicationError(f"{self.namespace}: the reverse deltas to {target.version} do not apply: {e}") from e
+        if written != target.version:
+            raise ReplicationError(f"{self.namespace}: the reverse deltas to {target.version} change nothing here")
+        self.blobs_applied += len(steps)
+        log.info(
+            "hollowd: event=follow namespace=%s version=%d by=reverse from=%d steps=%d",
+            self.namespace, target.version, here, len(steps),
+        )  # fmt: skip
+
+    def _compose_reverse(self, steps: list[Step], here: int) -> tuple[list[Delta], dict[str, dict[int, Any]]]:
+        """The reverse deltas of *steps*, fetched and checked, and per type what each ordinal they touch
+        holds at the end: (delta, element, change hash) of the record the last one restores, or None."""
+        deltas: list[Delta] = []
+        at: dict[str, dict[int, Any]] = {}
+        expect = here
+        for step in steps:
+            key = step.header.blobs["reverse"]["key"]
+            d = decode_delta(self._fetch(step.header, "reverse"), what=f"{self.store.url}/{key}")
+            if not d.reverse or d.parent != expect or d.version != step.header.parent:
+                raise ReplicationError(f"{self.store.url}/{key}: not the reverse delta of {expect} to its parent")
+            expect = d.version
+            deltas.append(d)
+            for name, td in d.types.items():
+                m = at.setdefault(name, {})
+                for o in td.removed.tolist():
+                    m[o] = None
+                for i, (o, h) in enumerate(zip(td.ordinals.tolist(), td.hashes.tolist(), strict=True)):
+                    m[o] = (len(deltas) - 1, int(td.refs[i]), h)
+        return deltas, at
+
     def _execute(self, plan: list[Step], *, pinned: bool) -> None:
         for i, step in enumerate(plan):
             last = i == len(plan) - 1
@@ -363,22 +513,25 @@ class Follower:
         if entry is None:
             raise ReplicationError(f"{self.store.url}: version {header.version} has no {kind} blob")
         key = entry["key"]
-        got = self.store.get(key)
+        with self._timed("fetch"):
+            got = self.store.get(key)
         if got is None:
             raise ReplicationError(f"{self.store.url}/{key}: missing (the header names it)")
         self.bytes_fetched += len(got.data)
-        return blobs.unpack(got.data, kind=kind, what=f"{self.store.url}/{key}")
+        with self._timed("unpack"):
+            return blobs.unpack(got.data, kind=kind, what=f"{self.store.url}/{key}")
 
     def _verify(
         self, path: Path, header: Header, *, parent: StateFile | None = None, parent_hash: int | None = None
     ) -> None:
         """Refuse *path* unless its content hash is the producer's: over every record (a snapshot, or no
         parent header to start from), or from the parent's, over the ordinals the version changed."""
-        state = StateFile(path, namespace=self.namespace)
-        if parent is not None and parent_hash is not None and state.base is not None:
-            got = delta_content_hash(state, parent, parent_hash)
-        else:
-            got = content_hash(state)
+        with self._timed("verify"):
+            state = StateFile(path, namespace=self.namespace)
+            if parent is not None and parent_hash is not None and state.base is not None:
+                got = delta_content_hash(state, parent, parent_hash)
+            else:
+                got = content_hash(state)
         if got != header.content_hash:
             raise ReplicationError(
                 f"{self.namespace} version {header.version}: content hash {got:016x} here, {header.content_hash:016x} "
@@ -394,6 +547,7 @@ class Follower:
         parent = self._latest_local()
         if delta.parent != parent:
             raise ReplicationError(f"{self.namespace}: delta {delta.version} applies to {delta.parent}, not {parent}")
+        decoding = time.monotonic()
         state = StateFile(self.dir / layout.state_name(parent), namespace=self.namespace)
         changes: dict[str, overlay.Changes] = {}
         for name, rtype in producer.schema.types.items():
@@ -410,11 +564,14 @@ class Follower:
             view = state.type(name)
             removals = [overlay.fields_of(view.record_at(o), rtype.primary.fields) for o in td.removed.tolist()]
             changes[name] = overlay.Changes(upserts, removals, hashes=td.hashes.copy() if upserts else None)
+        self.last_timings["decode"] = self.last_timings.get("decode", 0.0) + time.monotonic() - decoding
         parent_header = self._header(parent)
         check = functools.partial(self._verify, header=header)
         if "snapshot" not in header.blobs and parent_header is not None:
             check = functools.partial(check, parent=state, parent_hash=parent_header.content_hash)
         producer.run_changes(changes, version=header.version, check=check)
+        for stage, seconds in producer.last_timings.items():
+            self.last_timings[stage] = self.last_timings.get(stage, 0.0) + seconds
         self.blobs_applied += 1
 
     def _apply_snapshot(self, header: Header, *, pinned: bool) -> None:
@@ -449,6 +606,35 @@ class Follower:
         if self.producer is not None and self._owns_producer:
             self.producer.close()
         self.producer = None
+
+
+def _back_changes(state: StateFile, rtype: Any, deltas: list[Delta], at: dict[int, Any], ords: Any) -> overlay.Changes:
+    """One type's changes from *state* (this host's latest) back to what *at* says each ordinal held:
+    upserts at their ordinals (a key living elsewhere moves there), removals of the keys that go."""
+    records: dict[int, Any] = {}
+    upserts: dict[Any, dict[str, Any]] = {}
+    up_ords, up_hashes = [], []
+    for o in ords.tolist():
+        got = at[o]
+        if got is None:
+            continue
+        di, ref, h = got
+        if di not in records:
+            records[di] = state.decode_records(rtype.name, deltas[di].types[rtype.name].chunk or b"")
+        rec = records[di][ref].to_dict()
+        upserts[rtype.key_of(rec)] = rec
+        up_ords.append(o)
+        up_hashes.append(h)
+    view = state.type(rtype.name)
+    live_here, _ = hashes_at(state, rtype.name, ords)
+    removals = []
+    for o in ords[live_here].tolist():
+        k = overlay.fields_of(view.record_at(o), rtype.primary.fields)
+        if k not in upserts:  # a key that stays moves (Changes.ordinals); one that goes, goes
+            removals.append(k)
+    return overlay.Changes(
+        upserts, removals, hashes=np.array(up_hashes, dtype=np.uint64), ordinals=np.array(up_ords, dtype=np.int64)
+    )
 
 
 class FollowerThread:

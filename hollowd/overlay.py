@@ -672,6 +672,10 @@ class Changes:
     upserts: dict[Any, dict[str, Any]] = field(default_factory=dict)
     removals: list[Any] = field(default_factory=list)
     hashes: Any = None  # change hash of each upsert, when the caller computed them already
+    #: The ordinal of each upsert, when the caller must have it there (a follower going back to an older
+    #: version by reverse deltas: hollowd.follower); a key living at another ordinal moves. None: the
+    #: producer's rule (a key keeps its ordinal, a new one takes the lowest free).
+    ordinals: Any = None
 
 
 @dataclass
@@ -826,6 +830,7 @@ class _Step:
         self.tombs: list[tuple[int, int]] = []  # (fingerprint, base ordinal)
         self.new_ord: list[int] = []  # per kept upsert: its ordinal, or -1 for a fresh one
         self.kept: list[tuple[dict[str, Any], int, int]] = []  # (record, fingerprint, change hash)
+        self.forced = False  # the caller gave every upsert's ordinal (Changes.ordinals)
 
     def resolve(self, changes: Changes) -> None:
         """Find where each changed key is now (vector probes); drop the changes that change nothing."""
@@ -853,6 +858,8 @@ class _Step:
         kinds, wheres, _ = latest.locate(fps, keys)
         present = (kinds == ENTRY) | (kinds == BASE)
         changed = (latest.current_hashes(kinds, wheres) != hashes) | ~present
+        if changes.ordinals is not None:
+            self._move(np.asarray(changes.ordinals, dtype=np.int64), kinds, wheres, changed)
         idx = np.flatnonzero(changed)
         kind, j = kinds[idx], wheres[idx]
         is_entry, is_base = kind == ENTRY, kind == BASE
@@ -865,19 +872,68 @@ class _Step:
         self.new_ord.extend(new_ord.tolist())
         picked = [records[i] for i in idx.tolist()]
         self.kept.extend(zip(picked, fps[idx].tolist(), np.asarray(hashes)[idx].tolist(), strict=True))
+        if changes.ordinals is not None:
+            self.forced = True
+            self.new_ord = [int(o) for o in np.asarray(changes.ordinals, dtype=np.int64)[changed]]
+
+    def _move(self, want: Any, kinds: Any, wheres: Any, changed: Any) -> None:
+        """Upserts that must land at *want*: a key living at another ordinal leaves it (freed, and its
+        base record masked) and is written where it is wanted, as a fresh record would be (in place:
+        *kinds* say TOMBSTONE-free ABSENT from here on, and the upsert counts as a change)."""
+        latest = self.latest
+        now = wheres.copy()  # a BASE key's ordinal; an ENTRY's is its entry's (e_ord may be empty)
+        in_entry = kinds == ENTRY
+        now[in_entry] = latest.e_ord[wheres[in_entry]].astype(np.int64)
+        for i in np.flatnonzero(((kinds == ENTRY) | (kinds == BASE)) & (now != want)).tolist():
+            j = int(wheres[i])
+            if kinds[i] == ENTRY:
+                self.e_dead.append(j)
+                self.freed.append(int(latest.e_ord[j]))
+            else:
+                self.masks.append(j)
+                self.freed.append(j)
+            kinds[i], wheres[i], changed[i] = ABSENT, -1, True
 
     def assign_ordinals(self) -> Any:
-        """New records fill the lowest free ordinals (holes, and those freed now), then grow the list.
+        """New records fill the lowest free ordinals (holes, and those freed now), then grow the list;
+        with the caller's ordinals (:attr:`Changes.ordinals`), each takes its own, which must be free.
 
         Returns the version's holes."""
         latest = self.latest
         free = np.union1d(latest.holes, np.array(self.freed, dtype=np.int64)) if self.freed else latest.holes
+        if self.forced:
+            return self._assign_given(free)
         fresh = [i for i, o in enumerate(self.new_ord) if o < 0]
         take = min(len(fresh), len(free))
         for n, i in enumerate(fresh):
             self.new_ord[i] = int(free[n]) if n < take else self.size + n - take
         self.size += len(fresh) - take
         holes, self.size = trim_holes(free[take:], self.size)
+        return holes
+
+    def _assign_given(self, free: Any) -> Any:
+        """Every kept upsert at the ordinal the caller gave: a fresh one's must be free (a hole, freed
+        now, or past the end: the list grows and the ordinals skipped are holes), not a record's that stays."""
+        latest = self.latest
+        given = np.array(sorted(self.new_ord), dtype=np.int64)
+        if len(np.unique(given)) != len(given):
+            raise ValidationError(
+                f"{latest.rtype.name}: two upserts are given one ordinal", type_name=latest.rtype.name
+            )
+        size = max(self.size, int(given[-1]) + 1 if len(given) else 0)
+        free = np.union1d(free, np.arange(self.size, size, dtype=np.int64))
+        alive = np.ones(latest.entries, dtype=bool)
+        alive[self.e_dead] = False
+        staying = np.isin(given, latest.e_ord[alive].astype(np.int64))
+        masked = np.union1d(latest.m_ord.astype(np.int64), np.array(self.masks, dtype=np.int64))
+        staying |= (given < latest.base.size) & ~np.isin(given, masked) & ~np.isin(given, free)
+        if staying.any():
+            raise ValidationError(
+                f"{latest.rtype.name}: ordinals {given[staying][:5].tolist()} are given to upserts but hold records "
+                "that stay",
+                type_name=latest.rtype.name,
+            )
+        holes, self.size = trim_holes(np.setdiff1d(free, given), size)
         return holes
 
     def ordered(self) -> tuple[list[dict[str, Any]], Any, Any, Any]:

@@ -161,6 +161,7 @@ class Producer:
         *,
         version: int | None = None,
         check: Callable[[Path], None] | None = None,
+        pinned: bool = False,
     ) -> int:
         """Apply *changes* (per type, upserts by key, removed keys and their change hashes) as
         :meth:`run_incremental` does, as *version* (default: the next), and announce it.
@@ -169,11 +170,22 @@ class Producer:
         version number and the change hashes are the producer's. *check* is called with the
         published file before it is announced; if it raises, the version is removed and
         nothing is announced.
+
+        *pinned* announces the version pinned. Only then may *version* be below the latest
+        (a follower going back by reverse deltas to a version its store pins): it is written on
+        the latest version's file, and the latest stays what it was.
         """
-        if version is not None and version <= self._last_version:
+        below = version is not None and version <= self._last_version
+        if below and (not pinned or version in self.versions()):
             raise PublishError(f"{self.namespace}: version {version} is not above the latest, {self._last_version}")
         with _gc_paused():
-            return self._run(changes=changes, version=version, check=check)
+            return self._run(changes=changes, version=version, check=check, pinned=pinned)
+
+    def encode_records(self, name: str, records: list[dict[str, Any]]) -> bytes:
+        """*records* of type *name* as one Records message, the form of an overlay's chunk (a reverse
+        delta carries a parent's records so: hollowd.replication)."""
+        table, segment = encoder_of(self.schema.types[name], self._encoders).encode(records)  # type: ignore[arg-type]
+        return bytes(table) + bytes(segment)
 
     def _run(
         self,
@@ -183,6 +195,7 @@ class Producer:
         changes: Mapping[str, overlay.Changes] | None = None,
         version: int | None = None,
         check: Callable[[Path], None] | None = None,
+        pinned: bool = False,
     ) -> int:
         """A cycle's steps: read back, build, mint, validate, publish, announce, reclaim (and compact)."""
         timings = self.last_timings = {}
@@ -256,14 +269,15 @@ class Producer:
             )
             self._check_published(self.dir / layout.state_name(version), version, check)
         lap("publish")
-        self._last_version = version
+        back = version < self._last_version  # run_changes(pinned=True): an older version, written again
+        self._last_version = max(self._last_version, version)
         self._latest_cache = None
         self._adopted(base)
-        self._announce_latest(version)
+        self._announce_written(version, pinned=pinned)
         lap("announce")
         self.reclaim()
         lap("reclaim")
-        if self._compact_if_due(version, overlays, latest):
+        if not back and self._compact_if_due(version, overlays, latest):
             lap("compact")
         return version
 
@@ -434,6 +448,12 @@ class Producer:
                 changed=changed,
             ),
         )
+
+    def _announce_written(self, version: int, *, pinned: bool) -> None:
+        if pinned:  # run_changes(pinned=True): a follower's pin, perhaps to an older version
+            self._announce(layout.Announcement(version, True, self._last_version, time.time_ns()))
+        else:
+            self._announce_latest(version)
 
     def _announce_latest(self, version: int) -> None:
         current = self.announcement()

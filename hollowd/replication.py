@@ -5,6 +5,9 @@
   records the cycle wrote, as they are in the file, with their ordinals and change
   hashes) and the ordinals it removed (its tombstones stamped v). Not a second
   encoding of the data.
+- A **reverse delta** of v turns v back into its parent: the parent's records at the
+  ordinals v changed (where the parent had one) and the ordinals v filled where the
+  parent had none. A follower goes back with them (a pin to an older version).
 - A **snapshot** of v is v's file; when v is an overlay, its base's file is a blob of
   its own (``bases/<v>-<hash>``), uploaded once and shared by every snapshot on it.
 - The **content hash** of a version depends only on its records and their ordinals:
@@ -63,6 +66,11 @@ def header_key(version: int) -> str:
 def delta_key(version: int, content: int) -> str:
     """Named by version and content hash too: a refused producer's blobs never replace the chain's."""
     return f"deltas/{version}-{content:016x}"
+
+
+def reverse_key(version: int, content: int) -> str:
+    """Version *version*'s reverse delta (back to its parent), named as its delta is."""
+    return f"reverses/{version}-{content:016x}"
 
 
 def snapshot_key(version: int, content: int) -> str:
@@ -183,10 +191,18 @@ def changed_ordinals(state: StateFile) -> dict[str, Any]:
 def delta_content_hash(state: StateFile, parent: StateFile, parent_hash: int) -> int:
     """*state*'s content hash from its parent's, in O(changes): less what the changed ordinals held in
     *parent*, plus what they hold now (the same sum :func:`content_hash` makes over every record)."""
-    total = _U64(parent_hash)
+    return moved_content_hash(state, parent, parent_hash, changed_ordinals(state))
+
+
+def moved_content_hash(state: StateFile, other: StateFile, other_hash: int, ordinals: dict[str, Any]) -> int:
+    """*state*'s content hash from *other*'s (*other_hash*), when the two differ at most at *ordinals*
+    (per type): less what those ordinals hold in *other*, plus what they hold in *state*. O(len(ordinals));
+    a version before or after *state*, one delta or many away (a reverse delta goes back)."""
+    total = _U64(other_hash)
     with np.errstate(over="ignore"):
-        for name, ords in changed_ordinals(state).items():
-            was_live, was = hashes_at(parent, name, ords)
+        for name, given in ordinals.items():
+            ords = np.asarray(given, dtype=_U64)
+            was_live, was = hashes_at(other, name, ords)
             now_live, now = hashes_at(state, name, ords)
             total -= _contribution(name, ords[was_live], was[was_live])
             total += _contribution(name, ords[now_live], now[now_live])
@@ -243,6 +259,48 @@ def encode_delta(state: StateFile) -> bytes | None:
     return _SECTION.pack(len(doc)) + doc + b"".join(sections)
 
 
+def encode_reverse(state: StateFile, parent: StateFile, encode: Any) -> bytes | None:
+    """Version *state*'s reverse delta: what turns it back into *parent* (None when *state* is a base).
+
+    The delta's layout (:func:`encode_delta`), read the other way: per type, *parent*'s records at
+    the ordinals *state* changed where *parent* had one (a Records message made by *encode(name,
+    records)*, with their ordinals and *parent*'s change hashes), and as removed the ordinals
+    *state* filled where *parent* had none. ``version`` is the parent's, ``parent`` *state*'s: the
+    version it makes and the one it applies to. O(changes): *parent*'s records are read at those
+    ordinals only.
+    """
+    if state.base is None:
+        return None
+    sections: list[bytes] = []
+    at = 0
+
+    def add(data: Any) -> list[int]:
+        nonlocal at
+        raw = bytes(memoryview(data).cast("B"))
+        sections.append(raw)
+        where = [at, len(raw)]
+        at += len(raw)
+        return where
+
+    types: dict[str, Any] = {}
+    for name, ords in changed_ordinals(state).items():
+        if name not in parent.type_names:
+            return None
+        live, hashes = hashes_at(parent, name, ords)
+        back = ords[live]
+        view = parent.type(name)
+        records = [view.record_at(o).to_dict() for o in back.tolist()]
+        types[name] = {
+            "chunk": add(encode(name, records)) if records else None,
+            "refs": add(np.arange(len(back), dtype=_U64)),
+            "ordinals": add(back),
+            "hashes": add(hashes[live]),
+            "removed": add(ords[~live]),
+        }
+    doc = orjson.dumps({"version": parent.version, "parent": state.version, "reverse": True, "types": types})
+    return _SECTION.pack(len(doc)) + doc + b"".join(sections)
+
+
 @dataclass
 class TypeDelta:
     chunk: bytes | None
@@ -254,9 +312,10 @@ class TypeDelta:
 
 @dataclass
 class Delta:
-    version: int
-    parent: int
+    version: int  # the version it makes
+    parent: int  # the version it applies to (for a reverse delta, the newer one)
     types: dict[str, TypeDelta] = field(default_factory=dict)
+    reverse: bool = False
 
 
 def decode_delta(raw: bytes, *, what: str) -> Delta:
@@ -271,7 +330,7 @@ def decode_delta(raw: bytes, *, what: str) -> Delta:
                 raise ValueError("a section runs past the end")
             return body[start : start + length]
 
-        out = Delta(int(doc["version"]), int(doc["parent"]))
+        out = Delta(int(doc["version"]), int(doc["parent"]), reverse=bool(doc.get("reverse", False)))
         for name, t in doc["types"].items():
             out.types[name] = TypeDelta(
                 chunk=None if t["chunk"] is None else bytes(sec(t["chunk"])),
@@ -334,16 +393,29 @@ class StoreAnnouncement:
     pinned: bool
     latest: int
     announced_at_ns: int
+    #: The announced version's header, as ``headers/<version>`` holds it (None from an older producer): a
+    #: follower one version behind then needs one GET fewer, the delta's, after the announcement's.
+    header: Header | None = None
 
     def dumps(self) -> bytes:
-        return orjson.dumps(self.__dict__)
+        doc = {k: v for k, v in self.__dict__.items() if k != "header"}
+        if self.header is not None:
+            doc["header"] = self.header.__dict__
+        return orjson.dumps(doc)
 
     @classmethod
     def loads(cls, data: bytes, *, what: str) -> StoreAnnouncement:
         try:
             doc = orjson.loads(data)
-            return cls(int(doc["version"]), bool(doc["pinned"]), int(doc["latest"]), int(doc["announced_at_ns"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            header = None
+            if doc.get("header") is not None:
+                header = Header.loads(orjson.dumps(doc["header"]), what=f"{what} (its header)")
+                if header.version != int(doc["version"]):
+                    raise ValueError(f"its header is version {header.version}'s")
+            return cls(
+                int(doc["version"]), bool(doc["pinned"]), int(doc["latest"]), int(doc["announced_at_ns"]), header
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise ReplicationError(f"{what}: not an announcement ({e})") from None
 
 
@@ -357,6 +429,71 @@ def read_announcement(store: blobs.BlobStore) -> tuple[StoreAnnouncement | None,
     if got is None:
         return None, None
     return StoreAnnouncement.loads(got.data, what=f"{store.url}/{ANNOUNCED}"), got.etag
+
+
+# --- retention ------------------------------------------------------------------------------
+
+#: The kinds of keys that belong to one version (``<kind>/<version>`` or ``<kind>/<version>-<hash>``).
+VERSION_KINDS = ("headers", "deltas", "reverses", "snapshots", "bases", "mids")
+#: Versions whose blobs stay in the store by default (``store_retain``).
+STORE_RETAIN = 100
+
+
+def version_of_key(key: str) -> int | None:
+    """The version a store key belongs to; None for the announcement, the lease and anything not ours."""
+    kind, _, rest = key.partition("/")
+    number = rest.split("-", 1)[0]
+    return int(number) if kind in VERSION_KINDS and number.isdigit() else None
+
+
+def retention(store: blobs.BlobStore, retain: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """What the store keeps under *retain* and what may go: (kept ranges of versions, keys to delete).
+
+    Kept: the newest *retain* versions up to the announced ``latest``, and the announced (pinned)
+    version, each with what a follower needs to reach it: from the newest snapshot at or before it
+    (its header's ``snapshot_at``), every version after, and the base (and mid) blobs from that
+    snapshot's base on. Versions below every kept range go, headers first, whatever they are (a chain, or the blobs
+    of a producer killed before its header). One LIST and a header GET per range: the producer's
+    housekeeping, never a follower's path. Nothing goes when a header it needs cannot be read.
+    """
+    current, _ = read_announcement(store)
+    if current is None or retain <= 0:
+        return [], []
+    keys = store.list("")
+    headers = sorted({v for k in keys if k.startswith("headers/") and (v := version_of_key(k)) is not None})
+    window = [v for v in headers if current.latest - retain < v <= current.latest]
+    targets = {current.version}
+    if window:
+        targets.add(window[0])
+    ranges: list[tuple[int, int]] = []
+    base_floors: list[tuple[int, int]] = []
+    for v in sorted(targets):
+        top = read_header(store, v)
+        snap = read_header(store, top.snapshot_at) if top is not None else None
+        if top is None or snap is None:
+            return [], []  # a version to keep that cannot be reached now: delete nothing
+        high = v if v < (window[0] if window else v) else 1 << 64
+        ranges.append((top.snapshot_at, high))
+        base_floors.append((snap.base, high))
+
+    def kept(key: str) -> bool:
+        v = version_of_key(key)
+        if v is None:
+            return True
+        if key.startswith(("bases/", "mids/")):  # a snapshot's base and mid are older than it
+            return any(low <= v <= high for low, high in base_floors)
+        return any(low <= v <= high for low, high in ranges)
+
+    gone = [k for k in keys if not kept(k)]
+    return ranges, sorted(gone, key=lambda k: (not k.startswith("headers/"), k))  # headers first
+
+
+def prune(store: blobs.BlobStore, retain: int) -> list[str]:
+    """Delete what :func:`retention` says may go; returns the keys deleted."""
+    _, gone = retention(store, retain)
+    for key in gone:
+        store.delete(key)
+    return gone
 
 
 # --- the producer's side -----------------------------------------------------------------
@@ -378,14 +515,21 @@ class Publisher:
         snapshot_every: int = SNAPSHOT_EVERY,
         lease_seconds: float = LEASE_SECONDS,
         owner: str | None = None,
+        store_retain: int = 0,
     ) -> None:
+        """*store_retain*: after each snapshot, delete the versions the store need not keep (:func:`retention`;
+        0: keep every version)."""
         self.store = store
         self.producer = producer
+        self.store_retain = store_retain
         self.snapshot_every = max(1, snapshot_every)
         self.lease_seconds = lease_seconds
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease_etag: str | None = None
         self._announced_etag: str | None = None
+        #: The lease was this producer's already (a restart on the same state directory after a crash):
+        #: the store's versions are its own, even those it no longer has on this host.
+        self._own_chain = False
         self._headers: dict[int, Header] = {}
         self._bases: dict[str, dict[str, Any]] = {}
         self.bytes_uploaded = 0
@@ -411,6 +555,7 @@ class Publisher:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             owner, renewed = "?", 0.0
         age = time.time() - renewed
+        self._own_chain = owner == self.owner  # this producer's own, from before a crash: its chain too
         if owner != self.owner and age < self.lease_seconds:
             raise ProducerLockedError(
                 f"{self.store.url}: another producer ({owner}) holds this namespace's lease, renewed {age:.0f} s ago; "
@@ -460,15 +605,31 @@ class Publisher:
         if header is None:
             header = self._upload(version)
         self._headers[version] = header
-        self._announce(StoreAnnouncement(version, pinned, max(version, local.latest if local else 0), time.time_ns()))
+        latest = max(version, local.latest if local else 0)
+        self._announce(StoreAnnouncement(version, pinned, latest, time.time_ns(), header))
+        if self.store_retain and "snapshot" in header.blobs:
+            self._prune()
         return header
+
+    def _prune(self) -> None:
+        """Old versions out of the store (housekeeping after an announcement: a failure is logged, retried
+        after the next snapshot, and fails nothing)."""
+        try:
+            gone = prune(self.store, self.store_retain)
+        except (Error, blobs.StoreError) as e:
+            log.warning("hollowd: event=store-prune-failed store=%s error=%r", self.store.url, str(e))
+            return
+        if gone:
+            for v in {version_of_key(k) for k in gone}:
+                self._headers.pop(v, None)  # type: ignore[arg-type]
+            log.info("hollowd: event=store-pruned store=%s deleted=%d", self.store.url, len(gone))
 
     def _check_chain(self, version: int) -> None:
         """Before this publisher's first announcement: the store's latest version must be one this producer
         has, with the same content (its own earlier version, or the one it restored), so that the chain
         goes on and a producer that started afresh beside another is refused rather than merged."""
         current, _ = read_announcement(self.store)
-        if current is None:
+        if current is None or (self._own_chain and current.latest <= version):
             return
         known = current.latest
         mine = self.producer.dir / layout.state_name(known)
@@ -494,11 +655,20 @@ class Publisher:
             return None
         state = StateFile(self.producer.dir / layout.state_name(version), namespace=self.producer.namespace)
         if content_hash(state) != there.content_hash:
+            if self._orphan(version):
+                return None  # a dead producer's, never announced: this one's replaces it (_upload)
             raise ProducerLockedError(
                 f"{self.store.url}: version {version} is in the store already with other content "
                 "(another producer); refused"
             )
         return there
+
+    def _orphan(self, version: int) -> bool:
+        """Whether *version*'s header in the store is an orphan: above every version the store ever
+        announced, so written by a producer killed before its announcement. This publisher holds the
+        lease (renewed at the start of each publish), so that producer can no longer announce it."""
+        current, _ = read_announcement(self.store)
+        return self._lease_etag is not None and (current is None or current.latest < version)
 
     def _upload(self, version: int) -> Header:
         state = StateFile(self.producer.dir / layout.state_name(version), namespace=self.producer.namespace)
@@ -529,6 +699,12 @@ class Publisher:
             )
         if delta is not None:
             put("delta", delta_key(version, ch), delta)
+            if parent_file.exists():  # and the way back to the parent (a pin to an older version)
+                reverse = encode_reverse(
+                    state, StateFile(parent_file, namespace=self.producer.namespace), self.producer.encode_records
+                )
+                if reverse is not None:
+                    put("reverse", reverse_key(version, ch), reverse)
         snapshot_at = version if want_snapshot or parent_header is None else parent_header.snapshot_at
         if want_snapshot:
             put("snapshot", snapshot_key(version, ch), state.file_bytes())
@@ -552,10 +728,24 @@ class Publisher:
             snapshot_at=snapshot_at,
             base=base_version,
         )
-        try:  # after its blobs: a header names only what is there; written once, never replaced
+        return self._write_header(header)
+
+    def _write_header(self, header: Header) -> Header:
+        """After its blobs: a header names only what is there; written once, never replaced (but an orphan's)."""
+        version = header.version
+        try:
             self.store.put(header_key(version), header.dumps(), if_none_match=True)
         except blobs.PreconditionFailedError:
             there = read_header(self.store, version)
+            if there is not None and there.content_hash != header.content_hash and self._orphan(version):
+                got = self.store.get(header_key(version))  # ...but an orphan's (a killed producer's)
+                if got is not None:
+                    self.store.put(header_key(version), header.dumps(), if_match=got.etag)
+                    log.warning(
+                        "hollowd: event=orphan-replaced store=%s version=%d (written by a producer killed before "
+                        "announcing it)", self.store.url, version,
+                    )  # fmt: skip
+                    return header
             if there is None or there.content_hash != header.content_hash:
                 raise ProducerLockedError(
                     f"{self.store.url}: version {version} is in the store already with other content "

@@ -16,13 +16,15 @@ from collections.abc import Callable
 
 
 def notify(*assignments: str) -> bool:
-    """Send ``KEY=value`` lines to the service manager; False when not run by one (or it is gone)."""
+    """Send ``KEY=value`` lines to the service manager; False when not run by one (or it is gone), or when
+    its socket's queue is full: the message is dropped rather than waited for, since a daemon blocked in
+    sendto() on a manager that does not read would never act on SIGTERM (PEP 475 retries the send)."""
     path = os.environ.get("NOTIFY_SOCKET")
     if not path or not assignments:
         return False
     address = "\0" + path[1:] if path.startswith("@") else path  # '@': the abstract namespace
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.sendto("\n".join(assignments).encode(), address)
     except OSError:
         return False

@@ -15,7 +15,7 @@ import pytest
 
 from hollow import layout
 from hollow.state import StateFile
-from hollowd import ProducerLockedError, blobs, overlay
+from hollowd import ProducerLockedError, blobs, overlay, replication
 from hollowd.follower import Follower, restore
 from hollowd.replication import Publisher, ReplicationError, content_hash, header_key, read_header
 from tests.daemons import run
@@ -92,7 +92,7 @@ def test_a_follower_replays_every_version_by_deltas(
             for i in range(1, 8):
                 v = change(p, i)
                 h = pub.publish()
-                assert set(h.blobs) == {"delta"}
+                assert set(h.blobs) == {"delta", "reverse"}
                 fetched = f.bytes_fetched
                 assert f.poll()
                 assert f.here == v
@@ -194,14 +194,19 @@ def test_a_version_whose_content_hash_differs_is_refused(root: Path, host2: Path
             pub.publish()
             h = store.get(header_key(v))
             assert h is not None
+            ann = store.get("announced")
+            assert ann is not None
             doc = orjson.loads(h.data)
-            store.put(header_key(v), orjson.dumps({**doc, "content_hash": doc["content_hash"] ^ 1}))
+            wrong = {**doc, "content_hash": doc["content_hash"] ^ 1}
+            store.put(header_key(v), orjson.dumps(wrong))  # and the copy the announcement carries
+            store.put("announced", orjson.dumps({**orjson.loads(ann.data), "header": wrong}))
             f._headers.clear()
             assert not f.poll()
             assert f.here == good
             assert "content hash" in (f.last_error or "")
             assert not (host2 / "movies" / str(v)).exists()  # removed, never announced
             store.put(header_key(v), h.data)  # mended: the next poll catches up
+            store.put("announced", ann.data)
             f._headers.clear()
             assert f.poll()
             assert f.here == v
@@ -429,4 +434,205 @@ def test_hollow_history_lists_the_versions_in_the_store(root: Path, tmp_path: Pa
     assert [d["version"] for d in doc] == [1, v]
     assert doc[-1]["announced"]
     assert set(doc[0]["blobs"]) == {"snapshot"}
-    assert set(doc[1]["blobs"]) == {"delta"}
+    assert set(doc[1]["blobs"]) == {"delta", "reverse"}
+
+
+class CountingStore(blobs.DirStore):
+    """A directory store that counts what a follower asks of it (to show a plan's cost)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gets: list[str] = []
+        self.lists = 0
+
+    def get(self, key: str) -> Any:
+        self.gets.append(key)
+        return super().get(key)
+
+    def list(self, prefix: str = "") -> Any:
+        self.lists += 1
+        return super().list(prefix)
+
+
+@pytest.mark.parametrize("over_a_mid", [False, True], ids=["over-the-base", "over-a-mid"])
+def test_a_pin_to_a_version_gone_from_a_follower_goes_back_by_reverse_deltas(
+    root: Path, host2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, over_a_mid: bool
+) -> None:
+    """Every version has a reverse delta; a follower that no longer has the pinned version walks back to it
+    from its latest by them (no snapshot, no LIST, O(distance) GETs), with every record at the producer's
+    ordinal and the producer's content hash, and goes on forward when the pin goes. *over_a_mid*: the
+    producer and the follower write versions over a mid (docs/decisions.md §18) from tiny overlays on."""
+    if over_a_mid:
+        monkeypatch.setattr(overlay, "TOP_FROM", 1)
+        monkeypatch.setattr(overlay, "TOP_MIN", 8)
+    store = CountingStore(tmp_path / "store")
+    with movies_producer(root, retain=50) as p:
+        pub = Publisher(store, p, snapshot_every=1000)
+        p.run_cycle(populate(movie(i) for i in range(300)))
+        first = pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f", retain=2)
+        try:
+            f.poll()
+            versions = []
+            for i in range(1, 9):  # removals free ordinals that new records then take, removed keys come back
+                versions.append(change(p, i))
+                if i >= 3:  # at another ordinal: going back, the key moves
+                    h = pub.publish()
+                    assert set(h.blobs) == {"delta", "reverse"}
+                    versions.append(
+                        p.run_incremental(lambda d, i=i: d.upsert("Movie", movie((i - 2) * 13 % 300, title="back")))
+                    )
+                h = pub.publish()
+                assert set(h.blobs) == {"delta", "reverse"}
+                assert f.poll()
+            target = versions[0]
+            old = {r["id"]: o for o, r in records_of(root, target)["Movie"]}
+            now = {r["id"]: o for o, r in records_of(root, versions[-1])["Movie"]}
+            assert old[26] != now[26]
+            assert not (host2 / "movies" / str(target)).exists()  # reclaimed here (retain=2)
+            p.pin(target)
+            pub.publish()
+            store.gets.clear()
+            fetched = f.bytes_fetched
+            assert f.poll()
+            assert f.here == target
+            assert f.status().pinned
+            assert store.lists == 0
+            assert not [k for k in store.gets if k.startswith(("snapshots/", "bases/", "deltas/"))]
+            assert len([k for k in store.gets if k.startswith("reverses/")]) == len(versions) - 1
+            assert f.bytes_fetched - fetched < first.blobs["snapshot"]["size"]
+            assert records_of(host2, target) == records_of(root, target)
+            assert hash_of(host2, target) == hash_of(root, target)
+            p.unpin()
+            pub.publish()
+            assert f.poll()
+            assert f.here == versions[-1]
+            v = change(p, 20)
+            pub.publish()
+            assert f.poll()
+            assert f.here == v
+            assert records_of(host2) == records_of(root)
+        finally:
+            f.close()
+
+
+def test_a_damaged_reverse_delta_is_refused_and_the_pinned_version_comes_by_snapshot(
+    root: Path, host2: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = blobs.DirStore(tmp_path / "store")
+    with movies_producer(root, retain=50) as p:
+        pub = Publisher(store, p, snapshot_every=2)
+        p.run_cycle(populate(movie(i) for i in range(300)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f", retain=1)
+        try:
+            f.poll()
+            for i in range(1, 6):
+                change(p, i)
+                pub.publish()
+                f.poll()
+            target = 3
+            assert "snapshot" in orjson.loads(store.get(header_key(target)).data)["blobs"]  # type: ignore[union-attr]
+            for v in (4, 5):  # both on the way back; one damaged
+                assert "reverse" in orjson.loads(store.get(header_key(v)).data)["blobs"]  # type: ignore[union-attr]
+            key = orjson.loads(store.get(header_key(4)).data)["blobs"]["reverse"]["key"]  # type: ignore[union-attr]
+            blob = bytearray(store.get(key).data)  # type: ignore[union-attr]
+            blob[-3] ^= 0xFF
+            store.put(key, bytes(blob))
+            p.pin(target)
+            pub.publish()
+            assert f.poll()  # the reverse delta is refused by its checksum: the snapshot instead
+            assert "event=follow-fallback" in caplog.text
+            assert "reverses/4-" in caplog.text
+            assert f.here == target
+            assert records_of(host2, target) == records_of(root, target)
+        finally:
+            f.close()
+
+
+def test_store_retention_deletes_old_versions_but_never_what_a_follower_needs(
+    root: Path, host2: Path, tmp_path: Path, s3_url: str
+) -> None:
+    """Against SeaweedFS: with store_retain=4 and a snapshot every 3 versions, the store stays bounded as
+    versions go on, keeps the newest snapshot at or before every kept version and the chain from it, and
+    the store's pin to an old version with what leads to it; fresh and far-behind followers still get
+    there."""
+    store = blobs.open_store(s3_url)
+    with movies_producer(root, retain=50) as p:
+        pub = Publisher(store, p, snapshot_every=3, store_retain=4)
+        p.run_cycle(populate(movie(i) for i in range(100)))
+        pub.publish()
+        behind = Follower(store, "movies", root=host2, work_dir=tmp_path / "behind")
+        try:
+            behind.poll()  # at version 1, then left behind
+            sizes = []
+            for i in range(1, 25):
+                change(p, i)
+                pub.publish()
+                sizes.append(len(store.list("")))
+            latest = p.versions()[-1]
+            keys = store.list("")
+            versions = {replication.version_of_key(k) for k in keys if not k.startswith("bases/")} - {None}
+            assert min(versions) >= latest - 4 - 3  # the window, back to the snapshot before it at most
+            assert max(sizes[12:]) <= max(sizes[:12])  # bounded: it stopped growing
+            oldest_kept = min(v for v in versions if (header_key(v)) in keys)
+            top = replication.read_header(store, latest - 3)
+            assert top is not None
+            assert top.snapshot_at in versions  # the snapshot a follower of the oldest kept version needs
+            assert oldest_kept <= top.snapshot_at
+            first = [k for k in keys if replication.version_of_key(k) == 1]
+            assert [k.split("/")[0] for k in first] == ["bases"]  # the first version's base stays: snapshots use it
+            assert behind.poll()  # far behind a deleted chain: by the snapshot
+            assert behind.here == latest
+            assert records_of(host2) == records_of(root)
+
+            pinned = latest - 2
+            p.pin(pinned)
+            pub.publish()
+            for i in range(30, 40):  # the store moves on past the window; the pin stays reachable
+                change(p, i)
+                pub.publish(pinned, pinned=True)
+            keys = store.list("")
+            assert header_key(pinned) in keys
+            snap = replication.read_header(store, pinned)
+            assert snap is not None
+            for v in range(snap.snapshot_at, pinned + 1):
+                assert header_key(v) in keys
+            fresh_root = Path("/dev/shm") / f"hollow-test-fr{uuid.uuid4().hex[:8]}"
+            fresh_root.mkdir()
+            fresh = Follower(store, "movies", root=fresh_root, work_dir=tmp_path / "fresh")
+            try:
+                assert fresh.poll()
+                assert fresh.here == pinned
+                assert records_of(fresh_root, pinned) == records_of(root, pinned)
+            finally:
+                fresh.close()
+                shutil.rmtree(fresh_root, ignore_errors=True)
+        finally:
+            behind.close()
+            store.close()
+
+
+def test_a_follower_one_version_behind_makes_two_requests_the_announcement_and_the_delta(
+    root: Path, host2: Path, tmp_path: Path
+) -> None:
+    """The announcement carries its version's header: one version behind, a look at the store is the
+    announcement's GET and the delta's, no header GET (issue 11.5: one round trip fewer per version)."""
+    store = CountingStore(tmp_path / "store")
+    with movies_producer(root) as p:
+        pub = Publisher(store, p)
+        p.run_cycle(populate(movie(i) for i in range(50)))
+        pub.publish()
+        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
+        try:
+            f.poll()
+            for i in range(1, 4):
+                v = change(p, i)
+                pub.publish()
+                store.gets.clear()
+                assert f.poll()
+                assert f.here == v
+                assert [k.split("/")[0] for k in store.gets] == ["announced", "deltas"]
+            assert records_of(host2) == records_of(root)
+        finally:
+            f.close()

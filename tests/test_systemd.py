@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,23 @@ def test_notify_protocol(listener: socket.socket) -> None:
     assert listener.recv(4096) == b"WATCHDOG=1"
     assert systemd.stopping()
     assert listener.recv(4096) == b"STOPPING=1"
+
+
+def test_a_service_manager_that_does_not_read_never_blocks_the_daemon(listener: socket.socket) -> None:
+    """A notification is dropped, not waited for, when nobody reads the socket: a daemon blocked in sendto()
+    on a full queue would never see SIGTERM through (seen: tests' daemons doing a cycle every 2 s, their
+    notify socket read only until READY, hung on stop). Run in a child, so a regression fails, not hangs."""
+    code = (
+        "from hollowd import systemd\n"
+        "sent = [systemd.status(f'cycle {i}') for i in range(1000)]\n"
+        "print(sent.count(True), sent.count(False))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    delivered, dropped = map(int, done.stdout.split())
+    assert delivered >= 1  # as many as the queue holds
+    assert dropped >= 1  # the rest dropped
+    assert listener.recv(4096) == b"STATUS=cycle 0"
 
 
 def test_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
