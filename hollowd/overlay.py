@@ -321,6 +321,19 @@ class Latest:
         and what the skipped table holds for each: its position in that value's base postings."""
         return _masked_values(self, i, masks)
 
+    def _own(self, fps: Any) -> tuple[Any, Any]:
+        """(kind, index) of each fingerprint in this version's own overlay table: ENTRY, TOMBSTONE
+        or ABSENT (index -1)."""
+        kind = np.full(len(fps), ABSENT, dtype=np.int64)
+        where = np.full(len(fps), -1, dtype=np.int64)
+        if self.key_slots is not None and len(fps):
+            values = index.lookup(self.key_slots, fps)
+            tomb = (values & _U64(TOMB)) != 0
+            entry = (values != 0) & ~tomb
+            kind[entry], where[entry] = ENTRY, values[entry].astype(np.int64) - 1
+            kind[tomb], where[tomb] = TOMBSTONE, (values[tomb] & ~_U64(TOMB)).astype(np.int64) - 1
+        return kind, where
+
     def locate(self, fps: Any, keys: list[Any]) -> tuple[Any, Any, Any]:
         """Where each key is in this version, as vectors: (kind, index, base ordinal or -1).
 
@@ -328,14 +341,7 @@ class Latest:
         """
         n = len(keys)
         fps = np.asarray(fps, dtype=_U64)
-        kind = np.full(n, ABSENT, dtype=np.int64)
-        where = np.full(n, -1, dtype=np.int64)
-        if self.key_slots is not None and n:
-            values = index.lookup(self.key_slots, fps)
-            tomb = (values & _U64(TOMB)) != 0
-            entry = (values != 0) & ~tomb
-            kind[entry], where[entry] = ENTRY, values[entry].astype(np.int64) - 1
-            kind[tomb], where[tomb] = TOMBSTONE, (values[tomb] & ~_U64(TOMB)).astype(np.int64) - 1
+        kind, where = self._own(fps)
         base_values = index.lookup(self.base_arrays.key_slots, fps) if n else np.zeros(0, dtype=_U64)
         base_ord = base_values.astype(np.int64) - 1
         in_base = (kind == ABSENT) & (base_ord >= 0)
@@ -454,14 +460,7 @@ class TopLatest(Latest):
         assert mid is not None
         n = len(keys)
         fps = np.asarray(fps, dtype=_U64)
-        kind = np.full(n, ABSENT, dtype=np.int64)
-        where = np.full(n, -1, dtype=np.int64)
-        if self.key_slots is not None and n:
-            values = index.lookup(self.key_slots, fps)
-            tomb = (values & _U64(TOMB)) != 0
-            entry = (values != 0) & ~tomb
-            kind[entry], where[entry] = ENTRY, values[entry].astype(np.int64) - 1
-            kind[tomb], where[tomb] = TOMBSTONE, (values[tomb] & ~_U64(TOMB)).astype(np.int64) - 1
+        kind, where = self._own(fps)
         m_kind, m_where, base_ord = mid.locate(fps, keys)
         parent = np.full(n, -1, dtype=np.int64)
         in_mid = m_kind == ENTRY
