@@ -60,6 +60,12 @@ from hollowd.replication import Publisher
 from hollowd.sources import CallableSource, ChangeLogSource, FileSource, IncrementalSource, SourceError
 from hollowd.validators import MinimumRecordCount, RecordCountVariance, Validator, resolve
 
+#: The longest the main loop waits for an event. CPython runs a signal's Python handler in the main
+#: thread, but the kernel may deliver the signal to any thread: the main thread, waiting on a lock
+#: with a timeout, is then not interrupted and runs the handler only when its wait ends. SIGHUP and
+#: SIGTERM waited up to an hour in loaded test runs (docs/pitfalls.md 35).
+SIGNAL_WAIT = 0.25
+
 log = logging.getLogger("hollowd")
 EXIT_RUNNING = 75  # EX_TEMPFAIL: another daemon holds the state directory or a namespace
 #: Seconds of start-up time asked of systemd before each cycle until ready (EXTEND_TIMEOUT_USEC).
@@ -468,8 +474,8 @@ class Daemon:
                 self._pinger.alive()
                 wake = now + 0.5 if self.followers and not announced else now + 3600  # followers: until READY
                 timeout = min([r.due for r in self.runners.values()] + [now + self._pinger.every, wake]) - now
-                try:
-                    kind, arg = self.events.get(timeout=max(0.0, min(timeout, 3600)))
+                try:  # at most SIGNAL_WAIT: a signal another thread took runs its handler only then
+                    kind, arg = self.events.get(timeout=max(0.0, min(timeout, SIGNAL_WAIT)))
                 except queue.Empty:
                     kind, arg = "due", ""
                 self._dispatch(kind, arg)

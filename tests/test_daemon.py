@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
@@ -179,6 +181,27 @@ def test_sighup_reload_keeps_serving_and_a_bad_reload_changes_nothing(
         wait_until(lambda: "configuration reloaded" in d.log.read_text())
         assert announced(root) == 1
         assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_signal_delivered_to_another_thread_of_the_daemon_is_acted_on(
+    root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    """The kernel may hand a process's signal to any of its threads. CPython runs the handler in the
+    main thread, which then waits out its wait first: the daemon's main loop waited up to an hour
+    (docs/pitfalls.md 35). A SIGHUP sent to one of its other threads (tgkill) is acted on at once."""
+    config, _, _ = setup
+    d = Daemon(config, tmp_path)
+    try:
+        d.notifications("READY=1")
+        pid = d.proc.pid
+        others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        assert others, "the daemon has threads besides the main one"
+        config.write_text(config.read_text().replace("debounce = 0.2", "debounce = -1"))
+        tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]  # the syscall's number
+        assert ctypes.CDLL(None, use_errno=True).syscall(tgkill, pid, others[0], signal.SIGHUP) == 0
+        wait_until(lambda: "event=reload-refused" in d.log.read_text(), timeout=30)
     finally:
         assert d.stop() == 0
 

@@ -204,8 +204,10 @@ def run_steps(
                 p._compactor.join()
             check(root, model)
     finally:
-        p.close()
-        shutil.rmtree(root)
+        try:
+            p.close()
+        finally:
+            shutil.rmtree(root)  # also when closing fails after a failed step
 
 
 @settings(
