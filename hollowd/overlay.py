@@ -187,6 +187,15 @@ def record_hashes(records: list[Any]) -> Any:
 # --- reading back the latest version ------------------------------------------------
 
 
+def found_in(sorted_values: Any, values: Any) -> tuple[Any, Any]:
+    """Where each of *values* is in the ascending array *sorted_values*: (index, found), as vectors
+    (an index is only meaningful where found)."""
+    j = np.searchsorted(sorted_values, values)
+    hit = j < len(sorted_values)
+    hit[hit] = sorted_values[j[hit]] == values[hit]
+    return j, hit
+
+
 def _u64(state: StateFile, sec: Any, what: str) -> Any:
     return np.frombuffer(state.array(sec, "Q", what=what), dtype=_U64)
 
@@ -479,9 +488,7 @@ class TopLatest(Latest):
         mid = self.mid
         assert mid is not None
         ords = np.asarray(ordinals, dtype=_U64)
-        j = np.searchsorted(mid.e_ord, ords)
-        hit = j < len(mid.e_ord)
-        hit[hit] = mid.e_ord[j[hit]] == ords[hit]
+        j, hit = found_in(mid.e_ord, ords)
         out = np.zeros(len(ords), dtype=_U64)
         out[hit] = mid.e_hash[j[hit]]
         out[~hit] = mid.base_hashes[ords[~hit].astype(np.int64)]
@@ -524,9 +531,7 @@ class TopLatest(Latest):
         if not masks:
             return _EMPTY_U64, _EMPTY_U64
         ords = np.array(masks, dtype=_U64)
-        j = np.searchsorted(mid.e_ord, ords)
-        hit = j < len(mid.e_ord)
-        hit[hit] = mid.e_ord[j[hit]] == ords[hit]
+        j, hit = found_in(mid.e_ord, ords)
         fps = np.zeros(len(ords), dtype=_U64)
         fps[hit] = mid.e_vals[i][j[hit]]
         if (~hit).any():

@@ -39,7 +39,7 @@ import xxhash
 
 from hollow import layout
 from hollow.state import StateFile
-from hollowd import blobs
+from hollowd import blobs, overlay
 from hollowd.errors import Error, ProducerLockedError
 from hollowd.producer import Producer
 
@@ -167,9 +167,7 @@ def hashes_at(state: StateFile, name: str, ords: Any) -> tuple[Any, Any]:
         if len(masked):
             live &= ~np.isin(ords, masked)
         e_ord = _u64(state, ov.entryOrdinals, f"{name} entry ordinals")
-        j = np.searchsorted(e_ord, ords)
-        hit = j < len(e_ord)
-        hit[hit] = e_ord[j[hit]] == ords[hit]
+        j, hit = overlay.found_in(e_ord, ords)
         e_hash = _u64(state, ov.entryHashes, f"{name} entry hashes")
         out[hit] = e_hash[j[hit]]
         live |= hit

@@ -694,7 +694,7 @@ def _launch(thread: threading.Thread, launched: Any, failed: list[BaseException]
     """In a helper thread: start the follower *thread*, which ``Thread.start`` waits for, so that the
     opener does not; then release *launched* (which ``_stop_following`` waits on). A failure is put
     in *failed*, for the dataset's next call to log: logging here would make this thread, which is
-    not a ``threading`` one, a dummy Thread that is never removed."""
+    not a ``threading`` one, a stand-in Thread object that ``threading`` never removes."""
     try:
         thread.start()
     except Exception as e:  # noqa: BLE001 - cannot start a thread: the dataset still works, without following
