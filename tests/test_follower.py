@@ -309,9 +309,11 @@ def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, h
     env = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     try:
-        s3 = blobs.S3Store("hollow-down", "ns", retries=1, backoff=0.01, timeout=1)
+        # Patient while the server is up (a loaded machine can be slow to answer), and
+        # quick to give up while it is down, which is what the test is about.
+        s3 = blobs.S3Store("hollow-down", "ns", retries=4, backoff=0.05, timeout=1)
         s3.create_bucket()
-        fs3 = blobs.S3Store("hollow-down", "ns", retries=1, backoff=0.01, timeout=1)
+        fs3 = blobs.S3Store("hollow-down", "ns", retries=4, backoff=0.05, timeout=1)
         with movies_producer(root) as p:
             pub = Publisher(s3, p)
             p.run_cycle(populate(movie(i) for i in range(50)))
@@ -320,6 +322,7 @@ def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, h
             try:
                 assert f.poll()
                 server.stop()
+                s3.retries = fs3.retries = 1
                 v = change(p, 1)  # published here; the store is down
                 with pytest.raises(blobs.StoreUnavailableError, match=r"s3://hollow-down/ns.*AWS_ENDPOINT_URL"):
                     pub.publish()
@@ -329,6 +332,7 @@ def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, h
                 assert "failed after 2 attempts" in (f.status().last_error or "")
                 assert records_of(host2)["Movie"]  # still served
                 server.start()
+                s3.retries = fs3.retries = 4
                 pub.publish()
                 assert f.poll()
                 assert f.here == v
