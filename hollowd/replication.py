@@ -212,6 +212,26 @@ def moved_content_hash(state: StateFile, other: StateFile, other_hash: int, ordi
 _SECTION = struct.Struct("<Q")
 
 
+class _Sections:
+    """A delta's body as it is written: :meth:`add` appends a section and returns where it is
+    (offset, length from the end of the document), :meth:`join` puts the document in front."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._at = 0
+
+    def add(self, data: Any) -> list[int]:
+        raw = bytes(memoryview(data).cast("B"))
+        self._parts.append(raw)
+        where = [self._at, len(raw)]
+        self._at += len(raw)
+        return where
+
+    def join(self, doc: dict[str, Any]) -> bytes:
+        head = orjson.dumps(doc)
+        return _SECTION.pack(len(head)) + head + b"".join(self._parts)
+
+
 def encode_delta(state: StateFile) -> bytes | None:
     """Version *state*'s delta: what it changed from its parent (None when it is a base: no delta).
 
@@ -221,17 +241,8 @@ def encode_delta(state: StateFile) -> bytes | None:
     if state.base is None:
         return None
     v = _U64(state.version)
-    sections: list[bytes] = []
-    at = 0
-
-    def add(data: Any) -> list[int]:
-        nonlocal at
-        raw = bytes(memoryview(data).cast("B"))
-        sections.append(raw)
-        where = [at, len(raw)]
-        at += len(raw)
-        return where
-
+    out = _Sections()
+    add = out.add
     types: dict[str, Any] = {}
     for name in state.type_names:
         ov = state.type_state(name).overlay
@@ -253,8 +264,7 @@ def encode_delta(state: StateFile) -> bytes | None:
             "hashes": add(_u64(state, ov.entryHashes, f"{name} entry hashes")[mine]),
             "removed": add(np.sort(gone)),
         }
-    doc = orjson.dumps({"version": state.version, "parent": state.header.parent_version, "types": types})
-    return _SECTION.pack(len(doc)) + doc + b"".join(sections)
+    return out.join({"version": state.version, "parent": state.header.parent_version, "types": types})
 
 
 def encode_reverse(state: StateFile, parent: StateFile, encode: Any) -> bytes | None:
@@ -269,17 +279,8 @@ def encode_reverse(state: StateFile, parent: StateFile, encode: Any) -> bytes | 
     """
     if state.base is None:
         return None
-    sections: list[bytes] = []
-    at = 0
-
-    def add(data: Any) -> list[int]:
-        nonlocal at
-        raw = bytes(memoryview(data).cast("B"))
-        sections.append(raw)
-        where = [at, len(raw)]
-        at += len(raw)
-        return where
-
+    out = _Sections()
+    add = out.add
     types: dict[str, Any] = {}
     for name, ords in changed_ordinals(state).items():
         if name not in parent.type_names:
@@ -295,8 +296,7 @@ def encode_reverse(state: StateFile, parent: StateFile, encode: Any) -> bytes | 
             "hashes": add(hashes[live]),
             "removed": add(ords[~live]),
         }
-    doc = orjson.dumps({"version": parent.version, "parent": state.version, "reverse": True, "types": types})
-    return _SECTION.pack(len(doc)) + doc + b"".join(sections)
+    return out.join({"version": parent.version, "parent": state.version, "reverse": True, "types": types})
 
 
 @dataclass
