@@ -355,29 +355,42 @@ class StateFile:
         )
 
     def _overlay(self, ts: Any, struct: Any, n_indexes: int) -> Overlay:
-        """This file's overlay of one type, its sections bounds-checked."""
+        """This file's overlay of one type: its bloom array and its first entry's record checked now
+        (so that a forged chunk fails the type's first use, which sends a following dataset back,
+        docs/decisions.md §40); its other chunks as they are read (each bounds-checked), its entry
+        ordinals and key table on first use (:meth:`_entries`)."""
         what, view, size, name = self._what, self._view, self.header.file_length, ts.name
         ov = ts.overlay
-        secs, list_schema = list(ov.chunks), capnp._ListSchema(struct)
-        for sec in secs:
-            layout.check_section(sec.offset, sec.length, size, what=f"{what}: {name} chunk")
+        secs, list_schema = ov.chunks, capnp._ListSchema(struct)
         chunks = Chunks(len(secs), lambda i: self._chunk(secs[i], list_schema, f"{name} chunk {i}"))
-        ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
         refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
-        if len(refs) != len(ordinals):
-            raise CorruptStateError(f"{what}: {name} overlay arrays differ in length")
         for ref in refs[:1]:  # each record access is bounds-checked by capnp; check the first here
             if ref >> 32 >= len(chunks) or ref & 0xFFFFFFFF >= len(chunks[ref >> 32]):
                 raise CorruptStateError(f"{what}: {name} overlay refers past its chunks")
         bloom = section(view, ov.bloom, size, "B", what=f"{what}: {name} overlay bloom")[: ov.bloomLength]
         if not len(bloom):
             raise CorruptStateError(f"{what}: {name} overlay has no bloom array")
-        keys = IndexTable.attach(ov.keys, view, size, what=f"{what}: {name} overlay keys")
         added = IndexTables(ov.added, view, size, what=f"{what}: {name} overlay index")
         skipped = IndexTables(ov.skipped, view, size, what=f"{what}: {name} overlay index")
         if len(added) != n_indexes or len(skipped) != n_indexes:
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
-        return Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
+        return Overlay(chunks, refs, lambda: self._entries(ov, len(refs), name), bloom, added, skipped)
+
+    def _entries(self, ov: Any, n: int, name: str) -> tuple[memoryview, IndexTable]:
+        """An overlay's entry ordinals and key table, bounds-checked, read on the overlay's first use:
+        a lookup its bloom array rules out needs neither. Only a forged file fails here (its content
+        hash passed), with a :class:`CorruptStateError` of that use (docs/decisions.md §80)."""
+        what, view, size = self._what, self._view, self.header.file_length
+        try:
+            ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
+            if len(ordinals) != n:
+                raise CorruptStateError(f"{what}: {name} overlay arrays differ in length")
+            keys = IndexTable.attach(ov.keys, view, size, what=f"{what}: {name} overlay keys")
+        except capnp.KjException as e:
+            raise CorruptStateError(f"{what}: {name} overlay: damaged ({e.description})") from e
+        except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise CorruptStateError(f"{what}: {name} overlay: malformed ({type(e).__name__}: {e})") from e
+        return ordinals, keys
 
 
 def _map(path: Path) -> tuple[mmap.mmap, os.stat_result]:
