@@ -372,3 +372,30 @@ def test_a_lookup_the_bloom_array_rules_out_reads_no_overlay_entries(
         else:
             assert sorted(attached) == ["Movie overlay keys", "Movie primary key"]
             assert entries == ["2: Movie"]
+
+
+def test_a_large_bloom_array_is_read_in_place_not_copied_at_attach(root: Path) -> None:
+    """Attaching a version is O(1) in its overlays: a bloom array past BLOOM_COPY_MAX bytes (a mid's grows
+    with every change since the base) is read in place, a small one copied (docs/decisions.md §80)."""
+    changed = 300  # 16 bytes of bloom a key: past 4096 bytes
+
+    def change(d: Any) -> None:
+        for i in range(changed):
+            d.upsert("Movie", movie(i, title=f"changed {i}"))
+
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(400)))
+        p.run_incremental(lambda d: d.upsert("Movie", movie(399, title="small")))  # version 2
+        p.run_incremental(change)  # version 3: both changes
+    with hollow.open("movies", root=root, follow=False) as ds:
+        for version, big in ((2, False), (3, True)):
+            with ds.attach(version) as snap:
+                view = snap["Movie"]
+                assert view.overlay is not None
+                assert (len(view.overlay.bloom) > hollow.view.BLOOM_COPY_MAX) is big
+                assert isinstance(view._bloom, memoryview if big else bytes)  # type: ignore[attr-defined]
+                titles = [view.get(i).title for i in (0, changed - 1, changed, 399)]
+                if big:
+                    assert titles == ["changed 0", f"changed {changed - 1}", f"Movie {changed}", "small"]
+                else:
+                    assert titles == ["Movie 0", f"Movie {changed - 1}", f"Movie {changed}", "small"]

@@ -296,6 +296,17 @@ class VersionRecords:
         return self._base[ordinal] if e < 0 else self._overlay.record(e)
 
 
+#: Bloom arrays up to this many bytes are copied at attach (bytes index about 20 ns faster than a
+#: memoryview); a larger one (a mid's, which grows to tens of thousands of keys at 16 bytes a key)
+#: is read in place, so that attaching a version stays O(1) in its overlays (docs/decisions.md §80).
+BLOOM_COPY_MAX = 4096
+
+
+def _bloom_of(overlay: Overlay) -> Any:
+    bloom = overlay.bloom
+    return bytes(bloom) if len(bloom) <= BLOOM_COPY_MAX else bloom
+
+
 _EMPTY = RecordList((), ())
 _NO_BLOOM = b"\0"
 
@@ -589,8 +600,7 @@ class OverlaidView(TypeView):
         self._ov_refs = overlay.refs
         self._ov_chunks = overlay.chunks
         self._ov_lists = overlay.chunks.lists
-        # bytes index faster than a memoryview: this private copy (16 bytes an overlay key) pays for itself
-        self._bloom = bytes(overlay.bloom)
+        self._bloom = _bloom_of(overlay)
 
     def _own(self) -> memoryview:
         """The overlay's key table, for the hot paths: read on the first lookup its bloom byte does not
@@ -730,7 +740,7 @@ class TopView(TypeView):
         self._ov_refs = overlay.refs
         self._ov_chunks = overlay.chunks
         self._ov_lists = overlay.chunks.lists
-        self._bloom = bytes(overlay.bloom)
+        self._bloom = _bloom_of(overlay)
         self._mid_slots: memoryview | None = None
         self._mid_refs = below.refs
         self._mid_chunks = below.chunks
