@@ -188,6 +188,7 @@ class Dataset:
         self._on_pin = False  # the current version came from an operator pin
         self._pinned: int | None = None  # reader pin
         self._announce_stamp: tuple[int, int] | None = None
+        self._read_stamp: tuple[int, int] | None = None  # (inode, mtime) of the announcement last read
         self._previous: int | None = None  # the version current before this one
         self._refused: int | None = None  # a version that failed on first use: not followed again
         self._callbacks: list[Callable[[int], None]] = []
@@ -501,16 +502,18 @@ class Dataset:
         error, keeps it in :attr:`last_error`, and tries again when the
         announcement changes (docs/design.md invariant 5).
         """
-        path = layout.announcement_path(self.dir)
-        try:
-            st = os.stat(path)
-            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
-        except FileNotFoundError:
-            stamp = None
-        except PermissionError as e:
-            raise PermissionDeniedError.of(path, e) from e
-        if not initial and stamp == self._announce_stamp:
-            return
+        stamp: tuple[int, int] | None = None
+        if not initial:  # (the first look needs no stat: the stamp comes from the file it reads)
+            path = layout.announcement_path(self.dir)
+            try:
+                st = os.stat(path)
+                stamp = (st.st_ino, st.st_mtime_ns)
+            except FileNotFoundError:
+                pass
+            except PermissionError as e:
+                raise PermissionDeniedError.of(path, e) from e
+            if stamp == self._announce_stamp:
+                return
         with self._refreshing:
             if self._pinned is not None or self._closed:
                 return
@@ -531,7 +534,7 @@ class Dataset:
                 self.last_error = None  # (a refused version's error stays until something else is followed)
             if att is not None:
                 self._refused = None
-            self._announce_stamp = stamp
+            self._announce_stamp = self._read_stamp if initial else stamp
             if att is None:
                 return
             with self._changed:
@@ -545,7 +548,7 @@ class Dataset:
     def _follow_announcement(self) -> tuple[_Attached | None, bool]:
         """(the newly attached announced version or None if nothing changed, whether it is pinned)."""
         for attempt in range(_RACE_RETRIES):
-            announcement = layout.read_announcement(self.dir)
+            announcement, self._read_stamp = layout.read_announcement_stamped(self.dir)
             if announcement is None:
                 raise NamespaceNotFoundError(f"namespace {self.namespace!r} has nothing announced yet")
             current = self._current

@@ -373,11 +373,18 @@ def read_announcement(ns_dir: Path) -> Announcement | None:
     Neither ``announce`` nor ``announced`` is followed if it is a symlink (O_NOFOLLOW, each opened
     relative to its directory) or waited on if it is a FIFO (O_NONBLOCK): :class:`CorruptStateError`.
     """
+    return read_announcement_stamped(ns_dir)[0]
+
+
+def read_announcement_stamped(ns_dir: Path) -> tuple[Announcement | None, tuple[int, int] | None]:
+    """:func:`read_announcement`, and the (inode, mtime) of the file it read, from the fstat it makes
+    anyway: what a reader compares a later ``stat`` with to tell whether anything was announced since
+    (None when nothing is announced)."""
     path = announcement_path(ns_dir)
     try:
         dfd = os.open(ns_dir / ANNOUNCE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return None, None
     except PermissionError as e:
         raise PermissionDeniedError.of(path, e) from e
     except OSError as e:
@@ -386,20 +393,21 @@ def read_announcement(ns_dir: Path) -> Announcement | None:
         try:
             fd = os.open(ANNOUNCED, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as e:
             raise CorruptStateError(f"{path}: cannot open the announcement ({e.strerror}); is it a symlink?") from e
     finally:
         os.close(dfd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise CorruptStateError(f"{path}: the announcement is not a regular file")
         data = os.read(fd, 4096)
     except OSError as e:
         raise CorruptStateError(f"{path}: cannot read the announcement ({e.strerror})") from e
     finally:
         os.close(fd)
-    return Announcement.loads(data, what=str(path))
+    return Announcement.loads(data, what=str(path)), (st.st_ino, st.st_mtime_ns)
 
 
 # --- index keys --------------------------------------------------------------

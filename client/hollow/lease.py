@@ -79,26 +79,33 @@ class Lease:
         self.version = version
         self.path = lock_path(ns_dir, version)
         try:
-            fd = _open_lockfile(self.path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO planted under its name must not hang us (it is found by the fstat below).
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise VersionNotFoundError(f"version {version} is gone (no lockfile {self.path})") from None
         except PermissionError as e:
             raise PermissionDeniedError.of(self.path, e) from e
         except OSError as e:
             raise CorruptStateError(f"{self.path}: cannot open the lockfile ({e.strerror}); is it a symlink?") from e
+        # One fstat, once the lock is held, says both whether it is a lockfile at all and whether the
+        # producer unlinked it before we won the lock (a fresh process's first open: docs/decisions.md §80).
         try:
             leased = _ofd_lock(fd, fcntl.F_RDLCK)
+            st = os.fstat(fd)
         except OSError:
             os.close(fd)
             raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise CorruptStateError(f"{self.path}: not a regular file; a lockfile was replaced (remove it)")
         if not leased:
             os.close(fd)  # the producer holds its write lock: it is removing this version right now
             raise VersionNotFoundError(f"version {version} is being reclaimed")
-        with contextlib.suppress(OSError):  # the name tag only (see the module docstring)
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        if os.fstat(fd).st_nlink == 0:
+        if st.st_nlink == 0:
             os.close(fd)  # we won the lock after the producer unlinked it: the version is gone
             raise VersionNotFoundError(f"version {version} was reclaimed") from None
+        with contextlib.suppress(OSError):  # the name tag only (see the module docstring)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         self._fd: int | None = fd
 
     @property
