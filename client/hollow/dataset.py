@@ -165,7 +165,7 @@ class Snapshot:
 class Dataset:
     """A namespace opened for reading. Create it with :func:`hollow.open`."""
 
-    _launched: _thread.LockType | None  # held until the follower thread has been started (_start_following)
+    _launched: _Launch | None  # the follower thread's start, under way or done (_start_following)
 
     def __init__(
         self,
@@ -258,8 +258,8 @@ class Dataset:
         while not self._armed.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
             with self._lock:
                 thread, launched = self._thread, self._launched
-            started = launched is None or not launched.locked()
-            if thread is None or (started and not thread.is_alive()):
+            started = launched is None or not launched.done.locked()
+            if started and (thread is None or not thread.is_alive()):
                 if self._launch_failed:
                     self._say_launch_failed()
                 return self._armed.is_set()  # no follower thread (it could not start, or has ended)
@@ -326,13 +326,12 @@ class Dataset:
         itself, so that ``hollow.open`` and the first snapshot wait neither for those nor for the
         thread to be scheduled (``Thread.start`` waits until the new thread runs: milliseconds on a
         busy machine), docs/decisions.md §21 and §61. A helper thread of the ``_thread`` module (no
-        waiting, no Thread object) starts it."""
-        thread = threading.Thread(target=self._follow_loop, name=f"hollow-follow-{self.namespace}", daemon=True)
-        launched = _thread.allocate_lock()
-        launched.acquire()
+        waiting, no Thread object) makes the ``threading.Thread`` and starts it: making one costs the
+        opener about 40 µs more (docs/decisions.md §80)."""
+        launched = _Launch()
         with self._lock:
-            self._thread, self._launched = thread, launched
-        _thread.start_new_thread(_launch, (thread, launched, self._launch_failed))
+            self._thread, self._launched = None, launched
+        _thread.start_new_thread(_launch, (self, launched))
 
     def _start_watch(self) -> None:
         """In the follower thread: inotify on the announcement's directory, a second path after the doorbell."""
@@ -383,8 +382,9 @@ class Dataset:
             self._thread = self._launched = None
         self._wake.set()
         if launched is not None:
-            with launched:  # the helper has started the thread (or failed to)
+            with launched.done:  # the helper has started the thread (or failed to, or found it not wanted)
                 pass
+            thread = launched.thread
         if thread is not None:
             while thread.is_alive():
                 self._ring()  # the thread may have made or replaced its doorbell meanwhile
@@ -693,17 +693,38 @@ class Dataset:
             self._start_following()
 
 
-def _launch(thread: threading.Thread, launched: Any, failed: list[BaseException]) -> None:
-    """In a helper thread: start the follower *thread*, which ``Thread.start`` waits for, so that the
-    opener does not; then release *launched* (which ``_stop_following`` waits on). A failure is put
-    in *failed*, for the dataset's next call to log: logging here would make this thread, which is
-    not a ``threading`` one, a stand-in Thread object that ``threading`` never removes."""
+class _Launch:
+    """One start of a dataset's follower thread: ``done`` is held until the helper has started the
+    thread (or failed to, or found that the dataset no longer wants it); ``thread`` is the thread."""
+
+    __slots__ = ("done", "thread")
+
+    def __init__(self) -> None:
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.thread: threading.Thread | None = None
+
+
+def _launch(ds: Dataset, launched: _Launch) -> None:
+    """In a helper thread: make the follower thread and start it (``Thread.start`` waits for it to run),
+    so that the opener does neither; then release ``launched.done``, which ``_stop_following`` waits
+    on. Nothing is started if the dataset was closed, or forked, meanwhile (its ``_launched`` is no
+    longer *launched*). A failure is put in the dataset's ``_launch_failed``, for its next call to log:
+    logging here would make this thread, which is not a ``threading`` one, a stand-in Thread object
+    that ``threading`` never removes."""
+    failed = ds._launch_failed
     try:
-        thread.start()
+        thread = threading.Thread(target=ds._follow_loop, name=f"hollow-follow-{ds.namespace}", daemon=True)
+        with ds._lock:
+            wanted = ds._launched is launched
+            if wanted:
+                ds._thread = launched.thread = thread
+        if wanted:
+            thread.start()
     except Exception as e:  # noqa: BLE001 - cannot start a thread: the dataset still works, without following
         failed.append(e)
     finally:
-        launched.release()
+        launched.done.release()
 
 
 def _detached(e: Error) -> Error:
