@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -177,8 +178,11 @@ class Dataset:
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.namespace = layout.check_namespace(namespace)
-        self.root = layout.root_dir(root)
-        self.dir = self.root / namespace
+        # Strings on the attach path: a fresh process's first pathlib operations cost 5-35 µs each
+        # (docs/decisions.md §80); ``root`` and ``dir`` are made as Paths when asked for.
+        self._root = layout.root_str(root)
+        self._dir = os.path.join(self._root, namespace)
+        self._announced = f"{self._dir}/{layout.ANNOUNCE_DIR}/{layout.ANNOUNCED}"
         self.follow = follow
         self.poll_interval = poll_interval
         self._reader_schema = _reader_schema(schema)
@@ -207,6 +211,16 @@ class Dataset:
             self._start_following()
 
     # -- the public surface -------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """The root directory the namespace is under."""
+        return Path(self._root)
+
+    @property
+    def dir(self) -> Path:
+        """The namespace's directory."""
+        return Path(self._dir)
 
     @property
     def version(self) -> int:
@@ -354,7 +368,7 @@ class Dataset:
     def _check_tree(self) -> os.stat_result:
         """The namespace directory's lstat, once the root and it are found trustworthy (layout.check_trusted)."""
         try:
-            return layout.check_namespace_tree(self.dir)
+            return layout.check_namespace_tree(self._dir)
         except PermissionError as e:
             raise PermissionDeniedError.of(self.dir.parent, e) from e
         except (FileNotFoundError, NotADirectoryError):
@@ -504,7 +518,7 @@ class Dataset:
         """
         stamp: tuple[int, int] | None = None
         if not initial:  # (the first look needs no stat: the stamp comes from the file it reads)
-            path = layout.announcement_path(self.dir)
+            path = self._announced  # layout.announcement_path
             try:
                 st = os.stat(path)
                 stamp = (st.st_ino, st.st_mtime_ns)
@@ -548,7 +562,7 @@ class Dataset:
     def _follow_announcement(self) -> tuple[_Attached | None, bool]:
         """(the newly attached announced version or None if nothing changed, whether it is pinned)."""
         for attempt in range(_RACE_RETRIES):
-            announcement, self._read_stamp = layout.read_announcement_stamped(self.dir)
+            announcement, self._read_stamp = layout.read_announcement_stamped(self._dir)
             if announcement is None:
                 raise NamespaceNotFoundError(f"namespace {self.namespace!r} has nothing announced yet")
             current = self._current
@@ -622,15 +636,15 @@ class Dataset:
             att = self._attached.get(version)
             if att is not None:
                 return att
-        path = self.dir / layout.state_name(version)
+        path = f"{self._dir}/{layout.state_name(version)}"
         if self._tree_just_checked:
             self._tree_just_checked = False
         else:
             self._check_tree()  # before trusting what is in it: it may have been changed since open
         try:
-            lease = _lease(self.dir, version)
+            lease = _lease(self._dir, version)
         except VersionNotFoundError as e:
-            if path.exists():
+            if os.path.exists(path):
                 raise  # being reclaimed right now
             have = ", ".join(map(str, layout.list_versions(self.dir))) or "none"
             raise VersionNotFoundError(
@@ -684,7 +698,7 @@ class Dataset:
             self._thread = None
             for att in list(self._attached.values()):
                 with contextlib.suppress(VersionNotFoundError):
-                    att.lease = _lease(self.dir, att.version)
+                    att.lease = _lease(self._dir, att.version)
         if self._closed:
             return
         self._announce_stamp = None
@@ -733,12 +747,12 @@ def _detached(e: Error) -> Error:
     return e.with_traceback(None)
 
 
-def _lease(ns_dir: Any, version: int) -> Lease | None:
+def _lease(ns_dir: str, version: int) -> Lease | None:
     """A lease on *version*; None for a state file that has no lockfile (written by hand, not by hollowd)."""
     try:
         return Lease(ns_dir, version)
     except VersionNotFoundError:
-        if (ns_dir / layout.state_name(version)).exists() and not (ns_dir / f"{version}.lock").exists():
+        if os.path.exists(f"{ns_dir}/{layout.state_name(version)}") and not os.path.exists(f"{ns_dir}/{version}.lock"):
             return None
         raise
 

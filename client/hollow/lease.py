@@ -73,20 +73,21 @@ def _open_lockfile(path: Path, flags: int) -> int:
 class Lease:
     """A shared lock on one version's lockfile, held until :meth:`release`."""
 
-    __slots__ = ("_fd", "path", "version")
+    __slots__ = ("_fd", "_path", "version")
 
-    def __init__(self, ns_dir: Path, version: int) -> None:
+    def __init__(self, ns_dir: str | os.PathLike[str], version: int) -> None:
         self.version = version
-        self.path = lock_path(ns_dir, version)
+        # A string (lock_path's), not a Path: pathlib costs a fresh process's first open (§80).
+        self._path = path = f"{os.fspath(ns_dir)}/{version}.lock"
         try:
             # O_NONBLOCK: a FIFO planted under its name must not hang us (it is found by the fstat below).
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise VersionNotFoundError(f"version {version} is gone (no lockfile {self.path})") from None
+            raise VersionNotFoundError(f"version {version} is gone (no lockfile {path})") from None
         except PermissionError as e:
-            raise PermissionDeniedError.of(self.path, e) from e
+            raise PermissionDeniedError.of(path, e) from e
         except OSError as e:
-            raise CorruptStateError(f"{self.path}: cannot open the lockfile ({e.strerror}); is it a symlink?") from e
+            raise CorruptStateError(f"{path}: cannot open the lockfile ({e.strerror}); is it a symlink?") from e
         # One fstat, once the lock is held, says both whether it is a lockfile at all and whether the
         # producer unlinked it before we won the lock (a fresh process's first open: docs/decisions.md §80).
         try:
@@ -97,7 +98,7 @@ class Lease:
             raise
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise CorruptStateError(f"{self.path}: not a regular file; a lockfile was replaced (remove it)")
+            raise CorruptStateError(f"{path}: not a regular file; a lockfile was replaced (remove it)")
         if not leased:
             os.close(fd)  # the producer holds its write lock: it is removing this version right now
             raise VersionNotFoundError(f"version {version} is being reclaimed")
@@ -107,6 +108,11 @@ class Lease:
         with contextlib.suppress(OSError):  # the name tag only (see the module docstring)
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         self._fd: int | None = fd
+
+    @property
+    def path(self) -> Path:
+        """The lockfile."""
+        return Path(self._path)
 
     @property
     def held(self) -> bool:

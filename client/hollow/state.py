@@ -50,6 +50,7 @@ class StateFile:
         "_identity",
         "_mid",
         "_mm",
+        "_path",
         "_stamped",
         "_structs",
         "_type_states",
@@ -57,30 +58,29 @@ class StateFile:
         "_views",
         "_what",
         "header",
-        "path",
         "published_at_ns",
         "version",
     )
 
     def __init__(
         self,
-        path: Path,
+        path: str | os.PathLike[str],
         *,
         namespace: str,
         reader_schema: Any = None,
         structs: dict[int, Any] | None = None,
         base: StateFile | None = None,
     ) -> None:
-        self.path = path
-        what = str(path)
-        mm, st = _map(path)
+        # A string, not a Path: a fresh process's first pathlib operations cost 5-35 µs each (§80).
+        what = self._path = os.fspath(path)
+        mm, st = _map(what)
         self._mm = mm
         self._checked = False
         view = memoryview(mm)
         header = layout.Header.unpack(view, what=what, size=st.st_size)
         if header.namespace != namespace:
             raise CorruptStateError(f"{what}: belongs to namespace {header.namespace!r}, not {namespace!r}")
-        named = layout.parse_state_name(path.name)
+        named = layout.parse_state_name(os.path.basename(what))
         if named is not None and named != header.version:
             raise CorruptStateError(f"{what}: holds version {header.version}, not {named}")
         self.header = header
@@ -124,7 +124,7 @@ class StateFile:
         }
 
     def _open_base(self, root: Any, namespace: str) -> StateFile:
-        path = layout.base_of(self.path)
+        path = self._path + layout.BASE_SUFFIX  # layout.base_of
         try:
             base = StateFile(path, namespace=namespace, structs=self._structs)
         except VersionNotFoundError as e:
@@ -139,7 +139,7 @@ class StateFile:
 
     def _open_mid(self, root: Any, namespace: str) -> StateFile:
         """The version this file's overlays are over: ``<version>.mid``, on the same base, with no mid."""
-        path = layout.mid_of(self.path)
+        path = self._path + layout.MID_SUFFIX  # layout.mid_of
         if self._base is None:
             raise CorruptStateError(f"{self._what}: names a mid version but no base")
         try:
@@ -153,6 +153,11 @@ class StateFile:
         if mid._base is None or mid._mid is not None or mid._envelope.baseVersion != root.baseVersion:
             raise CorruptStateError(f"{self._what}: its mid {path} is not an overlay on the same base")
         return mid
+
+    @property
+    def path(self) -> Path:
+        """The file this version was attached from."""
+        return Path(self._path)
 
     def verify(self) -> None:
         """Check every byte of this file, and of its base, against the header's content hash.
@@ -393,9 +398,9 @@ class StateFile:
         return ordinals, keys
 
 
-def _map(path: Path) -> tuple[mmap.mmap, os.stat_result]:
+def _map(path: str) -> tuple[mmap.mmap, os.stat_result]:
     """*path* mapped read-only, and its fstat: a regular file at least a header long, or a named error."""
-    what = str(path)
+    what = path
     try:
         # O_NONBLOCK: a FIFO planted under a version's name must not hang the reader.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
