@@ -573,6 +573,34 @@ ds.close()
 """
 
 
+# A fresh process counts the calls into pathlib that its open + first lookup make in the opening thread.
+PATHLIB_CALLS = r"""
+import json, sys
+import hollow
+calls = []
+def profile(frame, event, arg):
+    if event == "call" and frame.f_code.co_filename.endswith("pathlib.py"):
+        calls.append(frame.f_code.co_name)
+sys.setprofile(profile)
+ds = hollow.open("movies", root=sys.argv[1], follow=sys.argv[2] == "follow")
+with ds.snapshot() as snap:
+    title = snap["Movie"].get(1).title
+sys.setprofile(None)
+ds.close()
+print(json.dumps({"title": title, "pathlib": sorted(set(calls))}))
+"""
+
+
+@pytest.mark.parametrize("follow", ["follow", "no-follow"])
+def test_open_and_the_first_lookup_make_no_pathlib_path(movies: Path, follow: str) -> None:
+    """A fresh process's first pathlib operations cost 5-35 µs each, and an open made about a dozen:
+    the attach path works on strings (docs/decisions.md §80)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PATHLIB_CALLS, str(movies), follow], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == {"title": "Movie 1", "pathlib": []}
+
+
 def test_open_and_the_first_lookup_wait_neither_for_the_doorbell_nor_for_the_thread(
     movies: Path, tmp_path: Path
 ) -> None:
