@@ -332,12 +332,14 @@ def test_a_lookup_the_bloom_array_rules_out_reads_no_overlay_entries(
     root: Path, monkeypatch: pytest.MonkeyPatch, level: str
 ) -> None:
     """A fresh process's first lookup is most likely of a key no overlay holds: its bloom byte rules the
-    overlay out, so neither the overlay's key table nor its entry ordinals are read (docs/decisions.md
-    §80). A key the overlay does hold reads them then, and finds its record."""
+    overlay out, so neither the overlay's key table nor its entry ordinals are read, nor any level's
+    holes (docs/decisions.md §80). A key the overlay does hold reads them then, and finds its record."""
     attached: list[str] = []
     entries: list[str] = []
     real_attach = hollow.view.IndexTable.attach.__func__  # type: ignore[attr-defined]
     real_entries = getattr(hollow.state.StateFile, "_entries", None)  # (None before §80: the test fails below)
+    real_holes = hollow.state.StateFile._holes
+    holes: list[int] = []
 
     def counting(cls: Any, ix: Any, view: Any, size: int, *, what: str) -> Any:
         attached.append(what.rsplit(": ", 1)[-1])
@@ -349,6 +351,12 @@ def test_a_lookup_the_bloom_array_rules_out_reads_no_overlay_entries(
 
     monkeypatch.setattr(hollow.view.IndexTable, "attach", classmethod(counting))
     monkeypatch.setattr(hollow.state.StateFile, "_entries", reading, raising=False)
+
+    def reading_holes(self: Any, ts: Any) -> Any:
+        holes.append(self.version)
+        return real_holes(self, ts)
+
+    monkeypatch.setattr(hollow.state.StateFile, "_holes", reading_holes)
     with movies_producer(root) as p:
         p.run_cycle(populate(movie(i) for i in range(200)))
         p.run_incremental(lambda d: d.upsert("Movie", movie(3, title="changed")))  # an overlay on the base
@@ -357,13 +365,14 @@ def test_a_lookup_the_bloom_array_rules_out_reads_no_overlay_entries(
             p.run_incremental(lambda d: d.upsert("Movie", movie(4, title="changed too")))
     attached.clear()  # (the producer read its versions back)
     entries.clear()
+    holes.clear()
     with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
         view = snap["Movie"]
         assert (snap.version, view.overlay is not None) == (3 if level == "over a mid" else 2, True)
         blooms = [view._bloom, *([view.mid._bloom] if level == "over a mid" else [])]  # type: ignore[attr-defined]
         ruled_out = next(k for k in range(5, 200) if not any(b[k % len(b)] for b in blooms))
         assert view.get(ruled_out).id == ruled_out
-        assert (attached, entries) == (["Movie primary key"], [])
+        assert (attached, entries, holes) == (["Movie primary key"], [], [])
         assert view.get(3).title == "changed"
         if level == "over a mid":
             assert view.get(4).title == "changed too"
@@ -372,6 +381,9 @@ def test_a_lookup_the_bloom_array_rules_out_reads_no_overlay_entries(
         else:
             assert sorted(attached) == ["Movie overlay keys", "Movie primary key"]
             assert entries == ["2: Movie"]
+        assert holes == []  # until something needs them: iterating
+        assert len(list(view)) == 200
+        assert holes
 
 
 def test_a_large_bloom_array_is_read_in_place_not_copied_at_attach(root: Path) -> None:

@@ -49,10 +49,14 @@ def lock_path(ns_dir: Path, version: int) -> Path:
     return ns_dir / f"{version}.lock"
 
 
+#: The ``struct flock`` of a whole-file lock of each kind, packed once.
+_WHOLE = {kind: _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0) for kind in (fcntl.F_RDLCK, fcntl.F_WRLCK)}
+
+
 def _ofd_lock(fd: int, kind: int) -> bool:
     """Take an OFD lock of *kind* (F_RDLCK, F_WRLCK) on all of *fd*'s file without waiting; False if held."""
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _WHOLE[kind])
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             return False

@@ -298,7 +298,7 @@ class StateFile:
         count, ordinals = ts.count, ts.ordinals
         if len(records) != ordinals:
             raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ordinals}")
-        holes = self._holes(ts)
+        holes = lambda: self._holes(ts)  # noqa: E731 - read on first use (TypeView.holes)
         primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
         secondary = IndexTables(ts.indexes, view, size, what=f"{what}: {name} index")
         return TypeView(
@@ -321,7 +321,8 @@ class StateFile:
             raise CorruptStateError(f"{self._what}: {what}: malformed ({type(e).__name__}: {e})") from e
 
     def _holes(self, ts: Any) -> memoryview:
-        """A type's holes: exactly (ordinals - count) of them (the section is padded to a whole word)."""
+        """A type's holes: exactly (ordinals - count) of them (the section is padded to a whole word).
+        Read on first use (iteration, ``holes``): a lookup needs none (docs/decisions.md §80)."""
         count, ordinals, what = ts.count, ts.ordinals, f"{self._what}: {ts.name} holes"
         holes = section(self._view, ts.holes, self.header.file_length, "I", what=what)[: ordinals - count]
         if count > ordinals or len(holes) != ordinals - count:
@@ -338,7 +339,7 @@ class StateFile:
             ts.name,
             base._records,
             ts.count,
-            self._holes(ts),
+            lambda: self._holes(ts),
             base.primary,
             base.indexes,
             content_hash=ts.contentHash,
@@ -356,7 +357,7 @@ class StateFile:
         mid = self._mid.type(ts.name)
         overlay = self._overlay(ts, struct, len(mid.indexes))
         return TopView(
-            mid, overlay, ts.count, self._holes(ts), ts.ordinals, content_hash=ts.contentHash, what=self._what
+            mid, overlay, ts.count, lambda: self._holes(ts), ts.ordinals, content_hash=ts.contentHash, what=self._what
         )
 
     def _overlay(self, ts: Any, struct: Any, n_indexes: int) -> Overlay:

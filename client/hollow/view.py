@@ -331,6 +331,7 @@ class TypeView:
         "_cap",
         "_exact",
         "_holes",
+        "_load_holes",
         "_overlay",
         "_records",
         "_size",
@@ -350,7 +351,7 @@ class TypeView:
         name: str,
         records: Any,
         count: int,
-        holes: memoryview,
+        holes: memoryview | Callable[[], memoryview],
         primary: IndexTable,
         indexes: Sequence[IndexTable],
         *,
@@ -369,7 +370,9 @@ class TypeView:
         self.primary = primary
         self.indexes = indexes
         self._records = records
-        self._holes = holes
+        # A memoryview, or what reads it on first use: a lookup needs no holes (docs/decisions.md §80).
+        self._holes: memoryview | None = None if callable(holes) else holes
+        self._load_holes = holes
         self._exact = primary.kind == layout.KIND_EXACT_INT
         single_text = primary.key_types == (layout.KEY_TEXT,)
         self._text_field = primary.fields[0] if single_text else None
@@ -523,12 +526,12 @@ class TypeView:
 
     def __iter__(self) -> Iterator[Any]:
         """Records in ordinal order: stable across versions for records that stay."""
-        if self._overlay is None and not len(self._holes):
+        if self._overlay is None and not len(self.holes):
             return iter(self._records)
         return self._iter_merged()
 
     def _iter_merged(self) -> Iterator[Any]:
-        holes = set(self._holes)
+        holes = set(self.holes)
         records = self._records
         overlay = self._overlay
         ords: Any = overlay.ordinals if overlay is not None else ()
@@ -557,8 +560,11 @@ class TypeView:
 
     @property
     def holes(self) -> memoryview:
-        """This version's holes: ordinals that hold no record, ascending."""
-        return self._holes
+        """This version's holes: ordinals that hold no record, ascending (read on first use)."""
+        holes = self._holes
+        if holes is None:
+            holes = self._holes = self._load_holes()  # type: ignore[operator]
+        return holes
 
     @property
     def overlay(self) -> Overlay | None:
@@ -712,7 +718,7 @@ class TopView(TypeView):
         mid: TypeView,
         overlay: Overlay,
         count: int,
-        holes: memoryview,
+        holes: memoryview | Callable[[], memoryview],
         size: int,
         *,
         content_hash: int,
@@ -864,7 +870,7 @@ class TopView(TypeView):
         return _merged(kept, overlay, added), _ByOrdinal(self)
 
     def _iter_merged(self) -> Iterator[Any]:
-        holes = set(self._holes)
+        holes = set(self.holes)
         base = self._records
         top, mid = self._overlay, self._mid._overlay
         assert top is not None
