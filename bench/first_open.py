@@ -7,7 +7,9 @@ random key up, reads two fields and stops the clock. The imports are timed too, 
 the same for every open of a process, and a server pays them once, before it takes requests).
 Systems take turns, run by run, so that other work on the machine lands on every row alike; one
 untimed run of each fills the page cache and the bytecode cache first. Medians over ``--runs``
-fresh processes (pickle, which loads the whole dataset, at most 3).
+fresh processes (pickle, which loads the whole dataset, at most 3). The CPU column is the CPU time
+the process used over the same span (all its threads; ``time.process_time_ns``): on a shared
+machine it moves far less than the wall-clock times, which include waiting for a CPU.
 
 The target (issue 12, item 15): hollowd's open + first lookup within 1 ms, following or not.
 
@@ -33,8 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import core  # bench/core.py builds every system's files the same way as the main table
 
 _PRELUDE = "import sys, time\npath, key = sys.argv[1], int(sys.argv[2])\nt0 = time.perf_counter_ns()\n"
-_START = "\nt1 = time.perf_counter_ns()\n"
-_END = "\nt2 = time.perf_counter_ns()\nassert title and year\nprint(t1 - t0, t2 - t1)\n{teardown}\n"
+_START = "\nt1 = time.perf_counter_ns()\nc1 = time.process_time_ns()\n"
+_END = (
+    "\nc2 = time.process_time_ns()\nt2 = time.perf_counter_ns()\nassert title and year\n"
+    "print(t1 - t0, t2 - t1, c2 - c1)\n{teardown}\n"
+)
 
 #: system -> (imports, open + first lookup), run as one ``python -c``.
 SNIPPETS: dict[str, tuple[str, str]] = {
@@ -76,8 +81,9 @@ def target_of(built: core.Built, system: str) -> Path:
     return core.system_path(built, "hollowd" if system.startswith("hollowd") else system)
 
 
-def run_one(system: str, path: Path, key: int, root: Path) -> tuple[float, float]:
-    """One fresh process: (ms of its imports, ms of open + first lookup)."""
+def run_one(system: str, path: Path, key: int, root: Path) -> tuple[float, float, float]:
+    """One fresh process: (ms of its imports, ms of open + first lookup, ms of CPU the process used for them,
+    all its threads)."""
     imports, body = SNIPPETS[system]
     code = _PRELUDE + imports + _START + body + _END.format(teardown=TEARDOWN.get(system, ""))
     out = subprocess.run(
@@ -90,22 +96,25 @@ def run_one(system: str, path: Path, key: int, root: Path) -> tuple[float, float
     )
     if out.returncode:
         raise RuntimeError(f"fresh {system} reader failed:\n{out.stderr}")
-    imp, first = (int(x) / 1e6 for x in out.stdout.split())
-    return imp, first
+    imp, first, cpu = (int(x) / 1e6 for x in out.stdout.split())
+    return imp, first, cpu
 
 
 def measure(built: core.Built, runs: int, seed: int, root: Path) -> dict[str, dict[str, list[float]]]:
     rng = random.Random(seed)
-    out: dict[str, dict[str, list[float]]] = {s: {"imports_ms": [], "open_lookup_ms": []} for s in SNIPPETS}
+    out: dict[str, dict[str, list[float]]] = {
+        s: {"imports_ms": [], "open_lookup_ms": [], "cpu_ms": []} for s in SNIPPETS
+    }
     for system in SNIPPETS:
         run_one(system, target_of(built, system), 0, root)  # page cache, bytecode cache
     for i in range(runs):
         for system in SNIPPETS:
             if system == "pickle" and i >= 3:
                 continue
-            imp, first = run_one(system, target_of(built, system), rng.randrange(built.n), root)
+            imp, first, cpu = run_one(system, target_of(built, system), rng.randrange(built.n), root)
             out[system]["imports_ms"].append(imp)
             out[system]["open_lookup_ms"].append(first)
+            out[system]["cpu_ms"].append(cpu)
         core.log(f"  run {i + 1}/{runs}")
     return out
 
@@ -124,13 +133,14 @@ def table(res: dict[str, dict[str, list[float]]], n: int) -> str:
                 f"{med:,.2f}",
                 f"{p90:,.2f}",
                 f"{s[0]:,.2f}",
+                f"{statistics.median(r['cpu_ms']):,.2f}",
                 f"{statistics.median(r['imports_ms']):,.1f}",
                 str(len(s)),
                 core.ratio(med, ref),
                 target,
             ]
         )
-    header = ["system", "median ms", "p90 ms", "best ms", "imports ms", "runs", "x hollowd", "target"]
+    header = ["system", "median ms", "p90 ms", "best ms", "CPU ms", "imports ms", "runs", "x hollowd", "target"]
     title = (
         f"OPEN + FIRST LOOKUP in a fresh process, N={core.size_label(n)} "
         "(ms from after the imports to one lookup of two fields done; imports timed apart)"

@@ -249,6 +249,42 @@ print(json.dumps({"bad_attach": bad_attach, "counts": counts}))
 """
 
 
+# The embedded schema's nodes are read part by part before SchemaLoader sees them (hollow.schema
+# _check_node): a node hollowd never embeds, or one whose names are not UTF-8, is a named error.
+# SchemaLoader itself takes both without a word, so without that check these load.
+MALFORMED_NODE = r"""
+import json, sys
+from hollow import layout, schema, state
+from hollow.errors import CorruptStateError
+path, case = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+h = layout.Header.unpack(data, what=path, size=len(data))
+env = schema.read_message(memoryview(data)[h.envelope_offset : h.envelope_offset + h.envelope_length])
+nodes = [bytes(b) for b in env.get_root(schema.envelope().State).userSchema.nodes]
+i = next(i for i, b in enumerate(nodes) if b"title" in b)
+if case == "interface":
+    node = schema.read_message(nodes[i]).get_root(schema.node_schema_type()).as_builder()
+    node.init("interface")
+    nodes[i] = node.to_bytes()
+else:  # a field's name that is not UTF-8
+    b = bytearray(nodes[i])
+    b[b.index(b"title")] = 0xFF
+    nodes[i] = bytes(b)
+try:
+    schema.embedded_types(h.schema_fingerprint ^ 1, nodes, what="forged")
+    print(json.dumps({"loaded": True}))
+except CorruptStateError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+@pytest.mark.parametrize("case", ["interface", "name"])
+def test_a_malformed_embedded_schema_node_is_a_named_error(ns_dir: Path, case: str) -> None:
+    out = run_python(MALFORMED_NODE, str(ns_dir / "1"), case)
+    assert "error" in out, out
+    assert out["error"].startswith("forged: embedded schema")
+
+
 @pytest.mark.parametrize("rehash", ["damaged", "rehash"])
 def test_flipped_envelope_byte_never_crashes_the_reader(root: Path, tmp_path: Path, rehash: str) -> None:
     ns_dir = publish(root, n=3)

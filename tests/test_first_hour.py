@@ -547,11 +547,15 @@ def test_open_and_the_first_lookup_do_not_wait_for_the_followers_machinery(
 _FRESH_DOORBELL = """
 import json, os, sys, threading, time
 started_by_opener = []
-real_start = threading.Thread.start
+made_by_opener = []
+real_start, real_init = threading.Thread.start, threading.Thread.__init__
 def start(self):
     started_by_opener.append(threading.current_thread() is threading.main_thread())
     real_start(self)
-threading.Thread.start = start
+def init(self, *args, **kw):
+    made_by_opener.append(threading.get_ident() == threading.main_thread().ident)
+    real_init(self, *args, **kw)
+threading.Thread.start, threading.Thread.__init__ = start, init
 import hollow
 gate = os.environ["HOLLOW_TEST_GATE"]
 ds = hollow.open("movies", root=sys.argv[1])  # following
@@ -561,18 +565,48 @@ gate_open = os.path.exists(gate)
 while not os.path.exists(gate + ".doorbell"):  # the follower thread is making its doorbell now
     time.sleep(0.01)
 print(json.dumps({"version": ds.version, "title": title, "gate_open": gate_open,
-                  "opener_waited_for_a_thread": any(started_by_opener)}), flush=True)
+                  "opener_waited_for_a_thread": any(started_by_opener),
+                  "opener_made_a_thread": any(made_by_opener)}), flush=True)
 sys.stdin.readline()  # the test announces a version, then opens the gate
 print(json.dumps({"followed": ds.wait_for(3, timeout=60), "version": ds.version}), flush=True)
 ds.close()
 """
 
 
+# A fresh process counts the calls into pathlib that its open + first lookup make in the opening thread.
+PATHLIB_CALLS = r"""
+import json, sys
+import hollow
+calls = []
+def profile(frame, event, arg):
+    if event == "call" and frame.f_code.co_filename.endswith("pathlib.py"):
+        calls.append(frame.f_code.co_name)
+sys.setprofile(profile)
+ds = hollow.open("movies", root=sys.argv[1], follow=sys.argv[2] == "follow")
+with ds.snapshot() as snap:
+    title = snap["Movie"].get(1).title
+sys.setprofile(None)
+ds.close()
+print(json.dumps({"title": title, "pathlib": sorted(set(calls))}))
+"""
+
+
+@pytest.mark.parametrize("follow", ["follow", "no-follow"])
+def test_open_and_the_first_lookup_make_no_pathlib_path(movies: Path, follow: str) -> None:
+    """A fresh process's first pathlib operations cost 5-35 µs each, and an open made about a dozen:
+    the attach path works on strings (docs/decisions.md §80)."""
+    out = subprocess.run(
+        [sys.executable, "-c", PATHLIB_CALLS, str(movies), follow], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == {"title": "Movie 1", "pathlib": []}
+
+
 def test_open_and_the_first_lookup_wait_neither_for_the_doorbell_nor_for_the_thread(
     movies: Path, tmp_path: Path
 ) -> None:
     """The doorbell (a sweep of /dev/shm and a sem_open) is made by the follower thread, and the
-    thread is not started by the opener (``Thread.start`` waits until the new thread runs): a stand-in
+    thread is neither made nor started by the opener (``Thread.start`` waits until the new thread runs;
+    making a Thread costs about 40 µs, docs/decisions.md §80): a stand-in
     ``posix_ipc`` (tests/slow_doorbell) blocks the making of the doorbell until the test says so. A
     version announced before the doorbell exists is followed all the same (docs/decisions.md §61)."""
     gate = tmp_path / "gate"
@@ -585,7 +619,13 @@ def test_open_and_the_first_lookup_wait_neither_for_the_doorbell_nor_for_the_thr
         {**os.environ, "HOLLOW_TEST_GATE": str(gate), "PYTHONPATH": str(Path(__file__).parent / "slow_doorbell")},
         movies,
         gate,
-        {"version": 2, "title": "Movie 1", "gate_open": False, "opener_waited_for_a_thread": False},
+        {
+            "version": 2,
+            "title": "Movie 1",
+            "gate_open": False,
+            "opener_waited_for_a_thread": False,
+            "opener_made_a_thread": False,
+        },
         pid_seen=no_doorbell_yet,
     )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from hollow import layout
 from hollow.state import StateFile
-from hollowd import ProducerLockedError, blobs, overlay, replication
+from hollowd import Producer, ProducerLockedError, blobs, overlay, replication
 from hollowd.follower import Follower, restore
 from hollowd.replication import Publisher, ReplicationError, content_hash, header_key, read_header
 from tests.daemons import run
@@ -42,6 +44,45 @@ def host2(tmp_path: Path) -> Iterator[Path]:
     path.mkdir()
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Replicated:
+    """A producer that published its first version to a store, and a follower of that store on a second
+    host that has polled once (so it is on that version)."""
+
+    p: Producer
+    pub: Publisher
+    f: Follower
+    store: blobs.BlobStore
+    first: Any  # the first version's header, as published
+
+
+@pytest.fixture
+def replicated(root: Path, host2: Path, tmp_path: Path) -> Iterator[Callable[..., Replicated]]:
+    """``replicated(records, store=…, publisher={…}, follower={…}, **producer)``: the setup most tests share.
+    The store is a directory store under tmp_path unless given; the follower is closed before the producer."""
+    with contextlib.ExitStack() as stack:
+
+        def make(
+            records: int,
+            *,
+            store: blobs.BlobStore | None = None,
+            publisher: dict[str, Any] | None = None,
+            follower: dict[str, Any] | None = None,
+            **producer: Any,
+        ) -> Replicated:
+            store = store if store is not None else blobs.DirStore(tmp_path / "store")
+            p = stack.enter_context(movies_producer(root, **producer))
+            pub = Publisher(store, p, **(publisher or {}))
+            p.run_cycle(populate(movie(i) for i in range(records)))
+            first = pub.publish()
+            f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f", **(follower or {}))
+            stack.callback(f.close)
+            f.poll()
+            return Replicated(p, pub, f, store, first)
+
+        yield make
 
 
 def records_of(root: Path, version: int | None = None) -> dict[str, list[tuple[int, dict[str, Any]]]]:
@@ -107,156 +148,132 @@ def test_a_follower_replays_every_version_by_deltas(
             pub.release()
 
 
-def test_producer_and_follower_compact_at_different_moments(root: Path, host2: Path, tmp_path: Path) -> None:
+def test_producer_and_follower_compact_at_different_moments(
+    root: Path, host2: Path, replicated: Callable[..., Replicated]
+) -> None:
     """The producer compacts every few versions (in the background), the follower never: the files differ,
     the records, ordinals and content hashes do not."""
-    store = blobs.DirStore(tmp_path / "store")
-    with movies_producer(root, compact_share=0.0, compact_min=3) as p:
-        pub = Publisher(store, p, snapshot_every=1000)
-        p.run_cycle(populate(movie(i) for i in range(300)))
-        pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
-        try:
-            f.poll()
-            bases = set()
-            for i in range(1, 25):
-                v = change(p, i)
-                h = pub.publish()
-                assert h.content_hash == hash_of(root, v)  # O(changes) from the parent's, equal to the full sum
-                bases.add(StateFile(root / "movies" / str(v), namespace="movies").base.version)  # type: ignore[union-attr]
-                assert f.poll()
-                assert f.here == v
-                assert hash_of(host2, v) == hash_of(root, v)
-            assert len(bases) >= 2  # the producer compacted (in the background) and moved to a new base
-            assert records_of(host2) == records_of(root)
-            theirs = StateFile(host2 / "movies" / str(v), namespace="movies")
-            assert theirs.base is not None
-            assert theirs.base.version == 1
-        finally:
-            f.close()
+    r = replicated(300, publisher={"snapshot_every": 1000}, compact_share=0.0, compact_min=3)
+    p, pub, f = r.p, r.pub, r.f
+    bases = set()
+    for i in range(1, 25):
+        v = change(p, i)
+        h = pub.publish()
+        assert h.content_hash == hash_of(root, v)  # O(changes) from the parent's, equal to the full sum
+        bases.add(StateFile(root / "movies" / str(v), namespace="movies").base.version)  # type: ignore[union-attr]
+        assert f.poll()
+        assert f.here == v
+        assert hash_of(host2, v) == hash_of(root, v)
+    assert len(bases) >= 2  # the producer compacted (in the background) and moved to a new base
+    assert records_of(host2) == records_of(root)
+    theirs = StateFile(host2 / "movies" / str(v), namespace="movies")
+    assert theirs.base is not None
+    assert theirs.base.version == 1
 
 
 def test_versions_over_a_mid_replicate_by_delta_and_by_snapshot(
-    root: Path, host2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path,
+    host2: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    replicated: Callable[..., Replicated],
 ) -> None:
     """The producer writes versions over a mid (docs/decisions.md §18); a follower replays them by
     deltas, and a fresh one starts from a snapshot of such a version (its mid uploaded with it)."""
     monkeypatch.setattr(overlay, "TOP_FROM", 1)
     monkeypatch.setattr(overlay, "TOP_MIN", 8)
-    store = blobs.DirStore(tmp_path / "store")
     host3 = host2.with_name(host2.name + "-3")
     host3.mkdir()
-    with movies_producer(root) as p:
-        pub = Publisher(store, p, snapshot_every=4)
-        p.run_cycle(populate(movie(i) for i in range(300)))
-        pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
-        late = None
-        try:
-            f.poll()
-            mids, snapshot_mids = 0, 0
-            for i in range(1, 14):
-                v = change(p, i)
-                h = pub.publish()
-                mids += (root / "movies" / f"{v}.mid").exists()
-                snapshot_mids += "mid" in h.blobs
-                assert f.poll()
-                assert f.here == v
-                assert hash_of(host2, v) == hash_of(root, v) == h.content_hash
-            assert records_of(host2) == records_of(root)
-            assert mids >= 4  # the layouts this test is about did occur
-            assert snapshot_mids >= 1
-            start = read_header(store, read_header(store, v).snapshot_at)  # type: ignore[union-attr]
-            assert start is not None
-            assert "mid" in start.blobs  # the late one starts from a version over a mid
-            late = Follower(store, "movies", root=host3, work_dir=tmp_path / "late")
-            assert late.poll()
-            assert late.here == v
-            assert records_of(host3) == records_of(root)
-        finally:
-            f.close()
-            if late is not None:
-                late.close()
-            shutil.rmtree(host3, ignore_errors=True)
-
-
-def test_a_version_whose_content_hash_differs_is_refused(root: Path, host2: Path, tmp_path: Path) -> None:
-    store = blobs.DirStore(tmp_path / "store")
-    with movies_producer(root) as p:
-        pub = Publisher(store, p)
-        p.run_cycle(populate(movie(i) for i in range(100)))
-        pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
-        try:
-            f.poll()
-            good = f.here
-            v = change(p, 1)
-            pub.publish()
-            h = store.get(header_key(v))
-            assert h is not None
-            ann = store.get("announced")
-            assert ann is not None
-            doc = orjson.loads(h.data)
-            wrong = {**doc, "content_hash": doc["content_hash"] ^ 1}
-            store.put(header_key(v), orjson.dumps(wrong))  # and the copy the announcement carries
-            store.put("announced", orjson.dumps({**orjson.loads(ann.data), "header": wrong}))
-            f._headers.clear()
-            assert not f.poll()
-            assert f.here == good
-            assert "content hash" in (f.last_error or "")
-            assert not (host2 / "movies" / str(v)).exists()  # removed, never announced
-            store.put(header_key(v), h.data)  # mended: the next poll catches up
-            store.put("announced", ann.data)
-            f._headers.clear()
+    r = replicated(300, publisher={"snapshot_every": 4})
+    p, pub, f, store = r.p, r.pub, r.f, r.store
+    late = None
+    try:
+        mids, snapshot_mids = 0, 0
+        for i in range(1, 14):
+            v = change(p, i)
+            h = pub.publish()
+            mids += (root / "movies" / f"{v}.mid").exists()
+            snapshot_mids += "mid" in h.blobs
             assert f.poll()
             assert f.here == v
-            assert f.last_error is None
-        finally:
-            f.close()
+            assert hash_of(host2, v) == hash_of(root, v) == h.content_hash
+        assert records_of(host2) == records_of(root)
+        assert mids >= 4  # the layouts this test is about did occur
+        assert snapshot_mids >= 1
+        start = read_header(store, read_header(store, v).snapshot_at)  # type: ignore[union-attr]
+        assert start is not None
+        assert "mid" in start.blobs  # the late one starts from a version over a mid
+        late = Follower(store, "movies", root=host3, work_dir=tmp_path / "late")
+        assert late.poll()
+        assert late.here == v
+        assert records_of(host3) == records_of(root)
+    finally:
+        if late is not None:
+            late.close()
+        shutil.rmtree(host3, ignore_errors=True)
+
+
+def test_a_version_whose_content_hash_differs_is_refused(host2: Path, replicated: Callable[..., Replicated]) -> None:
+    r = replicated(100)
+    p, pub, f, store = r.p, r.pub, r.f, r.store
+    good = f.here
+    v = change(p, 1)
+    pub.publish()
+    h = store.get(header_key(v))
+    assert h is not None
+    ann = store.get("announced")
+    assert ann is not None
+    doc = orjson.loads(h.data)
+    wrong = {**doc, "content_hash": doc["content_hash"] ^ 1}
+    store.put(header_key(v), orjson.dumps(wrong))  # and the copy the announcement carries
+    store.put("announced", orjson.dumps({**orjson.loads(ann.data), "header": wrong}))
+    f._headers.clear()
+    assert not f.poll()
+    assert f.here == good
+    assert "content hash" in (f.last_error or "")
+    assert not (host2 / "movies" / str(v)).exists()  # removed, never announced
+    store.put(header_key(v), h.data)  # mended: the next poll catches up
+    store.put("announced", ann.data)
+    f._headers.clear()
+    assert f.poll()
+    assert f.here == v
+    assert f.last_error is None
 
 
 def test_a_corrupt_delta_is_refused_and_a_missing_one_falls_back_to_a_snapshot(
-    root: Path, host2: Path, tmp_path: Path
+    root: Path, host2: Path, replicated: Callable[..., Replicated]
 ) -> None:
-    store = blobs.DirStore(tmp_path / "store")
-    with movies_producer(root) as p:
-        pub = Publisher(store, p, snapshot_every=3)
-        p.run_cycle(populate(movie(i) for i in range(100)))
+    r = replicated(100, publisher={"snapshot_every": 3})
+    p, pub, f, store = r.p, r.pub, r.f, r.store
+    v = change(p, 1)
+    pub.publish()
+    blob = store.get(delta_key(store, v))
+    assert blob is not None
+    store.put(delta_key(store, v), blob.data[: len(blob.data) // 2])  # truncated
+    assert not f.poll()
+    assert f.here == 1
+    assert "truncated" in (f.last_error or "") or "damaged" in (f.last_error or "")
+    store.put(delta_key(store, v), blob.data)
+    assert f.poll()
+    assert f.here == v
+    for i in range(2, 6):
+        v = change(p, i)
         pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
-        try:
-            f.poll()
-            v = change(p, 1)
-            pub.publish()
-            blob = store.get(delta_key(store, v))
-            assert blob is not None
-            store.put(delta_key(store, v), blob.data[: len(blob.data) // 2])  # truncated
-            assert not f.poll()
-            assert f.here == 1
-            assert "truncated" in (f.last_error or "") or "damaged" in (f.last_error or "")
-            store.put(delta_key(store, v), blob.data)
-            assert f.poll()
-            assert f.here == v
-            for i in range(2, 6):
-                v = change(p, i)
-                pub.publish()
-            snapshots = [x for x in range(2, v + 1) if "snapshot" in f._header(x).blobs]  # type: ignore[union-attr]
-            assert snapshots == [4]  # every third version
-            store.delete(delta_key(store, 3))
-            assert f.poll()
-            assert f.here == v
-            assert records_of(host2) == records_of(root)
-            change(p, 7)
-            pub.publish()
-            v = change(p, 8)
-            pub.publish()
-            store.delete(delta_key(store, v))  # no snapshot after it: the follower gets as far as it can, and says why
-            assert f.poll()
-            assert f.here == v - 1
-            assert "missing" in (f.last_error or "")
-            assert records_of(host2) == records_of(root, v - 1)
-        finally:
-            f.close()
+    snapshots = [x for x in range(2, v + 1) if "snapshot" in f._header(x).blobs]  # type: ignore[union-attr]
+    assert snapshots == [4]  # every third version
+    store.delete(delta_key(store, 3))
+    assert f.poll()
+    assert f.here == v
+    assert records_of(host2) == records_of(root)
+    change(p, 7)
+    pub.publish()
+    v = change(p, 8)
+    pub.publish()
+    store.delete(delta_key(store, v))  # no snapshot after it: the follower gets as far as it can, and says why
+    assert f.poll()
+    assert f.here == v - 1
+    assert "missing" in (f.last_error or "")
+    assert records_of(host2) == records_of(root, v - 1)
 
 
 def test_a_second_producer_is_refused(root: Path, host2: Path, tmp_path: Path) -> None:
@@ -351,77 +368,58 @@ def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, h
 
 
 def test_a_pin_in_the_store_moves_every_follower_and_a_local_pin_overrides_it(
-    root: Path, host2: Path, tmp_path: Path
+    replicated: Callable[..., Replicated],
 ) -> None:
-    store = blobs.DirStore(tmp_path / "store")
-    with movies_producer(root) as p:
-        pub = Publisher(store, p)
-        p.run_cycle(populate(movie(i) for i in range(50)))
+    r = replicated(50)
+    p, pub, f = r.p, r.pub, r.f
+    for _ in range(2):
+        v2 = v3 = change(p, len(p.versions()))
         pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
-        try:
-            f.poll()
-            for _ in range(2):
-                v2 = v3 = change(p, len(p.versions()))
-                pub.publish()
-                assert f.poll()
-            v2 = v3 - 1
-            p.pin(v2)
-            pub.publish()  # the producer's pin goes to the store
-            assert f.poll()
-            assert f.here == v2
-            assert f.status().pinned
-            p.unpin()
-            pub.publish()
-            assert f.poll()
-            assert f.here == v3
-            f.pin(v2)  # this host only
-            v4 = change(p, 3)
-            pub.publish()
-            assert not f.poll()
-            assert f.here == v2
-            f.pin(None)
-            assert f.here == v4
-            with pytest.raises(ReplicationError, match="not on this host"):
-                f.pin(999)
-        finally:
-            f.close()
+        assert f.poll()
+    v2 = v3 - 1
+    p.pin(v2)
+    pub.publish()  # the producer's pin goes to the store
+    assert f.poll()
+    assert f.here == v2
+    assert f.status().pinned
+    p.unpin()
+    pub.publish()
+    assert f.poll()
+    assert f.here == v3
+    f.pin(v2)  # this host only
+    v4 = change(p, 3)
+    pub.publish()
+    assert not f.poll()
+    assert f.here == v2
+    f.pin(None)
+    assert f.here == v4
+    with pytest.raises(ReplicationError, match="not on this host"):
+        f.pin(999)
 
 
 def test_a_follower_far_behind_jumps_by_snapshot_when_that_moves_fewer_bytes(
-    root: Path, host2: Path, tmp_path: Path
+    root: Path, host2: Path, replicated: Callable[..., Replicated]
 ) -> None:
-    store = blobs.DirStore(tmp_path / "store")
-    with movies_producer(root) as p:
-        pub = Publisher(store, p, snapshot_every=4)
-        p.run_cycle(populate(movie(i) for i in range(100)))
+    r = replicated(100, publisher={"snapshot_every": 4})
+    p, pub, f = r.p, r.pub, r.f
+    v = 1
+    for n in range(12):  # each version rewrites a third of the records
+        v = p.run_incremental(lambda d, n=n: [d.upsert("Movie", movie(i, title=f"{n}")) for i in range(0, 100, 3)])
         pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
-        try:
-            f.poll()
-            v = 1
-            for n in range(12):  # each version rewrites a third of the records
-                v = p.run_incremental(
-                    lambda d, n=n: [d.upsert("Movie", movie(i, title=f"{n}")) for i in range(0, 100, 3)]
-                )
-                pub.publish()
-            near = f.plan(v - 1, v)
-            assert [s.kind for s in near] == ["delta"]  # one behind: the delta
-            far = f.plan(1, v)
-            assert far[0].kind == "snapshot"
-            assert far[0].header.version > 1  # the nearest snapshot, then its deltas
-            assert all(s.kind == "delta" for s in far[1:])
-            moved = sum(
-                s.header.bytes_for("snapshot", "base") if s.kind == "snapshot" else s.header.bytes_for("delta")
-                for s in far
-            )
-            chain = sum(f._header(x).bytes_for("delta") for x in range(2, v + 1))  # type: ignore[union-attr]
-            assert moved < chain
-            assert f.poll()
-            assert f.here == v
-            assert records_of(host2) == records_of(root)
-        finally:
-            f.close()
+    near = f.plan(v - 1, v)
+    assert [s.kind for s in near] == ["delta"]  # one behind: the delta
+    far = f.plan(1, v)
+    assert far[0].kind == "snapshot"
+    assert far[0].header.version > 1  # the nearest snapshot, then its deltas
+    assert all(s.kind == "delta" for s in far[1:])
+    moved = sum(
+        s.header.bytes_for("snapshot", "base") if s.kind == "snapshot" else s.header.bytes_for("delta") for s in far
+    )
+    chain = sum(f._header(x).bytes_for("delta") for x in range(2, v + 1))  # type: ignore[union-attr]
+    assert moved < chain
+    assert f.poll()
+    assert f.here == v
+    assert records_of(host2) == records_of(root)
 
 
 def test_hollow_history_lists_the_versions_in_the_store(root: Path, tmp_path: Path) -> None:
@@ -460,7 +458,12 @@ class CountingStore(blobs.DirStore):
 
 @pytest.mark.parametrize("over_a_mid", [False, True], ids=["over-the-base", "over-a-mid"])
 def test_a_pin_to_a_version_gone_from_a_follower_goes_back_by_reverse_deltas(
-    root: Path, host2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, over_a_mid: bool
+    root: Path,
+    host2: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    replicated: Callable[..., Replicated],
+    over_a_mid: bool,
 ) -> None:
     """Every version has a reverse delta; a follower that no longer has the pinned version walks back to it
     from its latest by them (no snapshot, no LIST, O(distance) GETs), with every record at the producer's
@@ -470,88 +473,73 @@ def test_a_pin_to_a_version_gone_from_a_follower_goes_back_by_reverse_deltas(
         monkeypatch.setattr(overlay, "TOP_FROM", 1)
         monkeypatch.setattr(overlay, "TOP_MIN", 8)
     store = CountingStore(tmp_path / "store")
-    with movies_producer(root, retain=50) as p:
-        pub = Publisher(store, p, snapshot_every=1000)
-        p.run_cycle(populate(movie(i) for i in range(300)))
-        first = pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f", retain=2)
-        try:
-            f.poll()
-            versions = []
-            for i in range(1, 9):  # removals free ordinals that new records then take, removed keys come back
-                versions.append(change(p, i))
-                if i >= 3:  # at another ordinal: going back, the key moves
-                    h = pub.publish()
-                    assert set(h.blobs) == {"delta", "reverse"}
-                    versions.append(
-                        p.run_incremental(lambda d, i=i: d.upsert("Movie", movie((i - 2) * 13 % 300, title="back")))
-                    )
-                h = pub.publish()
-                assert set(h.blobs) == {"delta", "reverse"}
-                assert f.poll()
-            target = versions[0]
-            old = {r["id"]: o for o, r in records_of(root, target)["Movie"]}
-            now = {r["id"]: o for o, r in records_of(root, versions[-1])["Movie"]}
-            assert old[26] != now[26]
-            assert not (host2 / "movies" / str(target)).exists()  # reclaimed here (retain=2)
-            p.pin(target)
-            pub.publish()
-            store.gets.clear()
-            fetched = f.bytes_fetched
-            assert f.poll()
-            assert f.here == target
-            assert f.status().pinned
-            assert store.lists == 0
-            assert not [k for k in store.gets if k.startswith(("snapshots/", "bases/", "deltas/"))]
-            assert len([k for k in store.gets if k.startswith("reverses/")]) == len(versions) - 1
-            assert f.bytes_fetched - fetched < first.blobs["snapshot"]["size"]
-            assert records_of(host2, target) == records_of(root, target)
-            assert hash_of(host2, target) == hash_of(root, target)
-            p.unpin()
-            pub.publish()
-            assert f.poll()
-            assert f.here == versions[-1]
-            v = change(p, 20)
-            pub.publish()
-            assert f.poll()
-            assert f.here == v
-            assert records_of(host2) == records_of(root)
-        finally:
-            f.close()
+    r = replicated(300, store=store, publisher={"snapshot_every": 1000}, follower={"retain": 2}, retain=50)
+    p, pub, f, first = r.p, r.pub, r.f, r.first
+    versions = []
+    for i in range(1, 9):  # removals free ordinals that new records then take, removed keys come back
+        versions.append(change(p, i))
+        if i >= 3:  # at another ordinal: going back, the key moves
+            h = pub.publish()
+            assert set(h.blobs) == {"delta", "reverse"}
+            versions.append(
+                p.run_incremental(lambda d, i=i: d.upsert("Movie", movie((i - 2) * 13 % 300, title="back")))
+            )
+        h = pub.publish()
+        assert set(h.blobs) == {"delta", "reverse"}
+        assert f.poll()
+    target = versions[0]
+    old = {r["id"]: o for o, r in records_of(root, target)["Movie"]}
+    now = {r["id"]: o for o, r in records_of(root, versions[-1])["Movie"]}
+    assert old[26] != now[26]
+    assert not (host2 / "movies" / str(target)).exists()  # reclaimed here (retain=2)
+    p.pin(target)
+    pub.publish()
+    store.gets.clear()
+    fetched = f.bytes_fetched
+    assert f.poll()
+    assert f.here == target
+    assert f.status().pinned
+    assert store.lists == 0
+    assert not [k for k in store.gets if k.startswith(("snapshots/", "bases/", "deltas/"))]
+    assert len([k for k in store.gets if k.startswith("reverses/")]) == len(versions) - 1
+    assert f.bytes_fetched - fetched < first.blobs["snapshot"]["size"]
+    assert records_of(host2, target) == records_of(root, target)
+    assert hash_of(host2, target) == hash_of(root, target)
+    p.unpin()
+    pub.publish()
+    assert f.poll()
+    assert f.here == versions[-1]
+    v = change(p, 20)
+    pub.publish()
+    assert f.poll()
+    assert f.here == v
+    assert records_of(host2) == records_of(root)
 
 
 def test_a_damaged_reverse_delta_is_refused_and_the_pinned_version_comes_by_snapshot(
-    root: Path, host2: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    root: Path, host2: Path, caplog: pytest.LogCaptureFixture, replicated: Callable[..., Replicated]
 ) -> None:
-    store = blobs.DirStore(tmp_path / "store")
-    with movies_producer(root, retain=50) as p:
-        pub = Publisher(store, p, snapshot_every=2)
-        p.run_cycle(populate(movie(i) for i in range(300)))
+    r = replicated(300, publisher={"snapshot_every": 2}, follower={"retain": 1}, retain=50)
+    p, pub, f, store = r.p, r.pub, r.f, r.store
+    for i in range(1, 6):
+        change(p, i)
         pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f", retain=1)
-        try:
-            f.poll()
-            for i in range(1, 6):
-                change(p, i)
-                pub.publish()
-                f.poll()
-            target = 3
-            assert "snapshot" in orjson.loads(store.get(header_key(target)).data)["blobs"]  # type: ignore[union-attr]
-            for v in (4, 5):  # both on the way back; one damaged
-                assert "reverse" in orjson.loads(store.get(header_key(v)).data)["blobs"]  # type: ignore[union-attr]
-            key = orjson.loads(store.get(header_key(4)).data)["blobs"]["reverse"]["key"]  # type: ignore[union-attr]
-            blob = bytearray(store.get(key).data)  # type: ignore[union-attr]
-            blob[-3] ^= 0xFF
-            store.put(key, bytes(blob))
-            p.pin(target)
-            pub.publish()
-            assert f.poll()  # the reverse delta is refused by its checksum: the snapshot instead
-            assert "event=follow-fallback" in caplog.text
-            assert "reverses/4-" in caplog.text
-            assert f.here == target
-            assert records_of(host2, target) == records_of(root, target)
-        finally:
-            f.close()
+        f.poll()
+    target = 3
+    assert "snapshot" in orjson.loads(store.get(header_key(target)).data)["blobs"]  # type: ignore[union-attr]
+    for v in (4, 5):  # both on the way back; one damaged
+        assert "reverse" in orjson.loads(store.get(header_key(v)).data)["blobs"]  # type: ignore[union-attr]
+    key = orjson.loads(store.get(header_key(4)).data)["blobs"]["reverse"]["key"]  # type: ignore[union-attr]
+    blob = bytearray(store.get(key).data)  # type: ignore[union-attr]
+    blob[-3] ^= 0xFF
+    store.put(key, bytes(blob))
+    p.pin(target)
+    pub.publish()
+    assert f.poll()  # the reverse delta is refused by its checksum: the snapshot instead
+    assert "event=follow-fallback" in caplog.text
+    assert "reverses/4-" in caplog.text
+    assert f.here == target
+    assert records_of(host2, target) == records_of(root, target)
 
 
 def test_store_retention_deletes_old_versions_but_never_what_a_follower_needs(
@@ -618,25 +606,18 @@ def test_store_retention_deletes_old_versions_but_never_what_a_follower_needs(
 
 
 def test_a_follower_one_version_behind_makes_two_requests_the_announcement_and_the_delta(
-    root: Path, host2: Path, tmp_path: Path
+    root: Path, host2: Path, tmp_path: Path, replicated: Callable[..., Replicated]
 ) -> None:
     """The announcement carries its version's header: one version behind, a look at the store is the
     announcement's GET and the delta's, no header GET (issue 11.5: one round trip fewer per version)."""
     store = CountingStore(tmp_path / "store")
-    with movies_producer(root) as p:
-        pub = Publisher(store, p)
-        p.run_cycle(populate(movie(i) for i in range(50)))
+    r = replicated(50, store=store)
+    p, pub, f = r.p, r.pub, r.f
+    for i in range(1, 4):
+        v = change(p, i)
         pub.publish()
-        f = Follower(store, "movies", root=host2, work_dir=tmp_path / "f")
-        try:
-            f.poll()
-            for i in range(1, 4):
-                v = change(p, i)
-                pub.publish()
-                store.gets.clear()
-                assert f.poll()
-                assert f.here == v
-                assert [k.split("/")[0] for k in store.gets] == ["announced", "deltas"]
-            assert records_of(host2) == records_of(root)
-        finally:
-            f.close()
+        store.gets.clear()
+        assert f.poll()
+        assert f.here == v
+        assert [k.split("/")[0] for k in store.gets] == ["announced", "deltas"]
+    assert records_of(host2) == records_of(root)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import hollow
+import hollowd.overlay
 from tests.helpers import ROOT, movie, movies_producer, populate, run_python
 
 
@@ -324,3 +325,89 @@ def test_a_lookup_by_key_attaches_no_secondary_index_table(root: Path, monkeypat
         assert sorted(attached) == ["Movie overlay keys", "Movie primary key"]
         assert [m.id for m in snap["Movie"].find(genre="Comedy")] == [i for i in range(20) if i % 5 == 1]
         assert sorted(attached[2:]) == ["Movie index", "Movie overlay index", "Movie overlay index"]
+
+
+@pytest.mark.parametrize("level", ["over a base", "over a mid"])
+def test_a_lookup_the_bloom_array_rules_out_reads_no_overlay_entries(
+    root: Path, monkeypatch: pytest.MonkeyPatch, level: str
+) -> None:
+    """A fresh process's first lookup is most likely of a key no overlay holds: its bloom byte rules the
+    overlay out, so neither the overlay's key table nor its entry ordinals are read, nor any level's
+    holes (docs/decisions.md §80). A key the overlay does hold reads them then, and finds its record."""
+    attached: list[str] = []
+    entries: list[str] = []
+    real_attach = hollow.view.IndexTable.attach.__func__  # type: ignore[attr-defined]
+    real_entries = getattr(hollow.state.StateFile, "_entries", None)  # (None before §80: the test fails below)
+    real_holes = hollow.state.StateFile._holes
+    holes: list[int] = []
+
+    def counting(cls: Any, ix: Any, view: Any, size: int, *, what: str) -> Any:
+        attached.append(what.rsplit(": ", 1)[-1])
+        return real_attach(cls, ix, view, size, what=what)
+
+    def reading(self: Any, ov: Any, n: int, name: str) -> Any:
+        entries.append(f"{self.version}: {name}")
+        return real_entries(self, ov, n, name)  # type: ignore[misc]
+
+    monkeypatch.setattr(hollow.view.IndexTable, "attach", classmethod(counting))
+    monkeypatch.setattr(hollow.state.StateFile, "_entries", reading, raising=False)
+
+    def reading_holes(self: Any, ts: Any) -> Any:
+        holes.append(self.version)
+        return real_holes(self, ts)
+
+    monkeypatch.setattr(hollow.state.StateFile, "_holes", reading_holes)
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(200)))
+        p.run_incremental(lambda d: d.upsert("Movie", movie(3, title="changed")))  # an overlay on the base
+        if level == "over a mid":
+            monkeypatch.setattr(hollowd.overlay, "TOP_FROM", 1)
+            p.run_incremental(lambda d: d.upsert("Movie", movie(4, title="changed too")))
+    attached.clear()  # (the producer read its versions back)
+    entries.clear()
+    holes.clear()
+    with hollow.open("movies", root=root, follow=False) as ds, ds.snapshot() as snap:
+        view = snap["Movie"]
+        assert (snap.version, view.overlay is not None) == (3 if level == "over a mid" else 2, True)
+        blooms = [view._bloom, *([view.mid._bloom] if level == "over a mid" else [])]  # type: ignore[attr-defined]
+        ruled_out = next(k for k in range(5, 200) if not any(b[k % len(b)] for b in blooms))
+        assert view.get(ruled_out).id == ruled_out
+        assert (attached, entries, holes) == (["Movie primary key"], [], [])
+        assert view.get(3).title == "changed"
+        if level == "over a mid":
+            assert view.get(4).title == "changed too"
+            assert sorted(attached) == ["Movie overlay keys", "Movie overlay keys", "Movie primary key"]
+            assert sorted(entries) == ["2: Movie", "3: Movie"]
+        else:
+            assert sorted(attached) == ["Movie overlay keys", "Movie primary key"]
+            assert entries == ["2: Movie"]
+        assert holes == []  # until something needs them: iterating
+        assert len(list(view)) == 200
+        assert holes
+
+
+def test_a_large_bloom_array_is_read_in_place_not_copied_at_attach(root: Path) -> None:
+    """Attaching a version is O(1) in its overlays: a bloom array past BLOOM_COPY_MAX bytes (a mid's grows
+    with every change since the base) is read in place, a small one copied (docs/decisions.md §80)."""
+    changed = 300  # 16 bytes of bloom a key: past 4096 bytes
+
+    def change(d: Any) -> None:
+        for i in range(changed):
+            d.upsert("Movie", movie(i, title=f"changed {i}"))
+
+    with movies_producer(root) as p:
+        p.run_cycle(populate(movie(i) for i in range(400)))
+        p.run_incremental(lambda d: d.upsert("Movie", movie(399, title="small")))  # version 2
+        p.run_incremental(change)  # version 3: both changes
+    with hollow.open("movies", root=root, follow=False) as ds:
+        for version, big in ((2, False), (3, True)):
+            with ds.attach(version) as snap:
+                view = snap["Movie"]
+                assert view.overlay is not None
+                assert (len(view.overlay.bloom) > hollow.view.BLOOM_COPY_MAX) is big
+                assert isinstance(view._bloom, memoryview if big else bytes)  # type: ignore[attr-defined]
+                titles = [view.get(i).title for i in (0, changed - 1, changed, 399)]
+                if big:
+                    assert titles == ["changed 0", f"changed {changed - 1}", f"Movie {changed}", "small"]
+                else:
+                    assert titles == ["Movie 0", f"Movie {changed - 1}", f"Movie {changed}", "small"]

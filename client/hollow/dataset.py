@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -165,7 +166,7 @@ class Snapshot:
 class Dataset:
     """A namespace opened for reading. Create it with :func:`hollow.open`."""
 
-    _launched: _thread.LockType | None  # held until the follower thread has been started (_start_following)
+    _launched: _Launch | None  # the follower thread's start, under way or done (_start_following)
 
     def __init__(
         self,
@@ -177,8 +178,11 @@ class Dataset:
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.namespace = layout.check_namespace(namespace)
-        self.root = layout.root_dir(root)
-        self.dir = self.root / namespace
+        # Strings on the attach path: a fresh process's first pathlib operations cost 5-35 µs each
+        # (docs/decisions.md §80); ``root`` and ``dir`` are made as Paths when asked for.
+        self._root = layout.root_str(root)
+        self._dir = os.path.join(self._root, namespace)
+        self._announced = f"{self._dir}/{layout.ANNOUNCE_DIR}/{layout.ANNOUNCED}"
         self.follow = follow
         self.poll_interval = poll_interval
         self._reader_schema = _reader_schema(schema)
@@ -188,6 +192,7 @@ class Dataset:
         self._on_pin = False  # the current version came from an operator pin
         self._pinned: int | None = None  # reader pin
         self._announce_stamp: tuple[int, int] | None = None
+        self._read_stamp: tuple[int, int] | None = None  # (inode, mtime) of the announcement last read
         self._previous: int | None = None  # the version current before this one
         self._refused: int | None = None  # a version that failed on first use: not followed again
         self._callbacks: list[Callable[[int], None]] = []
@@ -206,6 +211,16 @@ class Dataset:
             self._start_following()
 
     # -- the public surface -------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """The root directory the namespace is under."""
+        return Path(self._root)
+
+    @property
+    def dir(self) -> Path:
+        """The namespace's directory."""
+        return Path(self._dir)
 
     @property
     def version(self) -> int:
@@ -257,8 +272,8 @@ class Dataset:
         while not self._armed.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
             with self._lock:
                 thread, launched = self._thread, self._launched
-            started = launched is None or not launched.locked()
-            if thread is None or (started and not thread.is_alive()):
+            started = launched is None or not launched.done.locked()
+            if started and (thread is None or not thread.is_alive()):
                 if self._launch_failed:
                     self._say_launch_failed()
                 return self._armed.is_set()  # no follower thread (it could not start, or has ended)
@@ -325,13 +340,12 @@ class Dataset:
         itself, so that ``hollow.open`` and the first snapshot wait neither for those nor for the
         thread to be scheduled (``Thread.start`` waits until the new thread runs: milliseconds on a
         busy machine), docs/decisions.md §21 and §61. A helper thread of the ``_thread`` module (no
-        waiting, no Thread object) starts it."""
-        thread = threading.Thread(target=self._follow_loop, name=f"hollow-follow-{self.namespace}", daemon=True)
-        launched = _thread.allocate_lock()
-        launched.acquire()
+        waiting, no Thread object) makes the ``threading.Thread`` and starts it: making one costs the
+        opener about 40 µs more (docs/decisions.md §80)."""
+        launched = _Launch()
         with self._lock:
-            self._thread, self._launched = thread, launched
-        _thread.start_new_thread(_launch, (thread, launched, self._launch_failed))
+            self._thread, self._launched = None, launched
+        _thread.start_new_thread(_launch, (self, launched))
 
     def _start_watch(self) -> None:
         """In the follower thread: inotify on the announcement's directory, a second path after the doorbell."""
@@ -354,7 +368,7 @@ class Dataset:
     def _check_tree(self) -> os.stat_result:
         """The namespace directory's lstat, once the root and it are found trustworthy (layout.check_trusted)."""
         try:
-            return layout.check_namespace_tree(self.dir)
+            return layout.check_namespace_tree(self._dir)
         except PermissionError as e:
             raise PermissionDeniedError.of(self.dir.parent, e) from e
         except (FileNotFoundError, NotADirectoryError):
@@ -382,8 +396,9 @@ class Dataset:
             self._thread = self._launched = None
         self._wake.set()
         if launched is not None:
-            with launched:  # the helper has started the thread (or failed to)
+            with launched.done:  # the helper has started the thread (or failed to, or found it not wanted)
                 pass
+            thread = launched.thread
         if thread is not None:
             while thread.is_alive():
                 self._ring()  # the thread may have made or replaced its doorbell meanwhile
@@ -501,16 +516,18 @@ class Dataset:
         error, keeps it in :attr:`last_error`, and tries again when the
         announcement changes (docs/design.md invariant 5).
         """
-        path = layout.announcement_path(self.dir)
-        try:
-            st = os.stat(path)
-            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
-        except FileNotFoundError:
-            stamp = None
-        except PermissionError as e:
-            raise PermissionDeniedError.of(path, e) from e
-        if not initial and stamp == self._announce_stamp:
-            return
+        stamp: tuple[int, int] | None = None
+        if not initial:  # (the first look needs no stat: the stamp comes from the file it reads)
+            path = self._announced  # layout.announcement_path
+            try:
+                st = os.stat(path)
+                stamp = (st.st_ino, st.st_mtime_ns)
+            except FileNotFoundError:
+                pass
+            except PermissionError as e:
+                raise PermissionDeniedError.of(path, e) from e
+            if stamp == self._announce_stamp:
+                return
         with self._refreshing:
             if self._pinned is not None or self._closed:
                 return
@@ -531,7 +548,7 @@ class Dataset:
                 self.last_error = None  # (a refused version's error stays until something else is followed)
             if att is not None:
                 self._refused = None
-            self._announce_stamp = stamp
+            self._announce_stamp = self._read_stamp if initial else stamp
             if att is None:
                 return
             with self._changed:
@@ -545,7 +562,7 @@ class Dataset:
     def _follow_announcement(self) -> tuple[_Attached | None, bool]:
         """(the newly attached announced version or None if nothing changed, whether it is pinned)."""
         for attempt in range(_RACE_RETRIES):
-            announcement = layout.read_announcement(self.dir)
+            announcement, self._read_stamp = layout.read_announcement_stamped(self._dir)
             if announcement is None:
                 raise NamespaceNotFoundError(f"namespace {self.namespace!r} has nothing announced yet")
             current = self._current
@@ -619,15 +636,15 @@ class Dataset:
             att = self._attached.get(version)
             if att is not None:
                 return att
-        path = self.dir / layout.state_name(version)
+        path = f"{self._dir}/{layout.state_name(version)}"
         if self._tree_just_checked:
             self._tree_just_checked = False
         else:
             self._check_tree()  # before trusting what is in it: it may have been changed since open
         try:
-            lease = _lease(self.dir, version)
+            lease = _lease(self._dir, version)
         except VersionNotFoundError as e:
-            if path.exists():
+            if os.path.exists(path):
                 raise  # being reclaimed right now
             have = ", ".join(map(str, layout.list_versions(self.dir))) or "none"
             raise VersionNotFoundError(
@@ -681,7 +698,7 @@ class Dataset:
             self._thread = None
             for att in list(self._attached.values()):
                 with contextlib.suppress(VersionNotFoundError):
-                    att.lease = _lease(self.dir, att.version)
+                    att.lease = _lease(self._dir, att.version)
         if self._closed:
             return
         self._announce_stamp = None
@@ -690,17 +707,38 @@ class Dataset:
             self._start_following()
 
 
-def _launch(thread: threading.Thread, launched: Any, failed: list[BaseException]) -> None:
-    """In a helper thread: start the follower *thread*, which ``Thread.start`` waits for, so that the
-    opener does not; then release *launched* (which ``_stop_following`` waits on). A failure is put
-    in *failed*, for the dataset's next call to log: logging here would make this thread, which is
-    not a ``threading`` one, a stand-in Thread object that ``threading`` never removes."""
+class _Launch:
+    """One start of a dataset's follower thread: ``done`` is held until the helper has started the
+    thread (or failed to, or found that the dataset no longer wants it); ``thread`` is the thread."""
+
+    __slots__ = ("done", "thread")
+
+    def __init__(self) -> None:
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        self.thread: threading.Thread | None = None
+
+
+def _launch(ds: Dataset, launched: _Launch) -> None:
+    """In a helper thread: make the follower thread and start it (``Thread.start`` waits for it to run),
+    so that the opener does neither; then release ``launched.done``, which ``_stop_following`` waits
+    on. Nothing is started if the dataset was closed, or forked, meanwhile (its ``_launched`` is no
+    longer *launched*). A failure is put in the dataset's ``_launch_failed``, for its next call to log:
+    logging here would make this thread, which is not a ``threading`` one, a stand-in Thread object
+    that ``threading`` never removes."""
+    failed = ds._launch_failed
     try:
-        thread.start()
+        thread = threading.Thread(target=ds._follow_loop, name=f"hollow-follow-{ds.namespace}", daemon=True)
+        with ds._lock:
+            wanted = ds._launched is launched
+            if wanted:
+                ds._thread = launched.thread = thread
+        if wanted:
+            thread.start()
     except Exception as e:  # noqa: BLE001 - cannot start a thread: the dataset still works, without following
         failed.append(e)
     finally:
-        launched.release()
+        launched.done.release()
 
 
 def _detached(e: Error) -> Error:
@@ -709,12 +747,12 @@ def _detached(e: Error) -> Error:
     return e.with_traceback(None)
 
 
-def _lease(ns_dir: Any, version: int) -> Lease | None:
+def _lease(ns_dir: str, version: int) -> Lease | None:
     """A lease on *version*; None for a state file that has no lockfile (written by hand, not by hollowd)."""
     try:
         return Lease(ns_dir, version)
     except VersionNotFoundError:
-        if (ns_dir / layout.state_name(version)).exists() and not (ns_dir / f"{version}.lock").exists():
+        if os.path.exists(f"{ns_dir}/{layout.state_name(version)}") and not os.path.exists(f"{ns_dir}/{version}.lock"):
             return None
         raise
 

@@ -61,9 +61,14 @@ assert _HEADER.size + _CHECKSUM.size == HEADER_SIZE
 
 def root_dir(root: str | os.PathLike[str] | None = None) -> Path:
     """The root directory: *root*, else ``$HOLLOW_ROOT``, else ``/dev/shm/hollow``."""
+    return Path(root_str(root))
+
+
+def root_str(root: str | os.PathLike[str] | None = None) -> str:
+    """:func:`root_dir` as a string (what the reader's attach path uses: docs/decisions.md §80)."""
     if root is not None:
-        return Path(root)
-    return Path(os.environ.get("HOLLOW_ROOT") or DEFAULT_ROOT)
+        return os.fspath(root)
+    return os.environ.get("HOLLOW_ROOT") or DEFAULT_ROOT
 
 
 def check_namespace(name: str) -> str:
@@ -83,7 +88,9 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def check_trusted(path: Path, *, owners: Collection[int] | None, what: str, sticky_ok: bool = False) -> os.stat_result:
+def check_trusted(
+    path: str | Path, *, owners: Collection[int] | None, what: str, sticky_ok: bool = False
+) -> os.stat_result:
     """*path*'s lstat if it is a directory that only its owner may write, owned by one of *owners*
     (None: anyone); :class:`UntrustedDirectoryError` naming the path, owner, mode and fix otherwise.
     FileNotFoundError when it does not exist. With *sticky_ok*, a sticky directory others may write
@@ -114,11 +121,11 @@ def check_trusted(path: Path, *, owners: Collection[int] | None, what: str, stic
     return st
 
 
-def check_namespace_tree(ns_dir: Path) -> os.stat_result:
+def check_namespace_tree(ns_dir: str | Path) -> os.stat_result:
     """For readers: the root and *ns_dir* are real directories that no one but their owners may write,
     and the namespace's owner is the root's (or root); returns *ns_dir*'s lstat (its owner is the
     producer's user). FileNotFoundError when either is missing."""
-    root = check_trusted(ns_dir.parent, owners=None, what="root", sticky_ok=True)
+    root = check_trusted(os.path.dirname(ns_dir), owners=None, what="root", sticky_ok=True)
     return check_trusted(ns_dir, owners={0, root.st_uid}, what="namespace directory")
 
 
@@ -373,33 +380,42 @@ def read_announcement(ns_dir: Path) -> Announcement | None:
     Neither ``announce`` nor ``announced`` is followed if it is a symlink (O_NOFOLLOW, each opened
     relative to its directory) or waited on if it is a FIFO (O_NONBLOCK): :class:`CorruptStateError`.
     """
-    path = announcement_path(ns_dir)
+    return read_announcement_stamped(ns_dir)[0]
+
+
+def read_announcement_stamped(ns_dir: str | Path) -> tuple[Announcement | None, tuple[int, int] | None]:
+    """:func:`read_announcement`, and the (inode, mtime) of the file it read, from the fstat it makes
+    anyway: what a reader compares a later ``stat`` with to tell whether anything was announced since
+    (None when nothing is announced)."""
+    adir = f"{os.fspath(ns_dir)}/{ANNOUNCE_DIR}"  # strings, not Paths: docs/decisions.md §80
+    path = f"{adir}/{ANNOUNCED}"
     try:
-        dfd = os.open(ns_dir / ANNOUNCE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        dfd = os.open(adir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return None, None
     except PermissionError as e:
         raise PermissionDeniedError.of(path, e) from e
     except OSError as e:
-        raise CorruptStateError(f"{path.parent}: not a directory ({e.strerror}); is it a symlink?") from e
+        raise CorruptStateError(f"{adir}: not a directory ({e.strerror}); is it a symlink?") from e
     try:
         try:
             fd = os.open(ANNOUNCED, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as e:
             raise CorruptStateError(f"{path}: cannot open the announcement ({e.strerror}); is it a symlink?") from e
     finally:
         os.close(dfd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise CorruptStateError(f"{path}: the announcement is not a regular file")
         data = os.read(fd, 4096)
     except OSError as e:
         raise CorruptStateError(f"{path}: cannot read the announcement ({e.strerror})") from e
     finally:
         os.close(fd)
-    return Announcement.loads(data, what=str(path))
+    return Announcement.loads(data, what=path), (st.st_ino, st.st_mtime_ns)
 
 
 # --- index keys --------------------------------------------------------------

@@ -49,10 +49,14 @@ def lock_path(ns_dir: Path, version: int) -> Path:
     return ns_dir / f"{version}.lock"
 
 
+#: The ``struct flock`` of a whole-file lock of each kind, packed once.
+_WHOLE = {kind: _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0) for kind in (fcntl.F_RDLCK, fcntl.F_WRLCK)}
+
+
 def _ofd_lock(fd: int, kind: int) -> bool:
     """Take an OFD lock of *kind* (F_RDLCK, F_WRLCK) on all of *fd*'s file without waiting; False if held."""
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _WHOLE[kind])
     except OSError as e:
         if e.errno in (errno.EAGAIN, errno.EACCES):
             return False
@@ -73,33 +77,46 @@ def _open_lockfile(path: Path, flags: int) -> int:
 class Lease:
     """A shared lock on one version's lockfile, held until :meth:`release`."""
 
-    __slots__ = ("_fd", "path", "version")
+    __slots__ = ("_fd", "_path", "version")
 
-    def __init__(self, ns_dir: Path, version: int) -> None:
+    def __init__(self, ns_dir: str | os.PathLike[str], version: int) -> None:
         self.version = version
-        self.path = lock_path(ns_dir, version)
+        # A string (lock_path's), not a Path: pathlib costs a fresh process's first open (§80).
+        self._path = path = f"{os.fspath(ns_dir)}/{version}.lock"
         try:
-            fd = _open_lockfile(self.path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO planted under its name must not hang us (it is found by the fstat below).
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise VersionNotFoundError(f"version {version} is gone (no lockfile {self.path})") from None
+            raise VersionNotFoundError(f"version {version} is gone (no lockfile {path})") from None
         except PermissionError as e:
-            raise PermissionDeniedError.of(self.path, e) from e
+            raise PermissionDeniedError.of(path, e) from e
         except OSError as e:
-            raise CorruptStateError(f"{self.path}: cannot open the lockfile ({e.strerror}); is it a symlink?") from e
+            raise CorruptStateError(f"{path}: cannot open the lockfile ({e.strerror}); is it a symlink?") from e
+        # One fstat, once the lock is held, says both whether it is a lockfile at all and whether the
+        # producer unlinked it before we won the lock (a fresh process's first open: docs/decisions.md §80).
         try:
             leased = _ofd_lock(fd, fcntl.F_RDLCK)
+            st = os.fstat(fd)
         except OSError:
             os.close(fd)
             raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise CorruptStateError(f"{path}: not a regular file; a lockfile was replaced (remove it)")
         if not leased:
             os.close(fd)  # the producer holds its write lock: it is removing this version right now
             raise VersionNotFoundError(f"version {version} is being reclaimed")
-        with contextlib.suppress(OSError):  # the name tag only (see the module docstring)
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        if os.fstat(fd).st_nlink == 0:
+        if st.st_nlink == 0:
             os.close(fd)  # we won the lock after the producer unlinked it: the version is gone
             raise VersionNotFoundError(f"version {version} was reclaimed") from None
+        with contextlib.suppress(OSError):  # the name tag only (see the module docstring)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         self._fd: int | None = fd
+
+    @property
+    def path(self) -> Path:
+        """The lockfile."""
+        return Path(self._path)
 
     @property
     def held(self) -> bool:

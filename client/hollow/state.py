@@ -50,6 +50,7 @@ class StateFile:
         "_identity",
         "_mid",
         "_mm",
+        "_path",
         "_stamped",
         "_structs",
         "_type_states",
@@ -57,30 +58,29 @@ class StateFile:
         "_views",
         "_what",
         "header",
-        "path",
         "published_at_ns",
         "version",
     )
 
     def __init__(
         self,
-        path: Path,
+        path: str | os.PathLike[str],
         *,
         namespace: str,
         reader_schema: Any = None,
         structs: dict[int, Any] | None = None,
         base: StateFile | None = None,
     ) -> None:
-        self.path = path
-        what = str(path)
-        mm, st = _map(path)
+        # A string, not a Path: a fresh process's first pathlib operations cost 5-35 µs each (§80).
+        what = self._path = os.fspath(path)
+        mm, st = _map(what)
         self._mm = mm
         self._checked = False
         view = memoryview(mm)
         header = layout.Header.unpack(view, what=what, size=st.st_size)
         if header.namespace != namespace:
             raise CorruptStateError(f"{what}: belongs to namespace {header.namespace!r}, not {namespace!r}")
-        named = layout.parse_state_name(path.name)
+        named = layout.parse_state_name(os.path.basename(what))
         if named is not None and named != header.version:
             raise CorruptStateError(f"{what}: holds version {header.version}, not {named}")
         self.header = header
@@ -124,7 +124,7 @@ class StateFile:
         }
 
     def _open_base(self, root: Any, namespace: str) -> StateFile:
-        path = layout.base_of(self.path)
+        path = self._path + layout.BASE_SUFFIX  # layout.base_of
         try:
             base = StateFile(path, namespace=namespace, structs=self._structs)
         except VersionNotFoundError as e:
@@ -139,7 +139,7 @@ class StateFile:
 
     def _open_mid(self, root: Any, namespace: str) -> StateFile:
         """The version this file's overlays are over: ``<version>.mid``, on the same base, with no mid."""
-        path = layout.mid_of(self.path)
+        path = self._path + layout.MID_SUFFIX  # layout.mid_of
         if self._base is None:
             raise CorruptStateError(f"{self._what}: names a mid version but no base")
         try:
@@ -153,6 +153,11 @@ class StateFile:
         if mid._base is None or mid._mid is not None or mid._envelope.baseVersion != root.baseVersion:
             raise CorruptStateError(f"{self._what}: its mid {path} is not an overlay on the same base")
         return mid
+
+    @property
+    def path(self) -> Path:
+        """The file this version was attached from."""
+        return Path(self._path)
 
     def verify(self) -> None:
         """Check every byte of this file, and of its base, against the header's content hash.
@@ -293,7 +298,7 @@ class StateFile:
         count, ordinals = ts.count, ts.ordinals
         if len(records) != ordinals:
             raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ordinals}")
-        holes = self._holes(ts)
+        holes = lambda: self._holes(ts)  # noqa: E731 - read on first use (TypeView.holes)
         primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
         secondary = IndexTables(ts.indexes, view, size, what=f"{what}: {name} index")
         return TypeView(
@@ -316,7 +321,8 @@ class StateFile:
             raise CorruptStateError(f"{self._what}: {what}: malformed ({type(e).__name__}: {e})") from e
 
     def _holes(self, ts: Any) -> memoryview:
-        """A type's holes: exactly (ordinals - count) of them (the section is padded to a whole word)."""
+        """A type's holes: exactly (ordinals - count) of them (the section is padded to a whole word).
+        Read on first use (iteration, ``holes``): a lookup needs none (docs/decisions.md §80)."""
         count, ordinals, what = ts.count, ts.ordinals, f"{self._what}: {ts.name} holes"
         holes = section(self._view, ts.holes, self.header.file_length, "I", what=what)[: ordinals - count]
         if count > ordinals or len(holes) != ordinals - count:
@@ -333,7 +339,7 @@ class StateFile:
             ts.name,
             base._records,
             ts.count,
-            self._holes(ts),
+            lambda: self._holes(ts),
             base.primary,
             base.indexes,
             content_hash=ts.contentHash,
@@ -351,38 +357,51 @@ class StateFile:
         mid = self._mid.type(ts.name)
         overlay = self._overlay(ts, struct, len(mid.indexes))
         return TopView(
-            mid, overlay, ts.count, self._holes(ts), ts.ordinals, content_hash=ts.contentHash, what=self._what
+            mid, overlay, ts.count, lambda: self._holes(ts), ts.ordinals, content_hash=ts.contentHash, what=self._what
         )
 
     def _overlay(self, ts: Any, struct: Any, n_indexes: int) -> Overlay:
-        """This file's overlay of one type, its sections bounds-checked."""
+        """This file's overlay of one type: its bloom array and its first entry's record checked now
+        (so that a forged chunk fails the type's first use, which sends a following dataset back,
+        docs/decisions.md §40); its other chunks as they are read (each bounds-checked), its entry
+        ordinals and key table on first use (:meth:`_entries`)."""
         what, view, size, name = self._what, self._view, self.header.file_length, ts.name
         ov = ts.overlay
-        secs, list_schema = list(ov.chunks), capnp._ListSchema(struct)
-        for sec in secs:
-            layout.check_section(sec.offset, sec.length, size, what=f"{what}: {name} chunk")
+        secs, list_schema = ov.chunks, capnp._ListSchema(struct)
         chunks = Chunks(len(secs), lambda i: self._chunk(secs[i], list_schema, f"{name} chunk {i}"))
-        ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
         refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
-        if len(refs) != len(ordinals):
-            raise CorruptStateError(f"{what}: {name} overlay arrays differ in length")
         for ref in refs[:1]:  # each record access is bounds-checked by capnp; check the first here
             if ref >> 32 >= len(chunks) or ref & 0xFFFFFFFF >= len(chunks[ref >> 32]):
                 raise CorruptStateError(f"{what}: {name} overlay refers past its chunks")
         bloom = section(view, ov.bloom, size, "B", what=f"{what}: {name} overlay bloom")[: ov.bloomLength]
         if not len(bloom):
             raise CorruptStateError(f"{what}: {name} overlay has no bloom array")
-        keys = IndexTable.attach(ov.keys, view, size, what=f"{what}: {name} overlay keys")
         added = IndexTables(ov.added, view, size, what=f"{what}: {name} overlay index")
         skipped = IndexTables(ov.skipped, view, size, what=f"{what}: {name} overlay index")
         if len(added) != n_indexes or len(skipped) != n_indexes:
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
-        return Overlay(chunks, ordinals, refs, keys, bloom, added, skipped)
+        return Overlay(chunks, refs, lambda: self._entries(ov, len(refs), name), bloom, added, skipped)
+
+    def _entries(self, ov: Any, n: int, name: str) -> tuple[memoryview, IndexTable]:
+        """An overlay's entry ordinals and key table, bounds-checked, read on the overlay's first use:
+        a lookup its bloom array rules out needs neither. Only a forged file fails here (its content
+        hash passed), with a :class:`CorruptStateError` of that use (docs/decisions.md §80)."""
+        what, view, size = self._what, self._view, self.header.file_length
+        try:
+            ordinals = section(view, ov.entryOrdinals, size, "Q", what=f"{what}: {name} overlay ordinals")
+            if len(ordinals) != n:
+                raise CorruptStateError(f"{what}: {name} overlay arrays differ in length")
+            keys = IndexTable.attach(ov.keys, view, size, what=f"{what}: {name} overlay keys")
+        except capnp.KjException as e:
+            raise CorruptStateError(f"{what}: {name} overlay: damaged ({e.description})") from e
+        except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise CorruptStateError(f"{what}: {name} overlay: malformed ({type(e).__name__}: {e})") from e
+        return ordinals, keys
 
 
-def _map(path: Path) -> tuple[mmap.mmap, os.stat_result]:
+def _map(path: str) -> tuple[mmap.mmap, os.stat_result]:
     """*path* mapped read-only, and its fstat: a regular file at least a header long, or a named error."""
-    what = str(path)
+    what = path
     try:
         # O_NONBLOCK: a FIFO planted under a version's name must not hang the reader.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
 import xxhash
@@ -196,15 +196,20 @@ class Chunks:
 
 
 class Overlay:
-    """What a version changed since its base, for one type (``Overlay`` in hollow.capnp)."""
+    """What a version changed since its base, for one type (``Overlay`` in hollow.capnp).
+
+    The bloom array and the entries' refs are read at attach; the entries' ordinals and the key
+    table (``keys``) on first use, by *entries* (a callable): a lookup that the bloom array rules
+    out, which is most lookups and a fresh process's first one, needs neither (docs/decisions.md
+    §80)."""
 
     __slots__ = (
+        "_entries",
+        "_load_entries",
         "added",
         "bloom",
         "bloom_n",
         "chunks",
-        "keys",
-        "ordinals",
         "refs",
         "skipped",
     )
@@ -212,21 +217,36 @@ class Overlay:
     def __init__(
         self,
         chunks: Chunks,
-        ordinals: memoryview,
         refs: memoryview,
-        keys: IndexTable,
+        entries: Callable[[], tuple[memoryview, IndexTable]],
         bloom: Any,
         added: Sequence[IndexTable],
         skipped: Sequence[IndexTable],
     ) -> None:
         self.chunks = chunks
-        self.ordinals = ordinals
         self.refs = refs
-        self.keys = keys
+        self._entries: tuple[memoryview, IndexTable] | None = None
+        self._load_entries = entries
         self.bloom = bloom
         self.bloom_n = len(bloom)
         self.added = added
         self.skipped = skipped
+
+    def _read(self) -> tuple[memoryview, IndexTable]:
+        entries = self._entries
+        if entries is None:
+            entries = self._entries = self._load_entries()
+        return entries
+
+    @property
+    def ordinals(self) -> memoryview:
+        """The ordinals of the entries, ascending (read on first use)."""
+        return self._read()[0]
+
+    @property
+    def keys(self) -> IndexTable:
+        """The entries' and tombstones' keys (read on first use)."""
+        return self._read()[1]
 
     def record(self, entry: int) -> Any:
         try:
@@ -276,6 +296,17 @@ class VersionRecords:
         return self._base[ordinal] if e < 0 else self._overlay.record(e)
 
 
+#: Bloom arrays up to this many bytes are copied at attach (bytes index about 20 ns faster than a
+#: memoryview); a larger one (a mid's, which grows to tens of thousands of keys at 16 bytes a key)
+#: is read in place, so that attaching a version stays O(1) in its overlays (docs/decisions.md §80).
+BLOOM_COPY_MAX = 4096
+
+
+def _bloom_of(overlay: Overlay) -> Any:
+    bloom = overlay.bloom
+    return bytes(bloom) if len(bloom) <= BLOOM_COPY_MAX else bloom
+
+
 _EMPTY = RecordList((), ())
 _NO_BLOOM = b"\0"
 
@@ -300,6 +331,7 @@ class TypeView:
         "_cap",
         "_exact",
         "_holes",
+        "_load_holes",
         "_overlay",
         "_records",
         "_size",
@@ -319,7 +351,7 @@ class TypeView:
         name: str,
         records: Any,
         count: int,
-        holes: memoryview,
+        holes: memoryview | Callable[[], memoryview],
         primary: IndexTable,
         indexes: Sequence[IndexTable],
         *,
@@ -338,7 +370,9 @@ class TypeView:
         self.primary = primary
         self.indexes = indexes
         self._records = records
-        self._holes = holes
+        # A memoryview, or what reads it on first use: a lookup needs no holes (docs/decisions.md §80).
+        self._holes: memoryview | None = None if callable(holes) else holes
+        self._load_holes = holes
         self._exact = primary.kind == layout.KIND_EXACT_INT
         single_text = primary.key_types == (layout.KEY_TEXT,)
         self._text_field = primary.fields[0] if single_text else None
@@ -492,12 +526,12 @@ class TypeView:
 
     def __iter__(self) -> Iterator[Any]:
         """Records in ordinal order: stable across versions for records that stay."""
-        if self._overlay is None and not len(self._holes):
+        if self._overlay is None and not len(self.holes):
             return iter(self._records)
         return self._iter_merged()
 
     def _iter_merged(self) -> Iterator[Any]:
-        holes = set(self._holes)
+        holes = set(self.holes)
         records = self._records
         overlay = self._overlay
         ords: Any = overlay.ordinals if overlay is not None else ()
@@ -526,8 +560,11 @@ class TypeView:
 
     @property
     def holes(self) -> memoryview:
-        """This version's holes: ordinals that hold no record, ascending."""
-        return self._holes
+        """This version's holes: ordinals that hold no record, ascending (read on first use)."""
+        holes = self._holes
+        if holes is None:
+            holes = self._holes = self._load_holes()  # type: ignore[operator]
+        return holes
 
     @property
     def overlay(self) -> Overlay | None:
@@ -565,15 +602,22 @@ class OverlaidView(TypeView):
         super().__init__(*args, **kw)
         overlay = self._overlay
         assert overlay is not None
-        self._ov_cap = overlay.keys.capacity
-        self._ov_slots = overlay.keys.slots
+        self._ov_slots: memoryview | None = None  # the overlay's key table, read at the first bloom hit (_own)
         self._ov_refs = overlay.refs
         self._ov_chunks = overlay.chunks
         self._ov_lists = overlay.chunks.lists
-        # bytes index faster than a memoryview: this private copy (16 bytes an overlay key) pays for itself
-        self._bloom = bytes(overlay.bloom)
+        self._bloom = _bloom_of(overlay)
 
-    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot paths inlined
+    def _own(self) -> memoryview:
+        """The overlay's key table, for the hot paths: read on the first lookup its bloom byte does not
+        rule out (Overlay reads it on first use)."""
+        overlay = self._overlay
+        assert overlay is not None
+        self._ov_cap = overlay.keys.capacity
+        slots = self._ov_slots = overlay.keys.slots
+        return slots
+
+    def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912, PLR0915 - hot paths inlined
         """The record whose primary key is *key* (a tuple for several fields), or *default*.
 
         Raises TypeError when *key* cannot be a key of this type.
@@ -584,9 +628,11 @@ class OverlaidView(TypeView):
                 key &= _M64
             if self._bloom[key % self._bloom_n]:
                 # The overlay's table, probed here too (a call would cost more than the probe).
+                slots = self._ov_slots
+                if slots is None:
+                    slots = self._own()
                 cap = self._ov_cap
                 s = key % cap
-                slots = self._ov_slots
                 for _ in range(cap):
                     value = slots[2 * s + 1]
                     if not value:
@@ -672,7 +718,7 @@ class TopView(TypeView):
         mid: TypeView,
         overlay: Overlay,
         count: int,
-        holes: memoryview,
+        holes: memoryview | Callable[[], memoryview],
         size: int,
         *,
         content_hash: int,
@@ -695,19 +741,34 @@ class TopView(TypeView):
         if below is None:
             raise CorruptStateError(f"{what}: {mid.name}: its mid has no overlay")
         self._mid = mid
-        self._ov_cap = overlay.keys.capacity
-        self._ov_slots = overlay.keys.slots
+        # Both key tables and refs are read at the first lookup each bloom byte does not rule out.
+        self._ov_slots: memoryview | None = None
         self._ov_refs = overlay.refs
         self._ov_chunks = overlay.chunks
         self._ov_lists = overlay.chunks.lists
-        self._bloom = bytes(overlay.bloom)
-        self._mid_cap = below.keys.capacity
-        self._mid_slots = below.keys.slots
+        self._bloom = _bloom_of(overlay)
+        self._mid_slots: memoryview | None = None
         self._mid_refs = below.refs
         self._mid_chunks = below.chunks
         self._mid_lists = below.chunks.lists
         self._mid_bloom = mid._bloom
         self._mid_bloom_n = mid._bloom_n
+
+    def _own(self) -> memoryview:
+        """This overlay's key table, for the hot path (read on first use, as OverlaidView's)."""
+        overlay = self._overlay
+        assert overlay is not None
+        self._ov_cap = overlay.keys.capacity
+        slots = self._ov_slots = overlay.keys.slots
+        return slots
+
+    def _mid_own(self) -> memoryview:
+        """The mid's overlay's key table, for the hot path (read on first use)."""
+        below = self._mid._overlay
+        assert below is not None
+        self._mid_cap = below.keys.capacity
+        slots = self._mid_slots = below.keys.slots
+        return slots
 
     def get(self, key: Any, default: Any = None) -> Any:  # noqa: PLR0911, PLR0912 - hot path inlined
         """The record whose primary key is *key* (a tuple for several fields), or *default*.
@@ -719,9 +780,11 @@ class TopView(TypeView):
             if key < 0:
                 key &= _M64
             if self._bloom[key % self._bloom_n]:
+                slots = self._ov_slots
+                if slots is None:
+                    slots = self._own()
                 cap = self._ov_cap
                 s = key % cap
-                slots = self._ov_slots
                 for _ in range(cap):
                     value = slots[2 * s + 1]
                     if not value:
@@ -736,9 +799,11 @@ class TopView(TypeView):
                     if s == cap:
                         s = 0
             if self._mid_bloom[key % self._mid_bloom_n]:
+                slots = self._mid_slots
+                if slots is None:
+                    slots = self._mid_own()
                 cap = self._mid_cap
                 s = key % cap
-                slots = self._mid_slots
                 for _ in range(cap):
                     value = slots[2 * s + 1]
                     if not value:
@@ -805,7 +870,7 @@ class TopView(TypeView):
         return _merged(kept, overlay, added), _ByOrdinal(self)
 
     def _iter_merged(self) -> Iterator[Any]:
-        holes = set(self._holes)
+        holes = set(self.holes)
         base = self._records
         top, mid = self._overlay, self._mid._overlay
         assert top is not None
