@@ -667,15 +667,15 @@ class BaseArrays:
         return np.array(out_fps, dtype=_U64), np.array(out_pos, dtype=np.int64)
 
 
-#: Up to this many records (a base's, over all cycles on it), read a base's index values from the
-#: records rather than derive them all.
-_FEW = 4096
+#: At least this many records of a base (over all cycles on it) have their index values read from
+#: the records before all of them are derived.
+_FEW = 256
 
 
 def _read_budget(size: int) -> int:
     """How many records of a base of *size* ordinals are read one at a time for an index's values before
     all of them are derived: about as long as deriving takes (a record read costs about 6.5 µs, deriving
-    about 16 ns an ordinal, on this project's VM), and at least :data:`_FEW`."""
+    about 16 ns an ordinal, on this project's VM: 2,500 at 1M records), and at least :data:`_FEW`."""
     return max(_FEW, size // 400)
 
 
