@@ -68,7 +68,7 @@ def compact_to(ns_dir: Path, namespace: str, schema: NamespaceSchema, version: i
     latest = {n: overlay.Latest.read(state, rtype).flat() for n, rtype in schema.types.items()}
     built = build_base(latest, schema, {}, squeeze=False)
     parent = state.header.parent_version
-    return publish.write_state_file(ns_dir, namespace, version, parent, schema, built, mode=mode, name=name)
+    return publish.write_state_file(ns_dir, namespace, version, parent, schema, built, mode=mode, name=name).path
 
 
 class Compactor:

@@ -11,12 +11,14 @@ One producer owns a namespace at a time: it holds an exclusive flock(2) on
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,30 @@ from hollowd.state import (
 
 LOCK_FILE = ".producer.lock"
 log = logging.getLogger("hollowd")
+#: Endings of the temporary files a writer leaves when it dies (``.<version>.<pid>...``): reclaim's debris.
+_DEBRIS = (".tmp", ".tmp" + layout.BASE_SUFFIX, ".tmp" + layout.MID_SUFFIX, compaction.SUFFIX)
+
+
+@dataclass
+class _Listing:
+    """One listing of a namespace directory, for a cycle (Producer._list)."""
+
+    versions: list[int]  # ascending
+    locks: list[int]  # versions with a lockfile
+    debris: list[Path]  # temporary files, of live writers or dead ones
+
+
+@dataclass
+class _Latest:
+    """The latest version as a cycle holds it: its file (verified when it was published, or read
+    back), per type what a cycle reads of it (None until a cycle needs it), the background
+    compaction it was rebased with, and the base the next version is built on."""
+
+    version: int
+    state: StateFile
+    types: dict[str, overlay.Latest] | None
+    job: compaction.Compactor | None
+    base: StateFile
 
 
 @contextlib.contextmanager
@@ -114,7 +140,7 @@ class Producer:
         self._lock_fd: int | None = _lock_namespace(self.dir)
         self._ringer = doorbell.ringer(self.dir.parent, self.namespace)
         self._encoders: dict[str, encoder.RecordEncoder | encoder.BuilderEncoder] = {}
-        self._latest_cache: tuple[int, StateFile, dict[str, overlay.Latest], Any, StateFile] | None = None
+        self._latest_cache: _Latest | None = None
         self._compactor: compaction.Compactor | None = None
         self._base_cache: dict[tuple[int, str], overlay.BaseArrays] = {}
         self.compact_share = compact_share
@@ -207,9 +233,12 @@ class Producer:
             timings[stage] = timings.get(stage, 0.0) + now - clock
             clock = now
 
-        state, latest, base = self._read_latest(required=full is None)
+        # What the cycle knows of the namespace: one read of the announcement, one listing of the
+        # directory (versions, lockfiles, debris), the latest version as the last cycle verified it.
+        current, listing = self.announcement(), self._list()
+        state, latest, base = self._read_latest(required=full is None, versions=listing.versions)
         same_schema = state is not None and state.header.schema_fingerprint == self.schema.fingerprint
-        version, parent = version or self._next_version(), self._last_version
+        version, parent = version or self._next_version(listing.versions, current), self._last_version
         if state is None or (full is not None and not same_schema) or set(latest) != set(self.schema.types):
             hashes = {}
             if full is not None:  # records given as lines keep their lines' hashes, for the next cycle
@@ -225,10 +254,11 @@ class Producer:
             lap("build")
             self._validate(version, {n: b.count for n, b in built.items()}, latest, records, records)
             lap("validate")
-            self._publish(
+            written = self._publish(
                 lambda: publish.write_state_file(
                     self.dir, self.namespace, version, parent, self.schema, built.values(), mode=self.mode
-                )
+                ),
+                listing,
             )
             overlays: dict[str, overlay.BuiltOverlay] = {}
         else:
@@ -243,7 +273,7 @@ class Producer:
             }  # fmt: skip
             lap("build")
             if same_schema and not any(o.upserted or o.removed for o in overlays.values()):
-                return self._unchanged(state.version)
+                return self._unchanged(state.version, current, listing)
             self._reserve_version(version)
             changed = {n: o.upserted for n, o in overlays.items()}
             everything: Mapping[str, Sequence[Mapping[str, Any]]] = _VersionRecords(
@@ -254,7 +284,7 @@ class Producer:
             self._validate(version, {n: o.count for n, o in overlays.items()}, latest, everything, changed)
             lap("validate")
             assert base is not None
-            self._publish(
+            written = self._publish(
                 lambda: publish.write_overlay_file(
                     self.dir,
                     self.namespace,
@@ -265,17 +295,18 @@ class Producer:
                     overlays.values(),
                     mode=self.mode,
                     mid=mid,
-                )
+                    shared=same_schema,  # the files this cycle holds open read the new version as they are
+                ),
+                listing,
             )
-            self._check_published(self.dir / layout.state_name(version), version, check)
+            self._check_published(written.path, version, check)
         lap("publish")
         back = version < self._last_version  # run_changes(pinned=True): an older version, written again
-        self._last_version = max(self._last_version, version)
-        self._latest_cache = None
-        self._adopted(base)
-        self._announce_written(version, pinned=pinned)
+        announced = self._published(version, written, base, pinned=pinned, back=back, current=current)
         lap("announce")
-        self.reclaim()
+        if version not in listing.versions:
+            bisect.insort(listing.versions, version)
+        self._reclaim(listing, announced)
         lap("reclaim")
         if not back and self._compact_if_due(version, overlays, latest):
             lap("compact")
@@ -349,19 +380,19 @@ class Producer:
         self._base_cache.clear()
         self._drop_compaction()
 
-    def _publish(self, write: Callable[[], object]) -> None:
-        """*write* the version (which makes room for its announcement first: hollowd.publish); when
-        the mount is full, the versions kept only by *retain* (not announced, pinned, latest or
-        leased: kept for rollbacks) are reclaimed and the write is tried once more before
-        :class:`StorageFullError` fails the cycle (issue 9, item 11)."""
+    def _publish(self, write: Callable[[], StateFile], listing: _Listing) -> StateFile:
+        """*write* the version (which makes room for its announcement first: hollowd.publish) and return
+        it as verified; when the mount is full, the versions kept only by *retain* (not announced,
+        pinned, latest or leased: kept for rollbacks) are reclaimed (*listing* is then taken again)
+        and the write is tried once more before :class:`StorageFullError` fails the cycle (issue 9, item 11)."""
         for attempt in (0, 1):
             try:
-                write()
-                return
+                return write()
             except StorageFullError as e:
                 removed = [] if attempt else self.reclaim(retain=1)
                 if not removed:
                     raise
+                listing.__dict__.update(self._list().__dict__)
                 log.warning(
                     "hollowd: event=storage-full namespace=%s removed=%s error=%r (reclaimed beyond retain=%d)",
                     self.namespace,
@@ -369,6 +400,7 @@ class Producer:
                     str(e),
                     self.retain,
                 )
+        raise AssertionError("unreachable")  # pragma: no cover - the second attempt returns or raises
 
     def _check_published(self, written: Path, version: int, check: Callable[[Path], None] | None) -> None:
         """Run a caller's *check* on a published file; if it raises, the version is removed, never announced."""
@@ -381,10 +413,29 @@ class Producer:
             self._latest_cache = None
             raise
 
+    def _published(
+        self,
+        version: int,
+        written: StateFile,
+        base: StateFile | None,
+        *,
+        pinned: bool,
+        back: bool,
+        current: layout.Announcement | None,
+    ) -> layout.Announcement:
+        """After *version* was written (and verified, as *written*): carry it and announce it."""
+        self._last_version = max(self._last_version, version)
+        self._adopted(base)
+        # The file just verified is the next cycle's latest: carried, not opened again (§90). A version
+        # written below the latest (a follower's pin) is not the latest; the next cycle reads that back.
+        self._latest_cache = None if back else _Latest(version, written, None, None, written.base or written)
+        return self._announce_written(version, pinned=pinned, current=current)
+
     def _adopted(self, base: StateFile | None) -> None:
-        """After a version is published on *base*: a background base it used is linked now; drop its name."""
-        job = self._compactor
-        if job is not None and job.path is not None and base is not None and base.path == job.path:
+        """After a version is published on *base*: a background base it used is linked now; drop its name.
+        (By the object the rebase opened, not its path: the verified version names its base by its link.)"""
+        job, cached = self._compactor, self._latest_cache
+        if job is not None and cached is not None and cached.job is job and base is not None and base is cached.base:
             self._compacted(job.version, job.seconds, "background")
             self._drop_compaction()
 
@@ -419,12 +470,12 @@ class Producer:
             )
         return {name: list(delta.upserts[name].values()) for name in self.schema.types}
 
-    def _unchanged(self, version: int) -> int:
+    def _unchanged(self, version: int, current: layout.Announcement | None, listing: _Listing) -> int:
         """Nothing differs from the latest version: make sure it is the one announced, publish nothing."""
-        current = self.announcement()
         if current is None or (not current.pinned and current.version != version):
-            self._announce(self._announcement(version, pinned=False))  # published, never announced (a crash)
-        self.reclaim()  # debris of a killed writer goes now, not at the next publish (issue 9, item 13)
+            current = self._announcement(version, pinned=False)
+            self._announce(current)  # published, never announced (a crash)
+        self._reclaim(listing, current)  # a killed writer's debris goes now, not at the next publish (issue 9.13)
         return version
 
     def _validate(
@@ -449,18 +500,19 @@ class Producer:
             ),
         )
 
-    def _announce_written(self, version: int, *, pinned: bool) -> None:
+    def _announce_written(
+        self, version: int, *, pinned: bool, current: layout.Announcement | None
+    ) -> layout.Announcement:
+        """Announce the version just written, given the announcement read at the cycle's start; returns
+        the new one (control requests run between cycles, in the same thread: nothing changed it since)."""
         if pinned:  # run_changes(pinned=True): a follower's pin, perhaps to an older version
-            self._announce(layout.Announcement(version, True, self._last_version, time.time_ns()))
+            new = layout.Announcement(version, True, self._last_version, time.time_ns())
+        elif current is not None and current.pinned:  # followers stay on the pin; record the new latest
+            new = layout.Announcement(current.version, True, version, time.time_ns())
         else:
-            self._announce_latest(version)
-
-    def _announce_latest(self, version: int) -> None:
-        current = self.announcement()
-        if current is not None and current.pinned:  # followers stay on the pin; record the new latest
-            self._announce(layout.Announcement(current.version, True, version, time.time_ns()))
-        else:
-            self._announce(self._announcement(version, pinned=False))
+            new = self._announcement(version, pinned=False)
+        self._announce(new)
+        return new
 
     def compact(self) -> int:
         """Write the latest version again as a base holding every record (same version, same records).
@@ -517,21 +569,37 @@ class Producer:
         job.discard()
         self._compactor = None
 
-    def _read_latest(self, *, required: bool) -> tuple[StateFile | None, dict[str, overlay.Latest], StateFile | None]:
-        """The latest version's file, per type what a cycle needs of it (read back, never remembered),
-        and the base the next version is built on: the latest's, or a newer one compacted in the background."""
+    def _read_latest(
+        self, *, required: bool, versions: list[int] | None = None
+    ) -> tuple[StateFile | None, dict[str, overlay.Latest], StateFile | None]:
+        """The latest version's file, per type what a cycle needs of it (read back from the file, never
+        remembered), and the base the next version is built on: the latest's, or a newer one compacted
+        in the background.
+
+        The file is the one the last cycle verified and published, carried over (§90), while it is
+        still the one under the latest's name (one stat: a file put there by anyone else, or none, is
+        read afresh); *versions* (the cycle's listing) saves listing the directory again.
+        """
         latest = self._last_version
-        if latest and not (self.dir / layout.state_name(latest)).exists():
-            # reserved (the daemon's counter), never written (killed mid-publish): the newest written
-            latest = max((v for v in self.versions() if v < latest), default=0)
+        path = self.dir / layout.state_name(latest)
         cached = self._latest_cache
+        try:
+            st = os.stat(path, follow_symlinks=False) if latest else None
+        except FileNotFoundError:
+            st = None
+        if latest and st is None:
+            # reserved (the daemon's counter), never written (killed mid-publish): the newest written
+            latest = max((v for v in (self.versions() if versions is None else versions) if v < latest), default=0)
+            path, cached = self.dir / layout.state_name(latest), None
+        if cached is not None and (cached.version != latest or not _is_file(cached.state, st)):
+            cached = self._latest_cache = None  # not the file this producer wrote: read what is there
         job = self._finished_compaction()
-        if cached is not None and cached[0] == latest and (job is None or cached[3] is job):
-            return cached[1], cached[2], cached[4]
+        if cached is not None and cached.types is not None and cached.job is job:
+            return cached.state, cached.types, cached.base
         if not latest:
             return None, {}, None
         try:
-            state = StateFile(self.dir / layout.state_name(latest), namespace=self.namespace)
+            state = cached.state if cached is not None else StateFile(path, namespace=self.namespace)
             types = {
                 name: overlay.Latest.read(state, rtype, self._base_cache)
                 for name, rtype in self.schema.types.items()
@@ -548,7 +616,7 @@ class Producer:
             rebased = self._rebase(state, types, job)
             if rebased is not None:
                 types, base = rebased
-        self._latest_cache = (latest, state, types, job, base)
+        self._latest_cache = _Latest(latest, state, types, job, base)
         return state, types, base
 
     def _rebase(
@@ -629,30 +697,49 @@ class Producer:
         A version stays while it is announced or pinned, within the newest
         *retain* (the producer's unless given), or leased by any process (hollow.lease).
         """
-        versions = self.versions()
+        return self._reclaim(self._list(), self.announcement(), retain)
+
+    def _reclaim(self, listing: _Listing, current: layout.Announcement | None, retain: int | None = None) -> list[int]:
+        """:meth:`reclaim`, from a cycle's *listing* of the namespace and the announcement as it is now."""
+        versions = listing.versions
         keep = set(versions[-(retain or self.retain) :])
-        current = self.announcement()
         if current is not None:
             keep.add(current.version)
         removed = [v for v in versions if v not in keep and publish.remove_version(self.dir, v)]
         self.last_revoked = self._revoke([v for v in versions if v not in removed], keep)
         removed += list(self.last_revoked)
-        for lock in self.dir.glob("*.lock"):  # lockfiles whose state file is gone (a crash mid-removal)
-            v = layout.parse_state_name(lock.name[: -len(".lock")])
-            if v is not None and v not in versions:
+        for v in listing.locks:  # lockfiles whose state file is gone (a crash mid-removal)
+            if v not in versions:
                 publish.remove_version(self.dir, v)
-        debris = [
-            *self.dir.glob(".*.tmp"),
-            *self.dir.glob(".*.tmp.base"),
-            *self.dir.glob(".*.tmp.mid"),
-            *self.dir.glob(".*" + compaction.SUFFIX),
-            *(self.dir / layout.ANNOUNCE_DIR).glob(f".{layout.ANNOUNCED}.*.tmp"),  # an announcement's room
-        ]
-        for stale in debris:  # files of a writer that died: temporary ones, bases compacted for nobody
+        for stale in listing.debris:  # files of a writer that died: temporary ones, bases compacted for nobody
             if _tmp_owner_dead(stale.name.removesuffix(layout.BASE_SUFFIX).removesuffix(layout.MID_SUFFIX)):
                 with contextlib.suppress(FileNotFoundError):
                     stale.unlink()
         return removed
+
+    def _list(self) -> _Listing:
+        """One listing of the namespace directory (and of the announcement's) for everything a cycle
+        needs of it: the versions present, their lockfiles, and the temporary files that may be debris."""
+        versions, locks, debris = [], [], []
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            v = layout.parse_state_name(name)
+            if v is not None:
+                versions.append(v)
+            elif name.endswith(".lock"):
+                v = layout.parse_state_name(name[: -len(".lock")])
+                if v is not None:
+                    locks.append(v)
+            elif name.startswith(".") and name.endswith(_DEBRIS):
+                debris.append(self.dir / name)
+        where = self.dir / layout.ANNOUNCE_DIR
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            prefix = f".{layout.ANNOUNCED}."
+            debris += [where / n for n in os.listdir(where) if n.startswith(prefix) and n.endswith(".tmp")]
+        return _Listing(sorted(versions), locks, debris)
 
     def _revoke(self, present: list[int], keep: set[int]) -> dict[int, list[int]]:
         """Past *max_versions* present, remove the oldest leased versions anyway: {version: holders}.
@@ -715,8 +802,12 @@ class Producer:
         current = self.announcement()
         return current.version if current is not None else 0
 
-    def _next_version(self) -> int:
-        return max([self._last_version, *self.versions(), self._announced_version()]) + 1
+    def _next_version(self, versions: list[int] | None = None, current: layout.Announcement | None = None) -> int:
+        """The next version to mint, above every one written, announced or counted; *versions* and
+        *current* are the cycle's listing and announcement (read again when not given)."""
+        if versions is None:
+            versions, current = self.versions(), self.announcement()
+        return max([self._last_version, *versions, current.version if current is not None else 0]) + 1
 
 
 def _key_parser(rtype: Any) -> Callable[[list[dict[str, Any]], list[int]], tuple[list[Any], Any]]:
@@ -727,6 +818,12 @@ def _key_parser(rtype: Any) -> Callable[[list[dict[str, Any]], list[int]], tuple
         return keys, full_fingerprints(rtype, keys, positions)
 
     return keys_of
+
+
+def _is_file(state: StateFile, st: os.stat_result | None) -> bool:
+    """Whether *st* (a stat of the latest's name) is of the file *state* has mapped and checked."""
+    checked = state.checked_whole
+    return st is not None and checked is not None and (st.st_dev, st.st_ino) == checked[:2]
 
 
 def _same_keys(state: StateFile, rtype: Any) -> bool:

@@ -166,8 +166,9 @@ def write_state_file(
     *,
     mode: int = 0o640,
     name: str | None = None,
-) -> Path:
-    """Write, verify and rename into place a base state file of *version* (every record); return its path.
+) -> StateFile:
+    """Write, verify and rename into place a base state file of *version* (every record); return it as
+    verified (attached, named by its final path: the producer's next cycle builds on it).
 
     *name* puts it under another name than the version's, with no lockfile: a base
     compacted in the background, waiting for the version that will link it.
@@ -191,7 +192,13 @@ def write_state_file(
         for ix, b in zip(ixs, built.secondary, strict=True):
             _index_message(ix, b, place)
     total, pieces = _finish(state, place, namespace=namespace, version=version, parent=parent, schema=schema, now=now)
-    return _install(ns_dir, version, total, pieces, mode, lambda tmp: verify(tmp, namespace, version, types), name=name)
+    verified: list[StateFile] = []
+    final = _install(
+        ns_dir, version, total, pieces, mode, lambda tmp: verified.append(verify(tmp, namespace, version, types)),
+        name=name,
+    )  # fmt: skip
+    verified[0].renamed(final)
+    return verified[0]
 
 
 def write_overlay_file(
@@ -205,9 +212,16 @@ def write_overlay_file(
     *,
     mode: int = 0o640,
     mid: StateFile | None = None,
-) -> Path:
+    shared: bool = False,
+) -> StateFile:
     """Write and rename into place *version* as overlays over *base*, linked as ``<version>.base``,
-    or over *mid* (an earlier version on *base*), linked as ``<version>.mid`` as well."""
+    or over *mid* (an earlier version on *base*), linked as ``<version>.mid`` as well; return it as
+    verified, named by its final path.
+
+    *shared*: *base* and *mid* read the new version as they are (they were opened through the
+    same schema), so the check attaches the new file over them instead of mapping them again
+    through links beside the temporary file; they are then named by the new version's links.
+    """
     now = time.time_ns()
     state = _envelope(namespace, version, parent, schema, now)
     state.baseVersion = base.version
@@ -239,6 +253,8 @@ def write_overlay_file(
                 _index_message(ix, b, place)
     total, pieces = _finish(state, place, namespace=namespace, version=version, parent=parent, schema=schema, now=now)
 
+    verified: list[StateFile] = []
+
     def link_and_verify(tmp: Path) -> None:
         final = ns_dir / layout.state_name(version)
         links: dict[Callable[[Path], Path], Path] = {layout.base_of: base.path}
@@ -248,10 +264,15 @@ def write_overlay_file(
             with contextlib.suppress(FileNotFoundError):
                 link_of(final).unlink()  # debris of a crash before this version's rename
             _link(target, link_of(final))
+        if shared:
+            verified.append(verify_overlay(tmp, namespace, version, types, base=base, mid=mid))
+            return
         at_tmp = {link_of: link_of(final) for link_of in links}
-        _with_links(tmp, at_tmp, lambda: verify_overlay(tmp, namespace, version, types))
+        _with_links(tmp, at_tmp, lambda: verified.append(verify_overlay(tmp, namespace, version, types)))
 
-    return _install(ns_dir, version, total, pieces, mode, link_and_verify)
+    final = _install(ns_dir, version, total, pieces, mode, link_and_verify)
+    verified[0].renamed(final)
+    return verified[0]
 
 
 def copy_state_file(
@@ -587,8 +608,8 @@ def _storage_full(path: Path, total: int) -> StorageFullError:
     )
 
 
-def verify(path: Path, namespace: str, version: int, types: list[BuiltType]) -> None:
-    """Attach the file as a reader would and check what it says against what was built."""
+def verify(path: Path, namespace: str, version: int, types: list[BuiltType]) -> StateFile:
+    """Attach the file as a reader would and check what it says against what was built; return it."""
     try:
         state = StateFile(path, namespace=namespace)
         if state.version != version:
@@ -604,12 +625,23 @@ def verify(path: Path, namespace: str, version: int, types: list[BuiltType]) -> 
         stamp(state)
     except ReaderError as e:
         raise PublishError(f"{path} does not read back: {e}") from e
+    return state
 
 
-def verify_overlay(path: Path, namespace: str, version: int, types: list[BuiltOverlay]) -> None:
-    """Attach a version built on a base as a reader would; check its counts and one new record of each type."""
+def verify_overlay(
+    path: Path,
+    namespace: str,
+    version: int,
+    types: list[BuiltOverlay],
+    *,
+    base: StateFile | None = None,
+    mid: StateFile | None = None,
+) -> StateFile:
+    """Attach a version built on a base as a reader would; check its counts and one new record of each type;
+    return it. Given *base* and *mid* (already attached), it is attached over them, checked as readers
+    check the files its envelope names; otherwise they are mapped from the links beside *path*."""
     try:
-        state = StateFile(path, namespace=namespace)
+        state = StateFile(path, namespace=namespace, base=base, mid=mid)
         if state.version != version or state.base is None:
             raise PublishError(f"{path}: reads back as version {state.version}, not {version} on a base")
         for built in types:
@@ -625,6 +657,7 @@ def verify_overlay(path: Path, namespace: str, version: int, types: list[BuiltOv
         stamp(state)
     except ReaderError as e:
         raise PublishError(f"{path} does not read back: {e}") from e
+    return state
 
 
 def announce(

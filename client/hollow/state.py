@@ -70,7 +70,10 @@ class StateFile:
         reader_schema: Any = None,
         structs: dict[int, Any] | None = None,
         base: StateFile | None = None,
+        mid: StateFile | None = None,
     ) -> None:
+        """*base* and *mid*: the files this one's envelope names, already attached (checked against
+        the envelope as the files found beside *path* would be); otherwise those are mapped."""
         # A string, not a Path: a fresh process's first pathlib operations cost 5-35 µs each (§80).
         what = self._path = os.fspath(path)
         mm, st = _map(what)
@@ -104,8 +107,8 @@ class StateFile:
             self._type_states = {ts.name: ts for ts in root.types}
             self._structs = structs if structs is not None else self._schema_of(root, reader_schema)
             self._envelope = root
-            self._base = (base or self._open_base(root, namespace)) if root.baseVersion else None
-            self._mid = self._open_mid(root, namespace) if root.midVersion else None
+            self._base = self._open_base(root, namespace, base) if root.baseVersion else None
+            self._mid = self._open_mid(root, namespace, mid) if root.midVersion else None
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: damaged envelope ({e.description})") from e
         except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
@@ -123,10 +126,10 @@ class StateFile:
             for name, ts in self._type_states.items()
         }
 
-    def _open_base(self, root: Any, namespace: str) -> StateFile:
-        path = self._path + layout.BASE_SUFFIX  # layout.base_of
+    def _open_base(self, root: Any, namespace: str, given: StateFile | None) -> StateFile:
+        path = self._path + layout.BASE_SUFFIX if given is None else given._path  # layout.base_of
         try:
-            base = StateFile(path, namespace=namespace, structs=self._structs)
+            base = given or StateFile(path, namespace=namespace, structs=self._structs)
         except VersionNotFoundError as e:
             raise CorruptStateError(f"{self._what}: its base {path} is missing ({e})") from None
         if base.version != root.baseVersion or base.header.content_hash != root.baseContentHash:
@@ -137,20 +140,20 @@ class StateFile:
             raise CorruptStateError(f"{self._what}: its base {path} has a base of its own")
         return base
 
-    def _open_mid(self, root: Any, namespace: str) -> StateFile:
+    def _open_mid(self, root: Any, namespace: str, given: StateFile | None) -> StateFile:
         """The version this file's overlays are over: ``<version>.mid``, on the same base, with no mid."""
-        path = self._path + layout.MID_SUFFIX  # layout.mid_of
+        path = self._path + layout.MID_SUFFIX if given is None else given._path  # layout.mid_of
         if self._base is None:
             raise CorruptStateError(f"{self._what}: names a mid version but no base")
         try:
-            mid = StateFile(path, namespace=namespace, structs=self._structs, base=self._base)
+            mid = given or StateFile(path, namespace=namespace, structs=self._structs, base=self._base)
         except VersionNotFoundError as e:
             raise CorruptStateError(f"{self._what}: its mid {path} is missing ({e})") from None
         if mid.version != root.midVersion or mid.header.content_hash != root.midContentHash:
             raise CorruptStateError(
                 f"{self._what}: {path} is not its mid (version {mid.version}, wanted {root.midVersion})"
             )
-        if mid._base is None or mid._mid is not None or mid._envelope.baseVersion != root.baseVersion:
+        if mid._base is not self._base or mid._mid is not None or mid._envelope.baseVersion != root.baseVersion:
             raise CorruptStateError(f"{self._what}: its mid {path} is not an overlay on the same base")
         return mid
 
@@ -158,6 +161,15 @@ class StateFile:
     def path(self) -> Path:
         """The file this version was attached from."""
         return Path(self._path)
+
+    def renamed(self, path: Path) -> None:
+        """This file was renamed to *path* (by the producer, which attached it under a temporary name to
+        check it): it, and its base and mid, are named from now on by *path* and the links beside it.
+        Views already attached keep the old name in their messages."""
+        self._path = self._what = os.fspath(path)
+        for linked, link_of in ((self._base, layout.base_of), (self._mid, layout.mid_of)):
+            if linked is not None:
+                linked._path = linked._what = os.fspath(link_of(path))
 
     def verify(self) -> None:
         """Check every byte of this file, and of its base, against the header's content hash.
