@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import functools
 import itertools
 import struct
 from collections.abc import Iterable, Mapping
@@ -1048,14 +1047,17 @@ def diff(latest: Latest, records: list[dict[str, Any]], parse_keys: Any) -> Chan
 
 #: Change hashes of records given as JSON lines are hashes of the lines: another seed, another space.
 LINE_SEED = 1
-_line_hash = functools.partial(xxhash.xxh3_64_intdigest, seed=LINE_SEED)
 
 
 def line_hashes(batches: list[Any]) -> Any:
     """The change hash of each record given as a line of JSON (``hollowd.state.Lines`` batches): the
-    line's own hash."""
+    line's own hash, ``xxh3_64(line, seed=LINE_SEED)``.
+
+    The seed is passed by position, from ``itertools.repeat``: a ``functools.partial`` with
+    ``seed=`` made a keyword dict a call, five times the hashing itself (372 against 68 ms of CPU
+    for 1M lines of 124 bytes)."""
     lines = list(itertools.chain.from_iterable(b.lines for b in batches))
-    return np.fromiter(map(_line_hash, lines), dtype=_U64, count=len(lines))
+    return np.fromiter(map(_xxh, lines, itertools.repeat(LINE_SEED)), dtype=_U64, count=len(lines))
 
 
 def diff_lines(latest: Latest, batches: list[Any], parse_keys: Any) -> Changes:

@@ -33,6 +33,7 @@ import hollow
 from hollow import layout
 from hollowd import Producer, overlay
 from hollowd.errors import DuplicateKeyError
+from hollowd.state import Lines
 from tests.helpers import movie, movies_producer, populate
 
 ITEM_SCHEMA = Path(__file__).resolve().parent / "schemas" / "items.capnp"
@@ -710,6 +711,16 @@ def test_lines_a_cycle_has_seen_are_not_parsed(root: Path) -> None:
         assert snap["Movie"][7].title == "seven"
         assert 50 not in snap["Movie"]
         assert len(snap["Movie"]) == 99
+
+
+def test_a_line_s_change_hash_is_its_xxh3_with_the_line_seed(root: Path) -> None:
+    """The definition stored hashes rely on: a version written before any change to how lines are
+    hashed compares equal to the same lines now."""
+    lines = _jsonl([movie(i, releasedAt=None) for i in range(50)])
+    batches = [Lines(lines[:20], lambda _: []), Lines(lines[20:], lambda _: [])]
+    want = [xxhash.xxh3_64_intdigest(line, seed=overlay.LINE_SEED) for line in lines]
+    assert overlay.line_hashes(batches).tolist() == want
+    assert overlay.LINE_SEED == 1
 
 
 def test_lines_with_a_key_twice_are_refused(root: Path) -> None:
