@@ -139,11 +139,20 @@ _BATCH = 4096
 _CUT = orjson.Fragment(b"\n")
 
 
+#: ``null`` as a little-endian 32-bit word.
+_NULL_WORD = int.from_bytes(b"null", "little")
+
+
 def _has_null(blob: bytes) -> bool:
-    """Whether *blob* holds ``null``: four byte comparisons as numpy vectors (less than half the time
-    ``in`` takes)."""
-    b = np.frombuffer(blob, dtype=np.uint8)
-    return bool(((b[:-3] == 110) & (b[1:-2] == 117) & (b[2:-1] == 108) & (b[3:] == 108)).any())
+    """Whether *blob* holds ``null``: the blob read as 32-bit words at each of four offsets, one numpy
+    comparison each (37 ms a million Movie records, against 65 ms for four byte comparisons and their
+    ands, and 91 ms for ``in``)."""
+    n = len(blob)
+    for shift in range(min(4, max(n - 3, 0))):
+        words = np.frombuffer(blob, dtype="<u4", count=(n - shift) // 4, offset=shift)
+        if (words == _NULL_WORD).any():
+            return True
+    return False
 
 
 def record_hashes(records: list[Any]) -> Any:
@@ -1187,9 +1196,20 @@ def _in_sorted(values: Any, pool: Any) -> Any:
 
 
 def _positions_of(values: Any, few: Any) -> Any:
-    """Where the (few, distinct, sorted) hashes *few* stand in *values*: one search into a table that
-    fits a cache."""
-    return np.flatnonzero(_in_sorted(values, few))
+    """Where the (few, distinct, sorted) hashes *few* stand in *values*, in order.
+
+    A direct-mapped filter first: a byte per slot of a table at least 64 times as long as *few*
+    (up to 4 MiB), set at each of *few*'s low bits; one gather over *values* leaves the candidates
+    (about 1 in 64 false ones), which one sorted search checks. A binary search of every value
+    was 0.2 s of a 1M-record full cycle with 10,000 changed (10,000 hashes to search)."""
+    if not len(few) or not len(values):
+        return np.empty(0, dtype=np.intp)
+    bits = min(max(int(len(few)).bit_length() + 6, 12), 22)
+    mask = np.uint64((1 << bits) - 1)
+    table = np.zeros(1 << bits, dtype=bool)
+    table[few & mask] = True
+    maybe = np.flatnonzero(table[values & mask])
+    return maybe[_in_sorted(values[maybe], few)]
 
 
 def check_unique(rtype: RecordType, keys: list[Any], fps: Any, positions: list[int] | None = None) -> None:
