@@ -633,8 +633,8 @@ class Daemon:
         try:
             self._restore(runner)  # the namespace directory may have been removed since (issue 9, item 12)
             if ns.delivers_changes:
-                version, count = self._apply_changes(runner)
-                changes = f" changes={count}"
+                version, count, read = self._apply_changes(runner)
+                changes = f" changes={count} read={read:.3f}"
             else:
                 version = self._full_cycle(runner)
                 self.in_cycle = False  # announced: SIGTERM no longer abandons what follows (the durable copy)
@@ -710,8 +710,9 @@ class Daemon:
             runner.store.save(runner.producer.dir / layout.state_name(version))
             runner.saved_version = version
 
-    def _apply_changes(self, runner: NamespaceRunner) -> tuple[int, int]:
-        """Apply a change source's next changes exactly once; returns the version and how many changes.
+    def _apply_changes(self, runner: NamespaceRunner) -> tuple[int, int, float]:
+        """Apply a change source's next changes exactly once; returns the version, how many changes, and
+        the seconds their reading and checking took (the cycle's log line shows them as ``read``).
 
         The cursor after them is staged, so that the reserve hook writes it next
         to the counter (``cursor.pending``) before a version is written; it is
@@ -722,14 +723,16 @@ class Daemon:
         store = runner.store
         self._settle(runner)
         before = store.cursor
+        started = time.monotonic()
         batch = runner.source.read(before)
+        read = time.monotonic() - started
         for level, note in batch.notes:
             log.log(level, "hollowd: namespace=%s %s", runner.name, note)
         newest = max(runner.producer.versions(), default=0)
         if not batch.changes and newest:  # nothing to apply (a partial line, blank lines): no cycle to run
             if batch.cursor != before:
                 store.commit_cursor(batch.cursor)
-            return newest, 0
+            return newest, 0, read
         store.stage(batch.cursor, len(batch.changes))
         try:
             version = runner.producer.run_incremental(batch.apply)
@@ -743,7 +746,7 @@ class Daemon:
         self.in_cycle = False  # announced: SIGTERM no longer abandons the durable copy and the cursor
         self._keep(runner, version)  # before the cursor: a reboot must not lose what the cursor says is applied
         store.commit_cursor(batch.cursor)
-        return version, len(batch.changes)
+        return version, len(batch.changes), read
 
     def _settle(self, runner: NamespaceRunner) -> None:
         """A pending cursor is committed if its version was written (the newest version here is at
