@@ -163,7 +163,7 @@ def main() -> None:
             time.sleep(0.5)
 
         print(f"both published; changing {args.changed:,} records ...", file=sys.stderr)
-        done = len(cycles())
+        done = timed_from = len(cycles())
         whole = follow(work, "movies", replace, check)
         idle(done + 1)
         logged = []
@@ -188,8 +188,8 @@ def main() -> None:
             f"({', '.join(f'{t * 1e3:.0f}' for t in logged)})"
         )
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print("the daemon's last cycles:")
-        for line in cycles()[-1 - args.rounds :]:
+        print("the daemon's cycles since the timed changes began:")
+        for line in cycles()[timed_from:]:
             print("  " + line)
     finally:
         if daemon is not None:
