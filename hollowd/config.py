@@ -257,7 +257,8 @@ SETTINGS: tuple[Setting, ...] = (
         "debounce",
         0.5,
         _seconds,
-        "Seconds a file source must stay unchanged before a cycle; a change log's new lines wait at most this long.",
+        "Seconds a file source must stay unchanged before a cycle; a change log's first new lines after a quiet "
+        "spell are applied at once, later ones at most once a debounce.",
     ),
     Setting(
         "namespace",

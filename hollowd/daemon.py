@@ -121,17 +121,30 @@ class StateStore:
         self._staged = None
 
     def reserve(self, version: int) -> None:
-        """``Producer(reserve=...)``, before *version* is written: the staged cursor, then the counter."""
+        """``Producer(reserve=...)``, before *version* is written: the staged cursor, or else the counter.
+
+        ``cursor.pending`` names *version*, so it keeps the number reserved as the counter file
+        would (:attr:`counter` reads both, and ``cursor`` carries it on): one durable write on the
+        way to a reader, not two (docs/decisions.md §100)."""
         if self._staged is not None:
             self._replace(self.dir / "cursor.pending", orjson.dumps({"version": version, **self._staged}))
-        self.save_counter(version)
+        else:
+            self.save_counter(version)
 
     def commit_cursor(self, cursor: Any) -> None:
         """The changes up to *cursor* are applied (in a version saved, or in none, changing nothing)."""
-        self._replace(self.dir / "cursor", orjson.dumps({"cursor": cursor}))
-        self.drop_pending()
+        self._replace(self.dir / "cursor", orjson.dumps({"cursor": cursor, "version": self.counter}))
+        self._unlink_pending()
 
     def drop_pending(self) -> None:
+        """Forget a pending cursor whose version was not written (its changes are read again); its
+        version's number stays used: the counter is made durable first."""
+        pending = self.pending
+        if pending is not None:
+            self.save_counter(pending["version"])
+        self._unlink_pending()
+
+    def _unlink_pending(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.dir / "cursor.pending").unlink()
 
@@ -149,10 +162,24 @@ class StateStore:
 
     @property
     def counter(self) -> int:
+        """The highest version reserved: the counter file's, or a change source's (``cursor.pending``,
+        then ``cursor``), whichever is higher."""
+        return max(self._counter_file, *(self._version_in(name) for name in ("cursor.pending", "cursor")))
+
+    @property
+    def _counter_file(self) -> int:
         try:
             return int((self.dir / "counter").read_text())
         except (FileNotFoundError, ValueError):
             return 0
+
+    def _version_in(self, name: str) -> int:
+        try:
+            doc = orjson.loads((self.dir / name).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return 0
+        version = doc.get("version") if type(doc) is dict else None
+        return version if type(version) is int else 0
 
     @property
     def producer_id(self) -> str:
@@ -193,7 +220,7 @@ class StateStore:
 
     def save_counter(self, version: int) -> None:
         """Make *version* durable before it is published: after any crash, numbering goes on above it."""
-        if version > self.counter:
+        if version > self._counter_file:
             self._replace(self.dir / "counter", f"{version}\n".encode())
 
     def save_pin(self, version: int | None) -> None:
@@ -228,6 +255,8 @@ class NamespaceRunner:
     source: Any
     store: StateStore
     due: float = 0.0  # monotonic time of the next cycle; inf: only when the source changes
+    window: float = 0.0  # a change log: until when new lines wait (monotonic), opened by a cycle they set off
+    woken: bool = False  # a change log: the next cycle is set off by new lines (it opens a window)
     watch: Any = None
     last_error: str | None = None
     last_good: float | None = None
@@ -595,14 +624,17 @@ class Daemon:
         ns = runner.config
         runner.due = time.monotonic() + ns.interval if ns.source_is_callable else float("inf")
         started = time.monotonic()
+        if runner.woken:  # new lines of a change log: those that come within the debounce wait for its end
+            runner.woken = False
+            runner.window = started + ns.debounce
         self.in_cycle = True
         changes = ""
         runner.producer.last_timings = {}  # a change log with nothing to apply runs no producer stage
         try:
             self._restore(runner)  # the namespace directory may have been removed since (issue 9, item 12)
             if ns.delivers_changes:
-                version, count = self._apply_changes(runner)
-                changes = f" changes={count}"
+                version, count, read = self._apply_changes(runner)
+                changes = f" changes={count} read={read:.3f}"
             else:
                 version = self._full_cycle(runner)
                 self.in_cycle = False  # announced: SIGTERM no longer abandons what follows (the durable copy)
@@ -678,8 +710,9 @@ class Daemon:
             runner.store.save(runner.producer.dir / layout.state_name(version))
             runner.saved_version = version
 
-    def _apply_changes(self, runner: NamespaceRunner) -> tuple[int, int]:
-        """Apply a change source's next changes exactly once; returns the version and how many changes.
+    def _apply_changes(self, runner: NamespaceRunner) -> tuple[int, int, float]:
+        """Apply a change source's next changes exactly once; returns the version, how many changes, and
+        the seconds their reading and checking took (the cycle's log line shows them as ``read``).
 
         The cursor after them is staged, so that the reserve hook writes it next
         to the counter (``cursor.pending``) before a version is written; it is
@@ -690,14 +723,16 @@ class Daemon:
         store = runner.store
         self._settle(runner)
         before = store.cursor
+        started = time.monotonic()
         batch = runner.source.read(before)
+        read = time.monotonic() - started
         for level, note in batch.notes:
             log.log(level, "hollowd: namespace=%s %s", runner.name, note)
         newest = max(runner.producer.versions(), default=0)
         if not batch.changes and newest:  # nothing to apply (a partial line, blank lines): no cycle to run
             if batch.cursor != before:
                 store.commit_cursor(batch.cursor)
-            return newest, 0
+            return newest, 0, read
         store.stage(batch.cursor, len(batch.changes))
         try:
             version = runner.producer.run_incremental(batch.apply)
@@ -711,7 +746,7 @@ class Daemon:
         self.in_cycle = False  # announced: SIGTERM no longer abandons the durable copy and the cursor
         self._keep(runner, version)  # before the cursor: a reboot must not lose what the cursor says is applied
         store.commit_cursor(batch.cursor)
-        return version, len(batch.changes)
+        return version, len(batch.changes), read
 
     def _settle(self, runner: NamespaceRunner) -> None:
         """A pending cursor is committed if its version was written (the newest version here is at
@@ -754,10 +789,16 @@ class Daemon:
                     path.is_dir()
                     or os.path.basename(str(getattr(event, "dest_path", "") or event.src_path)) == path.name
                 ):
-                    due = time.monotonic() + runner.config.debounce
-                    # A change log's complete lines can be applied at any time: appends that never
-                    # pause must not postpone them for ever, so the first one sets the time.
-                    runner.due = min(runner.due, due) if runner.config.delivers_changes else due
+                    now = time.monotonic()
+                    if runner.config.delivers_changes:
+                        # A change log's complete lines can be applied at any time: the first new ones
+                        # after a quiet spell at once, and those that come within the debounce after
+                        # that cycle began together at its end (appends that never pause must not
+                        # postpone them for ever, nor make a version each).
+                        runner.woken = True
+                        runner.due = min(runner.due, max(now, runner.window))
+                    else:  # a file is read once it has been left alone for the debounce: whole
+                        runner.due = now + runner.config.debounce
                     daemon.events.put(("wake", runner.name))
 
         try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import functools
 import itertools
 import struct
 from collections.abc import Iterable, Mapping
@@ -140,11 +139,20 @@ _BATCH = 4096
 _CUT = orjson.Fragment(b"\n")
 
 
+#: ``null`` as a little-endian 32-bit word.
+_NULL_WORD = int.from_bytes(b"null", "little")
+
+
 def _has_null(blob: bytes) -> bool:
-    """Whether *blob* holds ``null``: four byte comparisons as numpy vectors (less than half the time
-    ``in`` takes)."""
-    b = np.frombuffer(blob, dtype=np.uint8)
-    return bool(((b[:-3] == 110) & (b[1:-2] == 117) & (b[2:-1] == 108) & (b[3:] == 108)).any())
+    """Whether *blob* holds ``null``: the blob read as 32-bit words at each of four offsets, one numpy
+    comparison each (37 ms a million Movie records, against 65 ms for four byte comparisons and their
+    ands, and 91 ms for ``in``)."""
+    n = len(blob)
+    for shift in range(min(4, max(n - 3, 0))):
+        words = np.frombuffer(blob, dtype="<u4", count=(n - shift) // 4, offset=shift)
+        if (words == _NULL_WORD).any():
+            return True
+    return False
 
 
 def record_hashes(records: list[Any]) -> Any:
@@ -1061,14 +1069,17 @@ def diff(latest: Latest, records: list[dict[str, Any]], parse_keys: Any) -> Chan
 
 #: Change hashes of records given as JSON lines are hashes of the lines: another seed, another space.
 LINE_SEED = 1
-_line_hash = functools.partial(xxhash.xxh3_64_intdigest, seed=LINE_SEED)
 
 
 def line_hashes(batches: list[Any]) -> Any:
     """The change hash of each record given as a line of JSON (``hollowd.state.Lines`` batches): the
-    line's own hash."""
+    line's own hash, ``xxh3_64(line, seed=LINE_SEED)``.
+
+    The seed is passed by position, from ``itertools.repeat``: a ``functools.partial`` with
+    ``seed=`` made a keyword dict a call, five times the hashing itself (372 against 68 ms of CPU
+    for 1M lines of 124 bytes)."""
     lines = list(itertools.chain.from_iterable(b.lines for b in batches))
-    return np.fromiter(map(_line_hash, lines), dtype=_U64, count=len(lines))
+    return np.fromiter(map(_xxh, lines, itertools.repeat(LINE_SEED)), dtype=_U64, count=len(lines))
 
 
 def diff_lines(latest: Latest, batches: list[Any], parse_keys: Any) -> Changes:
@@ -1159,7 +1170,14 @@ def _compare(latest: Latest, new_hash: Any) -> tuple[Any, Any, Any]:
     stays = []
     for pool, masked in ((b_hash, dead), (e_hash, None)):
         found = np.zeros(len(pool), dtype=bool)
-        if len(pool):
+        if len(pool) * 16 < len(new_sorted):  # few entries: a filter, and a search of what it leaves
+            hits = _positions_of(new_sorted, pool)
+            at = np.searchsorted(pool, new_sorted[hits])
+            if masked is not None:
+                hits, at = hits[~masked[at]], at[~masked[at]]
+            found[at] = True
+            seen[hits] = True
+        elif len(pool):
             at = np.searchsorted(pool, new_sorted)
             np.minimum(at, len(pool) - 1, out=at)
             hit = pool[at] == new_sorted
@@ -1198,9 +1216,20 @@ def _in_sorted(values: Any, pool: Any) -> Any:
 
 
 def _positions_of(values: Any, few: Any) -> Any:
-    """Where the (few, distinct, sorted) hashes *few* stand in *values*: one search into a table that
-    fits a cache."""
-    return np.flatnonzero(_in_sorted(values, few))
+    """Where the (few, distinct, sorted) hashes *few* stand in *values*, in order.
+
+    A direct-mapped filter first: a byte per slot of a table at least 64 times as long as *few*
+    (up to 4 MiB), set at each of *few*'s low bits; one gather over *values* leaves the candidates
+    (about 1 in 64 false ones), which one sorted search checks. A binary search of every value
+    was 0.2 s of a 1M-record full cycle with 10,000 changed (10,000 hashes to search)."""
+    if not len(few) or not len(values):
+        return np.empty(0, dtype=np.intp)
+    bits = min(max(len(few).bit_length() + 6, 12), 22)
+    mask = np.uint64((1 << bits) - 1)
+    table = np.zeros(1 << bits, dtype=bool)
+    table[few & mask] = True
+    maybe = np.flatnonzero(table[values & mask])
+    return maybe[_in_sorted(values[maybe], few)]
 
 
 def check_unique(rtype: RecordType, keys: list[Any], fps: Any, positions: list[int] | None = None) -> None:

@@ -208,7 +208,7 @@ class FileSource:
             raise SourceError(f"{path}: ends mid-record (no final newline): still being written; retrying later")
         lines = data.split(b"\n")[:-1]
         numbers: list[int] | None = None  # the file's line number of each kept line, when blanks were dropped
-        if _BLANK_LINE.search(data):
+        if _may_be_blank(lines):
             numbers = [n for n, line in enumerate(lines, 1) if line.strip()]
             lines = [lines[n - 1] for n in numbers]
 
@@ -300,8 +300,14 @@ class FileSource:
 #: source that knows the file and line says better.
 _POSITION = re.compile(r" (?:record )?at input positions? \d+(?: and \d+)?:?")
 
-#: A line with nothing but blanks (a JSON Lines file may have them; they hold no record).
-_BLANK_LINE = re.compile(rb"^[ \t\r]*\n", re.M)
+
+def _may_be_blank(lines: list[bytes]) -> bool:
+    """Whether any of *lines* may be blank (empty, or ASCII whitespace alone: ``bytes.strip`` empties
+    it): only if the lowest line is empty or starts with whitespace, since every blank line does. One
+    ``min`` over the lines (30 ms for 1M) instead of a regular expression over the file's bytes (0.9 s
+    for 124 MiB); a file with a record line led by blanks is then looked at line by line."""
+    return bool(lines) and min(lines)[:1] <= b" "
+
 
 #: What :func:`json_lines` gives for a blank line.
 BLANK: Any = object()

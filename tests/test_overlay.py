@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import xxhash
@@ -33,6 +34,7 @@ import hollow
 from hollow import layout
 from hollowd import Producer, overlay
 from hollowd.errors import DuplicateKeyError
+from hollowd.state import Lines
 from tests.helpers import movie, movies_producer, populate
 
 ITEM_SCHEMA = Path(__file__).resolve().parent / "schemas" / "items.capnp"
@@ -581,6 +583,27 @@ def test_change_hashes_of_a_batch_are_each_records_own(records: list[dict[str, A
         overlay._BATCH = saved
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3).map(lambda b: b.replace(b"n", b"x")), st.integers(0, 9), st.integers(0, 9))
+def test_the_null_scan_finds_null_at_every_alignment(noise: bytes, before: int, after: int) -> None:
+    """``_has_null`` (32-bit words at four offsets) says what ``b"null" in blob`` says, wherever it is."""
+    for blob in (b"a" * before + noise + b"a" * after, b"a" * before + b"null" + noise + b"a" * after):
+        assert overlay._has_null(blob) == (b"null" in blob)
+    assert overlay._has_null(b"a" * before + b"nul" + b"l" * (after % 2)) == (after % 2 == 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 300), max_size=400), st.lists(st.integers(0, 300), max_size=60), st.integers(0, 3))
+def test_positions_of_few_hashes_among_many_are_exact(values: list[int], few: list[int], spread: int) -> None:
+    """The direct-mapped filter of ``_positions_of`` finds every position of the few hashes in the many,
+    and no other (false positives of the filter are checked away), as small or large sets of either."""
+    scale = [1, 1 << 16, 1 << 40, (1 << 63) - 1][spread]  # values that share their low bits, or do not
+    vals = np.array([v * scale % (1 << 64) for v in values], dtype=np.uint64)
+    pool = np.unique(np.array([f * scale % (1 << 64) for f in few], dtype=np.uint64))
+    want = [i for i, v in enumerate(vals.tolist()) if v in set(pool.tolist())]
+    assert overlay._positions_of(vals, pool).tolist() == want
+
+
 def test_change_hashes_dump_a_batch_with_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hashing n records costs one orjson call per batch, not one per record (issue 10), and each
     hash is xxh3 of the record's own JSON, as it always was (the files' stored hashes stay valid)."""
@@ -710,6 +733,16 @@ def test_lines_a_cycle_has_seen_are_not_parsed(root: Path) -> None:
         assert snap["Movie"][7].title == "seven"
         assert 50 not in snap["Movie"]
         assert len(snap["Movie"]) == 99
+
+
+def test_a_line_s_change_hash_is_its_xxh3_with_the_line_seed(root: Path) -> None:
+    """The definition stored hashes rely on: a version written before any change to how lines are
+    hashed compares equal to the same lines now."""
+    lines = _jsonl([movie(i, releasedAt=None) for i in range(50)])
+    batches = [Lines(lines[:20], lambda _: []), Lines(lines[20:], lambda _: [])]
+    want = [xxhash.xxh3_64_intdigest(line, seed=overlay.LINE_SEED) for line in lines]
+    assert overlay.line_hashes(batches).tolist() == want
+    assert overlay.LINE_SEED == 1
 
 
 def test_lines_with_a_key_twice_are_refused(root: Path) -> None:

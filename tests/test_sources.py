@@ -12,6 +12,7 @@ import pytest
 import hollow
 from hollowd.errors import ConfigurationError, ValidationError
 from hollowd.sources import CallableSource, ChangeBatch, ChangeLogSource, FileSource, IncrementalSource, SourceError
+from hollowd.state import WriteState
 from tests.helpers import movie, movies_producer
 
 
@@ -349,3 +350,38 @@ def bad_cursor(cursor: object) -> object:
 
 def bad_change(cursor: object) -> object:
     return [{"remove": 1}, {"remove": "x"}], 1
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        [b"", b"{1}", b"{2}"],
+        [b"{1}", b" \t\r", b"", b"{2}"],
+        [b"  {1}", b"{2}"],  # a record after blanks on its line is a record, not a blank line
+        [b"{1}\r", b"{2}\r"],  # CRLF
+        [b"{1}", b"\x0c", b"{2}", b"   "],  # any ASCII whitespace alone is a blank line, as json_lines says
+        [b"{1}", b"\x0c", b"{2}"],  # ... also when no other blank line is there (it was refused then)
+        [b"\t{1}", b"", b"", b"{2}", b"\r"],
+    ],
+)
+def test_jsonl_blank_lines_anywhere_are_skipped_and_lines_keep_their_numbers(  # type: ignore[no-untyped-def]
+    producer, layout: list[bytes], tmp_path: Path
+) -> None:
+    """Blank lines are found by a quick look at each line's first byte (the lowest line), not a regular
+    expression over the file (0.9 s of a 124 MiB file's cycle); what is blank, and how lines are
+    numbered in errors, stays the same."""
+
+    def read(lines: list[bytes]) -> list[object]:
+        f = tmp_path / "movies.jsonl"
+        one, two = json.dumps(movie(1)).encode(), json.dumps(movie(2)).encode()
+        f.write_bytes(b"".join(ln.replace(b"{1}", one).replace(b"{2}", two) + b"\n" for ln in lines))
+        state = WriteState(producer.schema)
+        FileSource(f, producer.schema, type_name="Movie")(state)
+        return [r["id"] for r in state.materialize("Movie")["Movie"]]
+
+    assert read(layout) == [1, 2]
+    bad = [*layout, b"[7]"]
+    with pytest.raises(SourceError, match=rf"movies.jsonl:{len(bad)}: a list, not a record"):
+        read(bad)
+    with pytest.raises(SourceError, match=r"movies.jsonl:2: a list, not a record"):
+        read([layout[0], b"[7]", *layout[1:]])
