@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -320,6 +321,21 @@ def test_a_fresh_producer_host_restores_and_continues_the_chain(root: Path, host
         pub.release()
 
 
+def until_writable(store: blobs.BlobStore, timeout: float = 60) -> None:
+    """Wait until *store* takes a write. A restarted SeaweedFS answers ``/status`` (what Seaweed.start waits
+    for) before it takes writes; the test's 1 s read timeout then failed the first PUT on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            store.put("probe", b"")
+            store.delete("probe")
+            return
+        except blobs.StoreUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, host2: Path, tmp_path: Path) -> None:
     """A server of its own, which the test stops and starts again."""
     server = Seaweed(tmp_path / "weed")
@@ -350,6 +366,7 @@ def test_the_store_unreachable_followers_keep_serving_and_catch_up(root: Path, h
                 assert records_of(host2)["Movie"]  # still served
                 server.start()
                 s3.retries = fs3.retries = 4
+                until_writable(s3)
                 pub.publish()
                 assert f.poll()
                 assert f.here == v

@@ -184,5 +184,7 @@ def test_readers_go_back_only_for_a_pin(root: Path) -> None:
         assert strictly_increasing(updates[:-5]), updates
         assert moves_back_only_to(end["updates"], pins) == []
         assert moves_back_only_to(end["snapshots"], pins) == []
-        assert set(versions_between(end["snapshots"], rogue_at, float("inf"))) <= {5, 6}
+        # 2 as well: a snapshot of 2 taken just before the switch to 5 is stamped only once its reads
+        # are done, which can be after rogue_at on a loaded machine (as {2, 7} above); 3 would be the bug.
+        assert set(versions_between(end["snapshots"], rogue_at, float("inf"))) <= {2, 5, 6}
         assert end["bad"] == []
