@@ -38,7 +38,7 @@ primary_key = "id"
 def movies_config(
     tmp: Path,
     root: Path,
-    source: Path,
+    source: str | Path,
     *,
     state: Path | None = None,
     schema: Path = SCHEMAS / "movies.capnp",

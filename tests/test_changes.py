@@ -18,25 +18,11 @@ import pytest
 import hollow
 from hollow import layout
 from hollowd.config import EXIT_CONFIG
-from tests.daemons import Daemon, announced, run, wait_until
-from tests.helpers import SCHEMAS, movie
+from tests.daemons import Daemon, announced, movies_config, run, wait_until
+from tests.helpers import movie
 
-CONFIG = """\
-[daemon]
-root = "{root}"
-state_dir = "{state}"
-control_socket = "{state}/control.sock"
-
-[namespaces.movies]
-schema = "{schema}"
-source = "{source}"
-delivers = "changes"
-type = "Movie"
-debounce = 0.1
-retain = {retain}
-{extra}
-[namespaces.movies.types.Movie]
-primary_key = "id"
+#: The Movie table's lines after its primary key, and the types the change sources also give.
+TYPES = """\
 indexes = ["genre"]
 
 [namespaces.movies.types.Actor]
@@ -48,17 +34,9 @@ primary_key = ["movieId", "actorId"]
 
 
 def configure(tmp_path: Path, root: Path, source: str | Path, *, retain: int = 5, extra: str = "") -> Path:
-    config = tmp_path / "hollowd.toml"
-    text = CONFIG.format(
-        root=root,
-        state=tmp_path / "state",
-        schema=SCHEMAS / "movies.capnp",
-        source=source,
-        retain=retain,
-        extra=extra,
-    )
-    config.write_text(text)
-    return config
+    """``movies_config`` for a source that delivers changes (*source* a change log or a callable)."""
+    namespace = f'delivers = "changes"\nretain = {retain}\n{extra}'
+    return movies_config(tmp_path, root, source, namespace=namespace, more=TYPES)
 
 
 @pytest.fixture
