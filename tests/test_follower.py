@@ -165,6 +165,8 @@ def test_producer_and_follower_compact_at_different_moments(
         assert f.poll()
         assert f.here == v
         assert hash_of(host2, v) == hash_of(root, v)
+        if i % 8 == 0 and p._compactor is not None:
+            p._compactor.join()  # a compaction child may take longer than 24 quick cycles on a loaded machine
     assert len(bases) >= 2  # the producer compacted (in the background) and moved to a new base
     assert records_of(host2) == records_of(root)
     theirs = StateFile(host2 / "movies" / str(v), namespace="movies")
