@@ -421,7 +421,7 @@ def test_a_change_version_makes_one_file_durable_before_it_is_written_and_its_nu
     """``cursor.pending`` names the version it reserves, so it is the counter too: one write, fsync,
     rename and directory fsync on the way to a reader (each 8 ms under load on this VM), not two. The
     number stays reserved however the pending cursor is settled, and across a restart."""
-    from hollowd.daemon import StateStore  # noqa: PLC0415
+    from hollowd.store import StateStore  # noqa: PLC0415
 
     store = StateStore(tmp_path, "movies")
     durable: list[str] = []
