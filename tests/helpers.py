@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -55,3 +57,15 @@ def run_python(code: str, *args: str, timeout: float = 60) -> Any:
     if out.returncode != 0:
         raise AssertionError(f"subprocess failed ({out.returncode}):\n{out.stderr}")
     return json.loads(out.stdout)
+
+
+def f32(x: float) -> float:
+    """*x* as a Float32 field stores it (rounded to the nearest single-precision value)."""
+    return float(struct.unpack("<f", struct.pack("<f", float(x)))[0])
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import uuid
 from pathlib import Path
@@ -33,6 +32,7 @@ from hypothesis import strategies as st
 from hollow import schema as reader_schema
 from hollow.state import StateFile
 from hollowd import Producer
+from tests.helpers import f32
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 SCHEMA = SCHEMAS / "conformance.capnp"
@@ -92,10 +92,6 @@ def record_messages(path: Path, type_name: str) -> list[tuple[bytes, dict[int, i
 # Text as str, Data as bytes, 64-bit integers as int (the JSON has them as strings),
 # floats as repr() (exact, keeps -0.0 apart from 0.0, and nan equal to nan; Float32
 # rounded to 32 bits first), enums by name, structs as dicts of every field.
-
-
-def f32(x: float) -> float:
-    return float(struct.unpack("<f", struct.pack("<f", float(x)))[0])
 
 
 def canon(typ: Any, schema: Any, value: Any) -> Any:

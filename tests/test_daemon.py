@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from hollow import layout
 from hollowd.config import EXIT_CONFIG
 from hollowd.daemon import EXIT_RUNNING
 from tests.daemons import Daemon, announced, movies_config, run, wait_until, write_jsonl
-from tests.helpers import movie
+from tests.helpers import free_port, movie
 
 #: What the daemon tests add to tests.daemons.MOVIES_CONFIG: an index, the other types and a validator.
 MORE = """\
@@ -247,12 +246,6 @@ def test_pin_unpin_and_cycle_through_the_control_socket(
     rc, err = hollow_cli(state, "cycle", "movies")
     assert rc == 4
     assert "is it running" in str(err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_prometheus_metrics(root: Path, tmp_path: Path, setup: tuple[Path, Path, Path]) -> None:

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import pytest
 from examples.airports import source
 from hollow import lease
 from hollowd import Producer
-from tests.helpers import ROOT, movie, movies_producer, populate
+from tests.helpers import ROOT, free_port, movie, movies_producer, populate
 
 APP = """
 import asyncio, hollow.asgi, hollow.wsgi, json, os, time
@@ -69,12 +68,6 @@ KINDS = {
     "gthread": (["-k", "gthread", "--threads", "4"], "gapp:app"),
     "uvicorn": (["-k", "uvicorn_worker.UvicornWorker", "--preload"], "gapp:asgi_app"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def children(master: int) -> set[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,9 @@ from hollow import layout
 from hollow import schema as hollow_schema
 from hollowd import Producer
 from hollowd.example import SCHEMA as AIRPORTS
-from tests.helpers import ROOT, SCHEMAS, movie, movies_producer, populate, run_python
+from tests.helpers import ROOT, SCHEMAS, f32, movie, movies_producer, populate, run_python
 
 GENRES = ["Drama", "Comedy", "Action", "Horror", "Documentary"]
-
-
-def f32(x: float) -> float:
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
 
 
 def header(root: Path, version: int, ns: str = "movies") -> layout.Header:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +12,7 @@ import pytest
 
 import hollow
 import hollowd.overlay
-from tests.helpers import ROOT, movie, movies_producer, populate, run_python
-
-
-def f32(x: float) -> float:
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
+from tests.helpers import ROOT, f32, movie, movies_producer, populate, run_python
 
 
 def expected(i: int) -> list[Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 import hollow
 import hollowd
 from hollowd import Producer
-from tests.helpers import SCHEMAS, movie, movies_producer, populate
+from tests.helpers import SCHEMAS, f32, movie, movies_producer, populate
 
 GOOD = [movie(i) for i in range(100)]
 
@@ -373,10 +372,6 @@ _movie = st.fixed_dictionaries(
         "releasedAt": st.fixed_dictionaries({}, optional={"unixMillis": st.integers(-(1 << 63), (1 << 63) - 1)}),
     },
 )
-
-
-def f32(x: float) -> float:
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
 
 
 _examples = iter(range(1 << 30))
