@@ -33,17 +33,7 @@ from typing import Any
 
 from hollow import layout
 from hollowd import paths
-from hollowd.errors import Error
-
-#: Exit status for a configuration error (systemd: RestartPreventExitStatus=).
-EXIT_CONFIG = 78  # EX_CONFIG, sysexits(3)
-
-
-class ConfigError(Error):
-    """The configuration file is unreadable or holds a bad setting; the message says where and how to fix it."""
-
-    exit_status = EXIT_CONFIG
-
+from hollowd.errors import ConfigError
 
 # --- checks ---------------------------------------------------------------------------
 # Each takes the raw TOML value and returns the checked one, or raises ValueError

@@ -39,9 +39,13 @@ from typing import Any
 import hollow
 from hollow import layout
 from hollowd import blobs, pidlock, preflight, systemd
-from hollowd.config import EXIT_CONFIG, Config, ConfigError, NamespaceConfig, load, parse
+from hollowd.config import Config, NamespaceConfig, load, parse
 from hollowd.control import ControlSocket, SocketTakenError
 from hollowd.errors import (
+    EXIT_CONFIG,
+    EXIT_RUNNING,
+    AlreadyRunningError,
+    ConfigError,
     ConfigurationError,
     Error,
     ProducerLockedError,
@@ -64,17 +68,12 @@ from hollowd.validators import MinimumRecordCount, RecordCountVariance, Validato
 SIGNAL_WAIT = 0.25
 
 log = logging.getLogger("hollowd")
-EXIT_RUNNING = 75  # EX_TEMPFAIL: another daemon holds the state directory or a namespace
 #: Seconds of start-up time asked of systemd before each cycle until ready (EXTEND_TIMEOUT_USEC).
 FIRST_BUILD_GRACE = 600.0
 
 
 class Stop(BaseException):
     """Raised from the SIGTERM handler to abandon a cycle in flight."""
-
-
-class AlreadyRunningError(Error):
-    """Another daemon already owns the state directory or a namespace."""
 
 
 @dataclass
@@ -804,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hollowd: {e}", file=sys.stderr)
         daemon.close()
         return EXIT_RUNNING
-    except (SchemaError, ConfigurationError, ConfigError) as e:
+    except (SchemaError, ConfigurationError) as e:  # a ConfigError is one
         print(f"hollowd: {e}", file=sys.stderr)
         daemon.close()
         return EXIT_CONFIG

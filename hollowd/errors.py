@@ -55,6 +55,21 @@ class ConfigurationError(Error):
     """A producer or daemon setting that cannot work (an import that fails, a bad reference)."""
 
 
+#: The daemon's exit statuses (sysexits(3)); systemd's unit names EXIT_CONFIG in RestartPreventExitStatus=.
+EXIT_CONFIG = 78  # EX_CONFIG: fix the configuration (or a path it names) and start again
+EXIT_RUNNING = 75  # EX_TEMPFAIL: another daemon holds the state directory or a namespace
+
+
+class ConfigError(ConfigurationError):
+    """The configuration file is unreadable or holds a bad setting; the message says where and how to fix it."""
+
+    exit_status = EXIT_CONFIG
+
+
+class AlreadyRunningError(Error):
+    """Another daemon already owns the state directory or a namespace."""
+
+
 class PublishError(Error):
     """The new version could not be written; the announced version is unchanged."""
 

@@ -1,6 +1,6 @@
 """Start-up and reload checks: can this configuration work? Asked before anything is created.
 
-Every problem is a :class:`~hollowd.config.ConfigError` (exit status 78, which
+Every problem is a :class:`~hollowd.errors.ConfigError` (exit status 78, which
 systemd's ``RestartPreventExitStatus=`` honours) that names where the value
 came from (``FILE:LINE: key``, a flag, an environment variable or the default)
 and how to fix it; never a traceback, and nothing is made on disk before the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from hollow import schema as reader_schema
 from hollow.errors import InvalidSchemaError
-from hollowd.config import Config, ConfigError, NamespaceConfig
-from hollowd.errors import Error
+from hollowd.config import Config, NamespaceConfig
+from hollowd.errors import ConfigError, Error
 from hollowd.schema import NamespaceSchema, _index_spec
 from hollowd.validators import resolve
 

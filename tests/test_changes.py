@@ -17,7 +17,7 @@ import pytest
 
 import hollow
 from hollow import layout
-from hollowd.config import EXIT_CONFIG
+from hollowd.errors import EXIT_CONFIG
 from tests.daemons import Daemon, announced, movies_config, run, wait_until
 from tests.helpers import movie
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hollowd import config
-from hollowd.config import ConfigError
+from hollowd import config, errors
+from hollowd.errors import ConfigError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -126,7 +126,7 @@ def test_bad_setting_names_file_line_key_and_fix(
     assert message.startswith(f"{path}:{line}:" if line else str(path))
     assert key in message
     assert why in message
-    assert err.value.exit_status == config.EXIT_CONFIG
+    assert err.value.exit_status == errors.EXIT_CONFIG
 
 
 def test_sources_of_changes(tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ import pytest
 
 import hollow
 from hollow import layout
-from hollowd.config import EXIT_CONFIG
-from hollowd.daemon import EXIT_RUNNING
+from hollowd.errors import EXIT_CONFIG, EXIT_RUNNING
 from tests.daemons import Daemon, announced, movies_config, run, wait_until, write_jsonl
 from tests.helpers import free_port, movie
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hollowd import config, systemd
+from hollowd import errors, systemd
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
@@ -50,7 +50,7 @@ def test_service_keeps_shm_shared_and_stops_restarting_on_bad_config() -> None:
     assert settings["RemoveIPC"] == "no"
     assert "DynamicUser" not in settings
     assert not any(k in settings for k in ("TemporaryFileSystem", "InaccessiblePaths", "PrivateIPC"))
-    assert settings["RestartPreventExitStatus"] == str(config.EXIT_CONFIG)
+    assert settings["RestartPreventExitStatus"] == str(errors.EXIT_CONFIG)
     assert "/dev/shm/hollow" in settings["ReadWritePaths"]
     assert (UNITS / "hollowd.tmpfiles").read_text().splitlines()[-1].split() == [
         "d",
