@@ -56,6 +56,10 @@ class _Listing:
     locks: list[int]  # versions with a lockfile
     debris: list[Path]  # temporary files, of live writers or dead ones
 
+    def take(self, again: _Listing) -> None:
+        """Hold *again*, a listing taken after this one (a reclaim removed versions), for the rest of the cycle."""
+        self.versions, self.locks, self.debris = again.versions, again.locks, again.debris
+
 
 @dataclass
 class _Latest:
@@ -392,7 +396,7 @@ class Producer:
                 removed = [] if attempt else self.reclaim(retain=1)
                 if not removed:
                     raise
-                listing.__dict__.update(self._list().__dict__)
+                listing.take(self._list())
                 log.warning(
                     "hollowd: event=storage-full namespace=%s removed=%s error=%r (reclaimed beyond retain=%d)",
                     self.namespace,
