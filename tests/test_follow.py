@@ -29,6 +29,7 @@ import pytest
 import hollow
 from hollow import doorbell
 from tests.helpers import ROOT, movie, movies_producer
+from tests.hostile import User
 
 SHM = Path("/dev/shm")
 TIMEOUT = 60.0  # generous: the machine is shared and noisy; never a measure of speed
@@ -377,11 +378,13 @@ def _exhausted_or_skip(kid: Child) -> None:
         pytest.skip(f"could not exhaust inotify instances ({got['count']} made, errno {got['errno']})")
 
 
-def test_without_inotify_a_follower_warns_and_follows_through_its_doorbell(root: Path) -> None:
-    with movies_producer(root) as p:
+def test_without_inotify_a_follower_warns_and_follows_through_its_doorbell(root: Path, user: User) -> None:
+    # As a user of its own: inotify instances are counted per user, so that root's other processes
+    # (other tests, a daemon's watchdog) neither give the follower one back nor starve for one.
+    with movies_producer(root, mode=0o644) as p:
         p.run_cycle(version_data(1))
         # A poll interval of an hour: only the doorbell can bring version 2 within the test.
-        with follower(root, poll=3600, mode="exhaust") as kid:
+        with follower(root, poll=3600, mode="exhaust", user=user) as kid:
             _exhausted_or_skip(kid)
             kid.expect("ready", version=1)
             # the follower thread sets up inotify after open returned (docs/decisions.md §21), before ready
@@ -397,11 +400,12 @@ def test_without_inotify_a_follower_warns_and_follows_through_its_doorbell(root:
 
 
 @pytest.mark.parametrize("mode", ["plain", "exhaust"])
-def test_follower_whose_doorbell_was_removed_still_follows(root: Path, mode: str) -> None:
+def test_follower_whose_doorbell_was_removed_still_follows(root: Path, mode: str, user: User) -> None:
     # systemd's RemoveIPC deletes sem.* files: inotify or, without it, the safety poll remains.
-    with movies_producer(root) as p:
+    # As a user of its own, for the inotify instances it uses up (see the test above).
+    with movies_producer(root, mode=0o644) as p:
         p.run_cycle(version_data(1))
-        with follower(root, poll=0.5, mode=mode) as kid:
+        with follower(root, poll=0.5, mode=mode, user=user) as kid:
             if mode == "exhaust":
                 _exhausted_or_skip(kid)
             kid.expect("ready", version=1)
