@@ -581,27 +581,10 @@ def _producing(reader: _Reader, name: str, table: Any, base: Path) -> NamespaceC
             raise reader.fail(
                 f"{prefix}.format", f'a change log (delivers = "changes") is JSON Lines, not {settings["format"]}'
             )
-    return NamespaceConfig(
-        name=name,
-        schema=base / settings["schema"],
-        source=source,
-        types=types,
-        delivers=settings["delivers"],
-        format=settings["format"],
-        type=settings["type"],
-        interval=settings["interval"],
-        debounce=settings["debounce"],
-        retain=settings["retain"],
-        max_versions=settings["max_versions"],
-        mode=settings["mode"],
-        compact_percent=settings["compact_percent"],
-        compact_min=settings["compact_min"],
-        allow_empty=settings["allow_empty"],
-        validators=validators,
-        publish_to=_store_url(settings["publish_to"], base),
-        snapshot_every=settings["snapshot_every"],
-        store_retain=settings["store_retain"],
-    )
+    # Every other setting reaches NamespaceConfig by its name (tests/test_config.py checks the fields).
+    settings |= {"schema": base / settings["schema"], "source": source}
+    settings["publish_to"] = _store_url(settings["publish_to"], base)
+    return NamespaceConfig(name=name, types=types, validators=validators, **settings)
 
 
 #: The settings a namespace that follows another host's producer may have.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,20 @@ def test_no_file_gives_the_declared_defaults() -> None:
     assert cfg.metrics_port == 0
     assert cfg.socket_mode == 0o600
     assert cfg.namespaces == {}
+
+
+def test_every_namespace_setting_is_a_field_with_the_declared_default() -> None:
+    # The namespace's settings reach NamespaceConfig by name (config._producing): each must be a field,
+    # and a field's default must be the declaration's, or a namespace without the setting and one made
+    # in code would differ.
+    fields = {f.name: f for f in dataclasses.fields(config.NamespaceConfig)}
+    for s in config.SETTINGS:
+        if s.section == "namespace":
+            assert s.name in fields, s.name
+            if not s.required:
+                f = fields[s.name]
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                assert default == s.default, s.name
 
 
 def test_full_file(tmp_path: Path) -> None:
