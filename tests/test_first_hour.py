@@ -321,6 +321,9 @@ def test_make_run_says_how_to_reach_its_daemon_and_make_clean_undoes_it(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT as a terminal's foreground job has it: a test run started in the background
+        # (`make test &` from a script) ignores it, and the demo would then ignore the Ctrl-C below.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - signal() only
     )
     said: list[str] = []
     try:
