@@ -377,6 +377,41 @@ def test_garbage_announcement_is_corrupt(root: Path, ns_dir: Path, content: byte
     assert read(root, "announced")["error"] == "CorruptStateError"
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"version": 01, "pinned": false, "latest": 1, "announced_at_ns": 5}',  # not JSON: a leading zero
+        b'{"version": 0, "pinned": false, "latest": 1, "announced_at_ns": 5}',
+        b'{"version": 2, "pinned": False, "latest": 2, "announced_at_ns": 5}',
+        b'{"version": 2, "pinned": false, "latest": 2, "announced_at_ns": 5}\x00',
+    ],
+)
+def test_an_announcement_almost_as_a_producer_writes_it_is_corrupt(root: Path, ns_dir: Path, content: bytes) -> None:
+    """Near misses of the exact pattern the reader reads without json (docs/decisions.md §110) go to json,
+    which refuses them as it always did."""
+    announce(ns_dir, content)
+    assert read(root, "announced")["error"] == "CorruptStateError"
+
+
+@pytest.mark.parametrize(
+    "announcement",
+    [
+        layout.Announcement(1, latest=1),
+        layout.Announcement(2, pinned=True, latest=7, announced_at_ns=1_796_156_906_550_752_599),
+        layout.Announcement(2**63, pinned=False, latest=2**63, announced_at_ns=-1),
+    ],
+)
+def test_an_announcement_reads_back_as_written_with_or_without_json(announcement: layout.Announcement) -> None:
+    """The exact pattern and json read what :meth:`dumps` wrote alike; JSON written otherwise (other
+    spacing, other key order, keys left out) is read by json as before."""
+    data = announcement.dumps()
+    assert layout.Announcement.loads(data, what="x") == announcement
+    doc = json.loads(data)
+    for other in (json.dumps(doc, indent=1), json.dumps(dict(reversed(doc.items())), separators=(",", ":"))):
+        assert layout.Announcement.loads(other.encode(), what="x") == announcement
+    assert layout.Announcement.loads(b'{"version": 3}', what="x") == layout.Announcement(3, latest=3)
+
+
 def test_announced_version_without_file_is_version_not_found(root: Path, ns_dir: Path) -> None:
     announce(ns_dir, json.dumps({"version": 9}).encode())
     out = read(root, "announced")

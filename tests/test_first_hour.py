@@ -604,6 +604,68 @@ def test_open_and_the_first_lookup_make_no_pathlib_path(movies: Path, follow: st
     assert json.loads(out.stdout) == {"title": "Movie 1", "pathlib": []}
 
 
+# A fresh process counts the threading.Conditions (an Event is one, with a Lock) that its opening thread
+# makes during open + first lookup.
+CONDITIONS_MADE = r"""
+import json, sys, threading
+import hollow
+made = []
+real = threading.Condition.__init__
+def init(self, *args, **kw):
+    made.append(threading.get_ident() == threading.main_thread().ident)
+    real(self, *args, **kw)
+threading.Condition.__init__ = init
+ds = hollow.open("movies", root=sys.argv[1], follow=sys.argv[2] == "follow")
+with ds.snapshot() as snap:
+    title = snap["Movie"].get(1).title
+by_opener = sum(made)
+following = ds.wait_following(60) if ds.follow else None
+ds.close()
+print(json.dumps({"title": title, "conditions_by_opener": by_opener, "following": following}))
+"""
+
+
+@pytest.mark.parametrize("follow", ["follow", "no-follow"])
+def test_open_and_the_first_lookup_make_no_condition_or_event(movies: Path, follow: str) -> None:
+    """A fresh process's first Condition costs about 10 µs and an Event 15: the opener makes none. The
+    follower's Events are made by the helper that starts its thread, and the Condition that
+    ``wait_for`` waits on by the first ``wait_for`` (docs/decisions.md §110)."""
+    out = subprocess.run(
+        [sys.executable, "-c", CONDITIONS_MADE, str(movies), follow], capture_output=True, text=True, check=True
+    )
+    expected = {"title": "Movie 1", "conditions_by_opener": 0, "following": True if follow == "follow" else None}
+    assert json.loads(out.stdout) == expected
+
+
+# A fresh process counts the calls of json.loads that its open + first lookup make.
+JSON_CALLS = r"""
+import json, sys
+import hollow
+calls = []
+real = json.loads
+def loads(*args, **kw):
+    calls.append(args[0] if args else kw)
+    return real(*args, **kw)
+json.loads = loads
+ds = hollow.open("movies", root=sys.argv[1], follow=sys.argv[2] == "follow")
+with ds.snapshot() as snap:
+    title = snap["Movie"].get(1).title
+json.loads = real
+ds.close()
+print(json.dumps({"title": title, "json.loads": len(calls)}))
+"""
+
+
+@pytest.mark.parametrize("follow", ["follow", "no-follow"])
+def test_open_and_the_first_lookup_read_the_announcement_without_json(movies: Path, follow: str) -> None:
+    """A fresh process's first ``json.loads`` costs 30-40 µs: the announcement a producer writes is read
+    by an exact pattern of what :meth:`hollow.layout.Announcement.dumps` writes (docs/decisions.md §110)."""
+    out = subprocess.run(
+        [sys.executable, "-c", JSON_CALLS, str(movies), follow], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout) == {"title": "Movie 1", "json.loads": 0}
+
+
 def test_open_and_the_first_lookup_wait_neither_for_the_doorbell_nor_for_the_thread(
     movies: Path, tmp_path: Path
 ) -> None:

@@ -167,6 +167,10 @@ class Dataset:
     """A namespace opened for reading. Create it with :func:`hollow.open`."""
 
     _launched: _Launch | None  # the follower thread's start, under way or done (_start_following)
+    _changed: threading.Condition | None  # on _lock, made by the first wait_for (_notify_waiters)
+    # Made with the follower thread, by the helper that starts it (_launch): an open makes neither.
+    _wake: threading.Event | None  # the head start ends, or it has no doorbell and is rung
+    _armed: threading.Event | None  # the follower has its doorbell and watch (wait_following)
 
     def __init__(
         self,
@@ -249,14 +253,17 @@ class Dataset:
         if not self.follow:
             raise Error("wait_for needs a following dataset: hollow.open(..., follow=True)")
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
+        with self._lock:
+            changed = self._changed
+            if changed is None:  # the first waiter makes it (docs/decisions.md §110)
+                changed = self._changed = threading.Condition(self._lock)
             while self._current is None or self._current.version < version:
                 if self._closed:
                     raise ClosedError(f"dataset {self.namespace!r} was closed while waiting")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._changed.wait(left)
+                changed.wait(left)
             return True
 
     def wait_following(self, timeout: float | None = None) -> bool:
@@ -269,17 +276,23 @@ class Dataset:
         if not self.follow:
             raise Error("wait_following needs a following dataset: hollow.open(..., follow=True)")
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._armed.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
+        while True:
+            step = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
             with self._lock:
-                thread, launched = self._thread, self._launched
+                thread, launched, armed = self._thread, self._launched, self._armed
+            if armed is not None:  # (made by the helper that starts the thread, with the thread)
+                if armed.wait(step):
+                    return True
+            elif launched is not None and launched.done.acquire(timeout=step):
+                launched.done.release()  # the helper is done: look again
+                continue
             started = launched is None or not launched.done.locked()
             if started and (thread is None or not thread.is_alive()):
                 if self._launch_failed:
                     self._say_launch_failed()
-                return self._armed.is_set()  # no follower thread (it could not start, or has ended)
+                return armed is not None and armed.is_set()  # no follower thread (it could not start, or ended)
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-        return True
 
     def on_update(self, callback: Callable[[int], None]) -> Callable[[int], None]:
         """Call ``callback(version)`` (in the follower thread) after each switch to a new version."""
@@ -290,7 +303,7 @@ class Dataset:
         """Stay on *version* in this process, whatever is announced, until :meth:`unpin`."""
         self._check()
         att = self._attach(version)
-        with self._changed:
+        with self._lock:
             self._pinned = version
             self._switch(att)
         self._notify(version)
@@ -312,11 +325,11 @@ class Dataset:
 
         Snapshots still open keep their version until they end. Idempotent.
         """
-        with self._changed:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._changed.notify_all()
+            self._notify_waiters()
         self._stop_following()
         with self._lock:
             current, self._current = self._current, None
@@ -363,7 +376,9 @@ class Dataset:
         if bell is not None:
             bell.ring()
         else:
-            self._wake.set()  # no doorbell (yet, or it could not be made): the thread waits on this
+            wake = self._wake  # no doorbell (yet, or it could not be made): the thread waits on this
+            if wake is not None:  # (None: no thread yet, and it looks at the announcement once it runs)
+                wake.set()
 
     def _check_tree(self) -> os.stat_result:
         """The namespace directory's lstat, once the root and it are found trustworthy (layout.check_trusted)."""
@@ -394,11 +409,13 @@ class Dataset:
         with self._lock:
             thread, launched = self._thread, self._launched
             self._thread = self._launched = None
-        self._wake.set()
         if launched is not None:
             with launched.done:  # the helper has started the thread (or failed to, or found it not wanted)
                 pass
             thread = launched.thread
+        wake = self._wake
+        if wake is not None:
+            wake.set()  # the end of the thread's head start
         if thread is not None:
             while thread.is_alive():
                 self._ring()  # the thread may have made or replaced its doorbell meanwhile
@@ -412,16 +429,17 @@ class Dataset:
         if bell is not None:
             bell.close()
 
-    def _follow_loop(self) -> None:
+    def _follow_loop(self, wake: threading.Event, armed: threading.Event) -> None:
         """The follower thread. The opener gets a head start; then the doorbell, inotify, and one look
         at the announcement: anything announced before the doorbell existed is seen by that look,
-        anything after rings it (docs/decisions.md §61)."""
-        self._wake.wait(WATCH_DELAY)
+        anything after rings it (docs/decisions.md §61). *wake* and *armed* are the dataset's
+        ``_wake`` and ``_armed``, made with this thread (:func:`_launch`)."""
+        wake.wait(WATCH_DELAY)
         bell = self._first_doorbell()
         if self._stopped():
             return
         self._start_watch()
-        self._armed.set()
+        armed.set()
         rung = True  # the first look
         while not self._stopped():
             if not rung and bell is not None and not bell.present():
@@ -435,8 +453,8 @@ class Dataset:
             if bell is not None:
                 rung = bell.wait(self.poll_interval)
             else:
-                rung = self._wake.wait(self.poll_interval)
-                self._wake.clear()
+                rung = wake.wait(self.poll_interval)
+                wake.clear()
 
     def _first_doorbell(self) -> Doorbell | None:
         """In the follower thread: its doorbell; None if stopped meanwhile or it cannot be made (then
@@ -477,11 +495,10 @@ class Dataset:
     def _new_locks(self) -> None:
         # Reentrant: Snapshot.__del__ may run (GC) while this thread holds it.
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
+        self._changed = None  # (docs/decisions.md §110: an open that no one waits on makes none)
         self._refreshing = threading.Lock()
         self._rearming = threading.Lock()  # one thread re-arms a forked child's dataset (_check)
-        self._wake = threading.Event()  # the follower's head start ends, or it has no doorbell and is rung
-        self._armed = threading.Event()  # the follower has its doorbell and watch (wait_following)
+        self._wake = self._armed = None  # (made with the follower thread: _launch)
         self._launched = None
         self._launch_failed: list[BaseException] = []  # the follower thread could not be started
 
@@ -551,7 +568,7 @@ class Dataset:
             self._announce_stamp = self._read_stamp if initial else stamp
             if att is None:
                 return
-            with self._changed:
+            with self._lock:
                 if self._pinned is not None or self._stopped():
                     self._release_unused(att)
                     return
@@ -596,7 +613,14 @@ class Dataset:
             self._previous = old.version
         if old is not None and old is not att and old.users == 0:
             self._drop(old)
-        self._changed.notify_all()
+        self._notify_waiters()
+
+    def _notify_waiters(self) -> None:
+        """Wake every :meth:`wait_for` (caller holds the lock). The condition is made by the first of
+        them: an open that no one waits on makes none (docs/decisions.md §110)."""
+        changed = self._changed
+        if changed is not None:
+            changed.notify_all()
 
     def _notify(self, version: int) -> None:
         for callback in list(self._callbacks):
@@ -620,7 +644,7 @@ class Dataset:
         except Error as e:
             log.error("hollow: %s: cannot go back to version %d: %s", self.namespace, previous, str(e))
             return
-        with self._changed:
+        with self._lock:
             if self._current is att:
                 self._switch(good)
                 self._previous = None
@@ -728,11 +752,15 @@ def _launch(ds: Dataset, launched: _Launch) -> None:
     that ``threading`` never removes."""
     failed = ds._launch_failed
     try:
-        thread = threading.Thread(target=ds._follow_loop, name=f"hollow-follow-{ds.namespace}", daemon=True)
+        wake, armed = threading.Event(), threading.Event()
+        thread = threading.Thread(
+            target=ds._follow_loop, args=(wake, armed), name=f"hollow-follow-{ds.namespace}", daemon=True
+        )
         with ds._lock:
             wanted = ds._launched is launched
             if wanted:
                 ds._thread = launched.thread = thread
+                ds._wake, ds._armed = wake, armed
         if wanted:
             thread.start()
     except Exception as e:  # noqa: BLE001 - cannot start a thread: the dataset still works, without following

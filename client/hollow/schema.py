@@ -161,13 +161,12 @@ def embedded_types(fingerprint: int, nodes: Iterable[bytes], *, what: str) -> di
         structs: dict[int, Any] = {}
         try:
             readers = [read_message(bytes(b)).get_root(node_type) for b in nodes]
-            for node in readers:
-                _check_node(node, what)
+            # The check's own reads say which nodes are structs to read records through (not groups).
+            records = [node_id for node in readers if (node_id := _check_node(node, what)) is not None]
             for node in readers:
                 loader.load_dynamic(node)
-            for node in readers:
-                if node.which() == "struct" and not node.struct.isGroup:
-                    structs[node.id] = loader.get(node.id).as_struct()
+            for node_id in records:
+                structs[node_id] = loader.get(node_id).as_struct()
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: embedded schema does not load ({e.description})") from e
         except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
@@ -177,7 +176,7 @@ def embedded_types(fingerprint: int, nodes: Iterable[bytes], *, what: str) -> di
         return structs
 
 
-def _check_node(node: Any, what: str) -> None:
+def _check_node(node: Any, what: str) -> int | None:
     """Read every part of an embedded node that SchemaLoader will use, so that a malformed one
     raises here. SchemaLoader crashes the process (not an exception) on some malformed nodes:
     names that are not UTF-8, lists of the wrong element size, kinds hollowd never embeds
@@ -187,17 +186,22 @@ def _check_node(node: Any, what: str) -> None:
     Read through pycapnp's ``_get`` and ``_which_str`` rather than attributes and ``which()``:
     the same reads (an unknown union member raises the same KjException), half the cost. A fresh
     process's first open pays this once per schema, about 90 reads for a type of six fields
-    (docs/decisions.md §80)."""
+    (docs/decisions.md §80).
+
+    Returns the node's id if it is a struct that is not a group (one records can be read through),
+    else None: what the caller would otherwise read again (docs/decisions.md §110)."""
     get = node._get
-    _ = (get("id"), get("displayName"), get("displayNamePrefixLength"), get("scopeId"), get("isGeneric"))
+    node_id = get("id")
+    _ = (get("displayName"), get("displayNamePrefixLength"), get("scopeId"), get("isGeneric"))
     kind = node._which_str()
     if kind == "enum":
         _ = [(e._get("name"), e._get("codeOrder")) for e in get("enum")._get("enumerants")]
-        return
+        return None
     if kind != "struct":
         raise CorruptStateError(f"{what}: embedded schema holds a {kind} node")
     s = get("struct")._get
-    _ = (s("dataWordCount"), s("pointerCount"), s("discriminantCount"), s("discriminantOffset"), s("isGroup"))
+    _ = (s("dataWordCount"), s("pointerCount"), s("discriminantCount"), s("discriminantOffset"))
+    is_group = s("isGroup")
     for f in s("fields"):
         field = f._get
         _ = (field("name"), field("codeOrder"), field("discriminantValue"), field("ordinal")._which_str())
@@ -213,6 +217,7 @@ def _check_node(node: Any, what: str) -> None:
             which = typ._which_str()
         if which in ("struct", "enum"):
             _ = typ._get(which)._get("typeId")
+    return None if is_group else node_id
 
 
 def user_struct(module: Any, name: str, type_id: int, *, what: str) -> Any:

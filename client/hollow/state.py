@@ -102,13 +102,18 @@ class StateFile:
         try:
             env = schema.read_message(view[start : start + header.envelope_length])
             root = env.get_root(schema.envelope().State)
-            if root.version != header.version:
-                raise CorruptStateError(f"{what}: envelope says version {root.version}, header {header.version}")
-            self._type_states = {ts.name: ts for ts in root.types}
+            # The envelope is read through pycapnp's ``_get``, here and on the rest of the attach path:
+            # the same read as an attribute, without the failed attribute lookup (and its AttributeError)
+            # that comes first, about 2 µs a read in a fresh process (docs/decisions.md §110).
+            get = root._get
+            if get("version") != header.version:
+                raise CorruptStateError(f"{what}: envelope says version {get('version')}, header {header.version}")
+            self._type_states = {ts._get("name"): ts for ts in get("types")}
             self._structs = structs if structs is not None else self._schema_of(root, reader_schema)
             self._envelope = root
-            self._base = self._open_base(root, namespace, base) if root.baseVersion else None
-            self._mid = self._open_mid(root, namespace, mid) if root.midVersion else None
+            base_version, mid_version = get("baseVersion"), get("midVersion")
+            self._base = self._open_base(root, base_version, namespace, base) if base_version else None
+            self._mid = self._open_mid(root, mid_version, namespace, mid) if mid_version else None
         except capnp.KjException as e:
             raise CorruptStateError(f"{what}: damaged envelope ({e.description})") from e
         except (UnicodeDecodeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
@@ -120,27 +125,27 @@ class StateFile:
         so that a mismatch is an attach error, not a surprise at first use). A base is read through
         the schema of the version built on it."""
         if reader_schema is None:
-            return schema.embedded_types(self.header.schema_fingerprint, root.userSchema.nodes, what=self._what)
+            return schema.embedded_types(
+                self.header.schema_fingerprint, root._get("userSchema")._get("nodes"), what=self._what
+            )
         return {
             ts.typeId: schema.user_struct(reader_schema, name, ts.typeId, what=self._what)
             for name, ts in self._type_states.items()
         }
 
-    def _open_base(self, root: Any, namespace: str, given: StateFile | None) -> StateFile:
+    def _open_base(self, root: Any, version: int, namespace: str, given: StateFile | None) -> StateFile:
         path = self._path + layout.BASE_SUFFIX if given is None else given._path  # layout.base_of
         try:
             base = given or StateFile(path, namespace=namespace, structs=self._structs)
         except VersionNotFoundError as e:
             raise CorruptStateError(f"{self._what}: its base {path} is missing ({e})") from None
-        if base.version != root.baseVersion or base.header.content_hash != root.baseContentHash:
-            raise CorruptStateError(
-                f"{self._what}: {path} is not its base (version {base.version}, wanted {root.baseVersion})"
-            )
+        if base.version != version or base.header.content_hash != root._get("baseContentHash"):
+            raise CorruptStateError(f"{self._what}: {path} is not its base (version {base.version}, wanted {version})")
         if base._base is not None:
             raise CorruptStateError(f"{self._what}: its base {path} has a base of its own")
         return base
 
-    def _open_mid(self, root: Any, namespace: str, given: StateFile | None) -> StateFile:
+    def _open_mid(self, root: Any, version: int, namespace: str, given: StateFile | None) -> StateFile:
         """The version this file's overlays are over: ``<version>.mid``, on the same base, with no mid."""
         path = self._path + layout.MID_SUFFIX if given is None else given._path  # layout.mid_of
         if self._base is None:
@@ -149,11 +154,13 @@ class StateFile:
             mid = given or StateFile(path, namespace=namespace, structs=self._structs, base=self._base)
         except VersionNotFoundError as e:
             raise CorruptStateError(f"{self._what}: its mid {path} is missing ({e})") from None
-        if mid.version != root.midVersion or mid.header.content_hash != root.midContentHash:
-            raise CorruptStateError(
-                f"{self._what}: {path} is not its mid (version {mid.version}, wanted {root.midVersion})"
-            )
-        if mid._base is not self._base or mid._mid is not None or mid._envelope.baseVersion != root.baseVersion:
+        if mid.version != version or mid.header.content_hash != root._get("midContentHash"):
+            raise CorruptStateError(f"{self._what}: {path} is not its mid (version {mid.version}, wanted {version})")
+        if (
+            mid._base is not self._base
+            or mid._mid is not None
+            or mid._envelope._get("baseVersion") != root._get("baseVersion")
+        ):
             raise CorruptStateError(f"{self._what}: its mid {path} is not an overlay on the same base")
         return mid
 
@@ -297,31 +304,33 @@ class StateFile:
         return view
 
     def _attach_type(self, ts: Any) -> TypeView:
-        what, name = self._what, ts.name
-        struct = self._structs.get(ts.typeId)
+        get = ts._get  # (not attributes: see __init__)
+        what, name, type_id = self._what, get("name"), get("typeId")
+        struct = self._structs.get(type_id)
         if struct is None:
-            raise CorruptStateError(f"{what}: type {name} ({ts.typeId:#x}) missing from the embedded schema")
+            raise CorruptStateError(f"{what}: type {name} ({type_id:#x}) missing from the embedded schema")
         if self._mid is not None:
             return self._attach_top(ts, struct)
         if self._base is not None:
             return self._attach_overlaid(ts, struct)
         view, size = self._view, self.header.file_length
-        records = self._records(ts.records, capnp._ListSchema(struct), f"{name} records")
-        count, ordinals = ts.count, ts.ordinals
+        records = self._records(get("records"), capnp._ListSchema(struct), f"{name} records")
+        count, ordinals = get("count"), get("ordinals")
         if len(records) != ordinals:
             raise CorruptStateError(f"{what}: {name} has {len(records)} ordinals, envelope says {ordinals}")
         holes = lambda: self._holes(ts)  # noqa: E731 - read on first use (TypeView.holes)
-        primary = IndexTable.attach(ts.primaryKey, view, size, what=f"{what}: {name} primary key")
-        secondary = IndexTables(ts.indexes, view, size, what=f"{what}: {name} index")
+        primary = IndexTable.attach(get("primaryKey"), view, size, what=f"{what}: {name} primary key")
+        secondary = IndexTables(get("indexes"), view, size, what=f"{what}: {name} index")
         return TypeView(
-            name, records, count, holes, primary, secondary, content_hash=ts.contentHash, schema=struct, what=what
+            name, records, count, holes, primary, secondary, content_hash=get("contentHash"), schema=struct, what=what
         )
 
     def _records(self, sec: Any, list_schema: Any, what: str) -> Any:
         """The list of records of one Records message section (a base's records, or an overlay chunk)."""
-        layout.check_section(sec.offset, sec.length, self.header.file_length, what=f"{self._what}: {what}")
-        msg = schema.read_message(self._view[sec.offset : sec.offset + sec.length])
-        return msg.get_root(schema.envelope().Records).list.as_list(list_schema)
+        offset, length = sec._get("offset"), sec._get("length")
+        layout.check_section(offset, length, self.header.file_length, what=f"{self._what}: {what}")
+        msg = schema.read_message(self._view[offset : offset + length])
+        return msg.get_root(schema.envelope().Records)._get("list").as_list(list_schema)
 
     def _chunk(self, sec: Any, list_schema: Any, what: str) -> Any:
         """One overlay chunk's records, read on first use (:class:`hollow.view.Chunks`)."""
@@ -344,32 +353,37 @@ class StateFile:
     def _attach_overlaid(self, ts: Any, struct: Any) -> TypeView:
         """The type's view: the base's records and indexes under this file's overlay."""
         assert self._base is not None
-        if ts.name not in self._base._type_states:
-            raise CorruptStateError(f"{self._what}: type {ts.name} is missing from its base")
-        base = self._base.type(ts.name)
+        get = ts._get
+        name = get("name")
+        if name not in self._base._type_states:
+            raise CorruptStateError(f"{self._what}: type {name} is missing from its base")
+        base = self._base.type(name)
         return OverlaidView(
-            ts.name,
+            name,
             base._records,
-            ts.count,
+            get("count"),
             lambda: self._holes(ts),
             base.primary,
             base.indexes,
-            content_hash=ts.contentHash,
+            content_hash=get("contentHash"),
             schema=struct,
             what=self._what,
             overlay=self._overlay(ts, struct, len(base.indexes)),
-            size=ts.ordinals,
+            size=get("ordinals"),
         )
 
     def _attach_top(self, ts: Any, struct: Any) -> TypeView:
         """The type's view: its mid's view under this file's (small) overlay."""
         assert self._mid is not None
-        if ts.name not in self._mid._type_states:
-            raise CorruptStateError(f"{self._what}: type {ts.name} is missing from its mid")
-        mid = self._mid.type(ts.name)
+        get = ts._get
+        name = get("name")
+        if name not in self._mid._type_states:
+            raise CorruptStateError(f"{self._what}: type {name} is missing from its mid")
+        mid = self._mid.type(name)
         overlay = self._overlay(ts, struct, len(mid.indexes))
+        holes = lambda: self._holes(ts)  # noqa: E731 - read on first use (TypeView.holes)
         return TopView(
-            mid, overlay, ts.count, lambda: self._holes(ts), ts.ordinals, content_hash=ts.contentHash, what=self._what
+            mid, overlay, get("count"), holes, get("ordinals"), content_hash=get("contentHash"), what=self._what
         )
 
     def _overlay(self, ts: Any, struct: Any, n_indexes: int) -> Overlay:
@@ -377,19 +391,20 @@ class StateFile:
         (so that a forged chunk fails the type's first use, which sends a following dataset back,
         docs/decisions.md §40); its other chunks as they are read (each bounds-checked), its entry
         ordinals and key table on first use (:meth:`_entries`)."""
-        what, view, size, name = self._what, self._view, self.header.file_length, ts.name
-        ov = ts.overlay
-        secs, list_schema = ov.chunks, capnp._ListSchema(struct)
+        what, view, size, name = self._what, self._view, self.header.file_length, ts._get("name")
+        ov = ts._get("overlay")
+        get = ov._get
+        secs, list_schema = get("chunks"), capnp._ListSchema(struct)
         chunks = Chunks(len(secs), lambda i: self._chunk(secs[i], list_schema, f"{name} chunk {i}"))
-        refs = section(view, ov.entryRefs, size, "Q", what=f"{what}: {name} overlay refs")
+        refs = section(view, get("entryRefs"), size, "Q", what=f"{what}: {name} overlay refs")
         for ref in refs[:1]:  # each record access is bounds-checked by capnp; check the first here
             if ref >> 32 >= len(chunks) or ref & 0xFFFFFFFF >= len(chunks[ref >> 32]):
                 raise CorruptStateError(f"{what}: {name} overlay refers past its chunks")
-        bloom = section(view, ov.bloom, size, "B", what=f"{what}: {name} overlay bloom")[: ov.bloomLength]
+        bloom = section(view, get("bloom"), size, "B", what=f"{what}: {name} overlay bloom")[: get("bloomLength")]
         if not len(bloom):
             raise CorruptStateError(f"{what}: {name} overlay has no bloom array")
-        added = IndexTables(ov.added, view, size, what=f"{what}: {name} overlay index")
-        skipped = IndexTables(ov.skipped, view, size, what=f"{what}: {name} overlay index")
+        added = IndexTables(get("added"), view, size, what=f"{what}: {name} overlay index")
+        skipped = IndexTables(get("skipped"), view, size, what=f"{what}: {name} overlay index")
         if len(added) != n_indexes or len(skipped) != n_indexes:
             raise CorruptStateError(f"{what}: {name} overlay indexes do not match its base's")
         return Overlay(chunks, refs, lambda: self._entries(ov, len(refs), name), bloom, added, skipped)

@@ -34,7 +34,7 @@ _xxh3 = xxhash.xxh3_64_intdigest
 
 def section(view: memoryview, sec: Any, size: int, fmt: str, *, what: str) -> memoryview:
     """A typed memoryview of one bounds-checked section of the file."""
-    offset, length = sec.offset, sec.length
+    offset, length = sec._get("offset"), sec._get("length")  # not attributes: docs/decisions.md §110
     layout.check_section(offset, length, size, what=what)
     if length % 8:
         raise CorruptStateError(f"{what}: section length {length} is not a multiple of 8")
@@ -62,13 +62,14 @@ class IndexTable:
     @classmethod
     def attach(cls, ix: Any, view: memoryview, size: int, *, what: str) -> IndexTable:
         self = cls()
-        self.fields = tuple(ix.fields)
-        self.key_types = tuple(int(t.raw) if hasattr(t, "raw") else _KEY_TYPES[str(t)] for t in ix.fieldTypes)
-        self.kind = layout.KIND_EXACT_INT if str(ix.kind) == "exactInt" else layout.KIND_HASHED
-        self.unique = ix.unique
-        self.capacity = ix.capacity
-        self.slots = section(view, ix.slots, size, "Q", what=what)
-        self.postings = section(view, ix.postings, size, "I", what=what)
+        get = ix._get  # not attributes: docs/decisions.md §110
+        self.fields = tuple(get("fields"))
+        self.key_types = tuple(int(t.raw) if hasattr(t, "raw") else _KEY_TYPES[str(t)] for t in get("fieldTypes"))
+        self.kind = layout.KIND_EXACT_INT if str(get("kind")) == "exactInt" else layout.KIND_HASHED
+        self.unique = get("unique")
+        self.capacity = get("capacity")
+        self.slots = section(view, get("slots"), size, "Q", what=what)
+        self.postings = section(view, get("postings"), size, "I", what=what)
         n = self.capacity
         if len(self.slots) != 2 * n or n == 0:
             raise CorruptStateError(f"{what}: index table does not match capacity {n}")
