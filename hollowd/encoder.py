@@ -475,10 +475,12 @@ class _Columns:
     """The columnar path: each top-level field of every record at once.
 
     Scalars go through ``array`` (which rejects wrong types and out-of-range
-    values like ``struct`` does) into a strided numpy view of the list. Text is
-    interned with ``dict.fromkeys`` and its pointers computed as a vector.
-    Lists of Text are interned per distinct list. Other pointer fields use the
-    per-record encoders, one column at a time.
+    values like ``struct`` does; integers once per column, straight from the
+    records: ``ColumnCache.ints``) into a strided numpy view of the list. Text
+    that repeats is interned by :func:`distinct_codes` and its pointers computed
+    as a vector. Lists of Text are interned per distinct list, by vectors of
+    string ids. Other pointer fields use the per-record encoders, one column at
+    a time.
     """
 
     def __init__(
@@ -490,7 +492,9 @@ class _Columns:
     ) -> None:
         self.enc, self.buf, self.top = encoder, buf, encoder.top
         self.n = len(records)
-        holes = records.count(None)
+        self.types = set(map(type, records))  # one pass: holes, and whether every record is a dict
+        holes = type(None) in self.types
+        self.types.discard(type(None))
         if holes:
             self.ordinals: Any = np.fromiter((i for i, r in enumerate(records) if r is not None), np.int64)
             self.records = [r for r in records if r is not None]
@@ -498,12 +502,13 @@ class _Columns:
             self.ordinals = np.arange(self.n, dtype=np.int64)
             self.records = records  # type: ignore[assignment]
         self.columns = columns if columns is not None and not holes else ColumnCache(self.records)
+        self._ppos: Any = None
 
     def encode(self) -> None:
         top, recs = self.top, self.records
         if not recs:
             return
-        if set(map(type, recs)) != {dict} or set(map(len, recs)) != {len(top.getter)}:
+        if self.types != {dict} or set(map(len, recs)) != {len(top.getter)}:
             raise _Fallback  # not all plain dicts with exactly the schema's fields
         pointer_cols: list[tuple[int, int, list[Any], str]] = []
         for (i, field), name in zip(top.columns, top.getter, strict=True):
@@ -671,10 +676,19 @@ class _Columns:
         return starts, lens
 
     def _pointer_column(self, slot: int, targets: Any, counts: Any, elsize: int, null: Any | None) -> None:
-        ppos = 24 + self.ordinals * (self.top.words * 8) + (self.top.data_words + slot) * 8
-        offsets = ((targets - ppos) >> 3) - 1
-        words = ((offsets & _OFFSET_MASK) << 2).astype(np.uint64) | np.uint64(1 | (elsize << 32))
-        words |= counts.astype(np.uint64) << np.uint64(35)
+        if self._ppos is None:  # each live record's byte position: the same for every pointer field
+            self._ppos = 24 + self.ordinals * (self.top.words * 8)
+        words = np.subtract(targets, self._ppos, dtype=np.int64)  # one new vector, the rest in place
+        words -= (self.top.data_words + slot) * 8
+        words >>= 3
+        words -= 1
+        words &= _OFFSET_MASK
+        words <<= 2
+        words |= 1 | (elsize << 32)
+        words = words.view(np.uint64)
+        shifted = counts.astype(np.uint64)
+        shifted <<= np.uint64(35)
+        words |= shifted
         if null is not None:
             words[null] = 0
         self._put((self.top.data_words + slot) * 8, "<u8", words)
