@@ -36,6 +36,7 @@ import capnp
 import numpy as np
 
 from hollow import schema as reader_schema
+from hollowd import sorting
 
 if sys.byteorder != "little":  # pragma: no cover - Cap'n Proto is little-endian; so are our hosts
     raise ImportError("hollowd's encoder writes little-endian words and needs a little-endian host")
@@ -61,6 +62,7 @@ _PRIM = {
 }
 _BITS_FMT = {"f": "I", "d": "Q"}
 _ELSIZE = {1: 2, 2: 3, 4: 4, 8: 5}  # element bytes -> capnp element-size code
+_INT_CODES = frozenset("bhiqBHIQ")
 _ARRAY_CODE = {"b": "b", "h": "h", "i": "i", "q": "q", "B": "B", "H": "H", "I": "I", "Q": "Q", "f": "f", "d": "d"}
 
 
@@ -404,13 +406,19 @@ class RecordEncoder:
 class ColumnCache:
     """Whole columns of a list of record dicts, each taken once (one C-level pass per field).
 
-    ``get(name)`` is None when some record lacks the field or is not a dict.
+    ``get(name)`` is None when some record lacks the field or is not a dict. ``ints(name)`` is
+    the column as integers (int64, or uint64 when a value needs it), converted once and, when the
+    column was not taken as a list, straight from the records: an integer key is then looked at
+    once for its fingerprint and its encoding, where taking it, converting it for each, and
+    freeing the list touched every value four times (0.2 s each for 1M shuffled ids).
     Shared by key checking, index building and the encoder's columnar path.
     """
 
     def __init__(self, records: list[Any]) -> None:
         self.records = records
         self._columns: dict[str, list[Any] | None] = {}
+        self._ints: dict[str, Any] = {}
+        self._codes: dict[str, tuple[list[Any], Any] | None] = {}
 
     def get(self, name: str) -> list[Any] | None:
         if name not in self._columns:
@@ -419,6 +427,44 @@ class ColumnCache:
             except (KeyError, TypeError):
                 self._columns[name] = None
         return self._columns[name]
+
+    def codes(self, name: str) -> tuple[list[Any], Any] | None:
+        """:func:`distinct_codes` of the column, made once; None when it cannot be taken, or a value
+        is not hashable."""
+        if name not in self._codes:
+            col = self.get(name)
+            try:
+                self._codes[name] = None if col is None else distinct_codes(col)
+            except TypeError:
+                self._codes[name] = None
+        return self._codes[name]
+
+    def ints(self, name: str) -> Any:
+        """The column as an int64 (or uint64) array; None when a value is not an int (a None, a
+        float, a str...), is out of 64-bit range, or some record lacks the field."""
+        if name not in self._ints:
+            self._ints[name] = None
+            for code, dtype in (("q", np.int64), ("Q", np.uint64)):  # signed first, as index.fingerprints
+                col = self._columns.get(name)
+                try:
+                    values = array(code, map(itemgetter(name), self.records) if col is None else col)
+                except OverflowError:
+                    continue
+                except (KeyError, TypeError):
+                    break
+                self._ints[name] = np.frombuffer(values, dtype=dtype) if len(values) else np.zeros(0, dtype)
+                break
+        return self._ints[name]
+
+
+def distinct_codes(values: list[Any]) -> tuple[list[Any], Any]:
+    """The distinct values in order of first appearance, and each value's number among them (an
+    int64 vector): one dict of the distinct values, one C-level pass (``map`` takes the dict's
+    length, its next number, before it calls ``setdefault`` with the value). Equal values are one
+    (``1``, ``1.0`` and ``True`` too, as in any dict). TypeError when a value is not hashable."""
+    seen: dict[Any, int] = {}
+    codes = np.fromiter(map(seen.setdefault, values, map(len, repeat(seen))), dtype=np.int64, count=len(values))
+    return list(seen), codes
 
 
 class _Fallback(Exception):  # noqa: N818 - control flow
@@ -429,10 +475,12 @@ class _Columns:
     """The columnar path: each top-level field of every record at once.
 
     Scalars go through ``array`` (which rejects wrong types and out-of-range
-    values like ``struct`` does) into a strided numpy view of the list. Text is
-    interned with ``dict.fromkeys`` and its pointers computed as a vector.
-    Lists of Text are interned per distinct list. Other pointer fields use the
-    per-record encoders, one column at a time.
+    values like ``struct`` does; integers once per column, straight from the
+    records: ``ColumnCache.ints``) into a strided numpy view of the list. Text
+    that repeats is interned by :func:`distinct_codes` and its pointers computed
+    as a vector. Lists of Text are interned per distinct list, by vectors of
+    string ids. Other pointer fields use the per-record encoders, one column at
+    a time.
     """
 
     def __init__(
@@ -444,7 +492,9 @@ class _Columns:
     ) -> None:
         self.enc, self.buf, self.top = encoder, buf, encoder.top
         self.n = len(records)
-        holes = records.count(None)
+        self.types = set(map(type, records))  # one pass: holes, and whether every record is a dict
+        holes = type(None) in self.types
+        self.types.discard(type(None))
         if holes:
             self.ordinals: Any = np.fromiter((i for i, r in enumerate(records) if r is not None), np.int64)
             self.records = [r for r in records if r is not None]
@@ -452,30 +502,26 @@ class _Columns:
             self.ordinals = np.arange(self.n, dtype=np.int64)
             self.records = records  # type: ignore[assignment]
         self.columns = columns if columns is not None and not holes else ColumnCache(self.records)
+        self._ppos: Any = None
 
     def encode(self) -> None:
         top, recs = self.top, self.records
         if not recs:
             return
-        if set(map(type, recs)) != {dict} or set(map(len, recs)) != {len(top.getter)}:
+        if self.types != {dict} or set(map(len, recs)) != {len(top.getter)}:
             raise _Fallback  # not all plain dicts with exactly the schema's fields
-        pointer_cols: list[tuple[int, int, list[Any]]] = []
+        pointer_cols: list[tuple[int, int, list[Any], str]] = []
         for (i, field), name in zip(top.columns, top.getter, strict=True):
-            col = self.columns.get(name)  # one pass per field beats rows + transpose
-            if col is None:
-                raise _Fallback
-            if field.kind == "data":
-                self._scalars(field, col)
-            elif field.kind == "bool":
-                self._bools(field, col)
+            if field.kind == "pointer":
+                pointer_cols.append((i, field.ptr_index, self._column(name), name))
             else:
-                pointer_cols.append((i, field.ptr_index, col))
+                self._data_column(field, name)
         self.tcache: dict[str, tuple[int, int]] = {}
         row_encoders = None
-        for i, slot, col in pointer_cols:
+        for i, slot, col, name in pointer_cols:
             desc = top.pointers[i]
             if desc[0] == "text":
-                self._text_column(slot, col)
+                self._text_column(slot, col, name)
             elif desc == ("list", ("text",)):
                 self._text_lists(slot, col)
             else:
@@ -484,6 +530,23 @@ class _Columns:
                 self._row_pointers(slot, col, row_encoders[i])
 
     # -- helpers --------------------------------------------------------------
+
+    def _column(self, name: str) -> list[Any]:
+        col = self.columns.get(name)  # one pass per field beats rows + transpose
+        if col is None:
+            raise _Fallback
+        return col
+
+    def _data_column(self, field: _Field, name: str) -> None:
+        if field.kind == "data" and field.code in _INT_CODES and field.enum is None:
+            ints = self.columns.ints(name)  # no list of the column, when its values are all ints
+            if ints is not None:
+                self._ints(field, ints)
+                return
+        if field.kind == "data":
+            self._scalars(field, self._column(name))
+        else:
+            self._bools(field, self._column(name))
 
     def _view(self, byte_offset: int, dtype: str) -> Any:
         """A strided view of one field across every live record."""
@@ -531,6 +594,16 @@ class _Columns:
             values = values ^ np.array(default, dtype=field.dtype)
         self._put(field.offset, field.dtype, values)
 
+    def _ints(self, field: _Field, values: Any) -> None:
+        """An integer column given as an int64 or uint64 array: range-checked as ``array`` would."""
+        limits = np.iinfo(field.dtype)
+        if len(values) and (int(values.min()) < limits.min or int(values.max()) > limits.max):
+            raise _Fallback  # out of the field's range: the row path names the record
+        values = values.astype(field.dtype, copy=False)
+        if field.default:
+            values = values ^ np.array(field.default, dtype=field.dtype)
+        self._put(field.offset, field.dtype, values)
+
     def _bools(self, field: _Field, col: list[Any]) -> None:
         if None in col:
             col = [bool(field.default) if v is None else v for v in col]
@@ -542,14 +615,15 @@ class _Columns:
         merged = target | (bits << np.uint8(field.offset % 8))
         self._put(field.offset // 8, "u1", merged)
 
-    def _text_column(self, slot: int, col: list[Any]) -> None:
+    def _text_column(self, slot: int, col: list[Any], name: str | None = None) -> None:
         """Write a Text column: in order when its values are mostly distinct, else once per value.
 
         A None (absent) is looked for only once writing the column as it is has failed, before
-        anything was written."""
+        anything was written. *name* is the column's in the column cache, whose distinct values
+        the secondary indexes share."""
         null = None
         try:
-            starts, lens = self._texts(col)
+            starts, lens = self._texts(col, name)
         except _Fallback:
             if None not in col:
                 raise
@@ -557,17 +631,18 @@ class _Columns:
             starts, lens = self._texts(["" if v is None else v for v in col])
         self._pointer_column(slot, starts, lens + 1, 2, null)
 
-    def _texts(self, col: list[Any]) -> tuple[Any, Any]:
-        """Write the Text values of a column; return each one's byte position and length.
-        Raises :class:`_Fallback`, having written nothing, when one is not a str."""
+    def _texts(self, col: list[Any], name: str | None = None) -> tuple[Any, Any]:
+        """Write the Text values of a column (*name*'s in the column cache, if given); return each
+        one's byte position and length. Raises :class:`_Fallback`, having written nothing, when
+        one is not a str."""
         sample = col[:4096]
         try:
             if len(set(sample)) > len(sample) // 2:
                 starts, lens = self._write_strings(col)
             else:
-                distinct = {v: i for i, v in enumerate(dict.fromkeys(col))}
-                d_starts, d_lens = self._write_strings(list(distinct))
-                which = np.fromiter(map(distinct.__getitem__, col), dtype=np.int64, count=len(col))
+                coded = self.columns.codes(name) if name is not None else None
+                distinct, which = coded if coded is not None else distinct_codes(col)
+                d_starts, d_lens = self._write_strings(distinct)
                 starts, lens = d_starts[which], d_lens[which]
         except (TypeError, UnicodeEncodeError):
             raise _Fallback from None
@@ -601,10 +676,19 @@ class _Columns:
         return starts, lens
 
     def _pointer_column(self, slot: int, targets: Any, counts: Any, elsize: int, null: Any | None) -> None:
-        ppos = 24 + self.ordinals * (self.top.words * 8) + (self.top.data_words + slot) * 8
-        offsets = ((targets - ppos) >> 3) - 1
-        words = ((offsets & _OFFSET_MASK) << 2).astype(np.uint64) | np.uint64(1 | (elsize << 32))
-        words |= counts.astype(np.uint64) << np.uint64(35)
+        if self._ppos is None:  # each live record's byte position: the same for every pointer field
+            self._ppos = 24 + self.ordinals * (self.top.words * 8)
+        words = np.subtract(targets, self._ppos, dtype=np.int64)  # one new vector, the rest in place
+        words -= (self.top.data_words + slot) * 8
+        words >>= 3
+        words -= 1
+        words &= _OFFSET_MASK
+        words <<= 2
+        words |= 1 | (elsize << 32)
+        words = words.view(np.uint64)
+        shifted = counts.astype(np.uint64)
+        shifted <<= np.uint64(35)
+        words |= shifted
         if null is not None:
             words[null] = 0
         self._put((self.top.data_words + slot) * 8, "<u8", words)
@@ -612,37 +696,52 @@ class _Columns:
     def _text_lists(self, slot: int, col: list[Any]) -> None:
         """Write a List(Text) column: each distinct list once, each distinct string once.
 
-        The lists' pointer words are computed as one vector over all distinct lists
-        (a Python loop per distinct list cost seconds when most lists differ). Lists are
-        interned even when a sample of them looks distinct: 1M lists of 2-3 of 49 words
-        look distinct 4,096 at a time, and not interning them made the file 15% larger."""
+        Interned exactly, and without a tuple a record: each string gets an id (one dict of the
+        distinct strings, one C-level pass over all elements), each list is packed into a 64-bit
+        key of its ids (one vector step per element position, the longest list's length), and
+        the keys are grouped by one sort (:func:`_groups`). Lists too long beside the others, or
+        too many distinct strings for the packing, are interned through a tuple a record instead
+        (:func:`_lists_by_tuples`); both give the same bytes. Lists are interned even when a sample
+        of them looks distinct: 1M lists of 2-3 of 49 words look distinct 4,096 at a time, and not
+        interning them made the file 15% larger (docs/decisions.md §70, §120)."""
         types = set(map(type, col))
         if not types <= {list, tuple, type(None)}:
             raise _Fallback
-        null = np.fromiter((v is None for v in col), dtype=bool, count=len(col)) if type(None) in types else None
-        try:
-            keys = list(map(tuple, col)) if null is None else [tuple(v) if v is not None else () for v in col]
-            distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-            flat = list(chain.from_iterable(distinct))
-            strings = {s: i for i, s in enumerate(dict.fromkeys(flat))}
+        null = None
+        if type(None) in types:
+            null = np.fromiter((v is None for v in col), dtype=bool, count=len(col))
+            col = [() if v is None else v for v in col]
+        lens = np.fromiter(map(len, col), dtype=np.int64, count=len(col))
+        strings: dict[Any, int] = {}
+        try:  # each element's id: its string's number in order of first appearance (distinct_codes)
+            ids = np.fromiter(
+                map(strings.setdefault, chain.from_iterable(col), map(len, repeat(strings))),
+                dtype=np.int64,
+                count=int(lens.sum()),
+            )
         except TypeError:  # an element that is not even hashable: the row path names it
             raise _Fallback from None
+        lists = _distinct_lists(ids, lens, len(strings))
+        if lists is None:
+            which, counts, per_record = _lists_by_tuples(col, strings)
+        else:
+            rows, per_record = lists
+            counts = lens[rows]
+            starts = np.cumsum(lens) - lens
+            which = ids[np.repeat(starts[rows] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))]
         try:
             s_starts, s_lens = self._write_strings(list(strings))
         except TypeError:
             raise _Fallback from None
-        counts = np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct))
-        which = np.fromiter(map(strings.__getitem__, flat), dtype=np.int64, count=len(flat))
         area = len(self.buf)
-        self.buf.extend(bytes(8 * len(flat)))
-        at = area + 8 * np.arange(len(flat), dtype=np.int64)
+        self.buf.extend(bytes(8 * len(which)))
+        at = area + 8 * np.arange(len(which), dtype=np.int64)
         offsets = ((s_starts[which] - at) >> 3) - 1
         words = ((offsets & _OFFSET_MASK) << 2).astype(np.uint64) | np.uint64(0x200000001)
         words |= (s_lens[which] + 1).astype(np.uint64) << np.uint64(35)
-        if flat:
-            np.frombuffer(self.buf, dtype="<u8", count=len(flat), offset=area)[:] = words
+        if len(which):
+            np.frombuffer(self.buf, dtype="<u8", count=len(which), offset=area)[:] = words
         list_at = area + 8 * (np.cumsum(counts) - counts)
-        per_record = np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=len(keys))
         self._pointer_column(slot, list_at[per_record], counts[per_record], 6, null)
 
     def _row_pointers(self, slot: int, col: list[Any], fn: Any) -> None:
@@ -655,6 +754,79 @@ class _Columns:
         except Exception:  # noqa: BLE001 - the row path names the bad record
             raise _Fallback from None
         self._put((self.top.data_words + slot) * 8, "<u8", np.array(words, dtype=np.uint64))
+
+
+def _lists_by_tuples(col: list[Any], strings: dict[Any, int]) -> tuple[Any, Any, Any]:
+    """Each distinct list (a tuple a record, a dict of the tuples): the string ids of the distinct
+    lists one after another in order of first appearance, each one's length, each record's list.
+    The ids are *strings*' dense positions (its order of first appearance), as :func:`_distinct_lists`
+    gives them."""
+    keys = list(map(tuple, col))
+    distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    dense = {s: i for i, s in enumerate(strings)}
+    flat = list(chain.from_iterable(distinct))
+    which = np.fromiter(map(dense.__getitem__, flat), dtype=np.int64, count=len(flat))
+    counts = np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct))
+    per_record = np.fromiter(map(distinct.__getitem__, keys), dtype=np.int64, count=len(keys))
+    return which, counts, per_record
+
+
+def _distinct_lists(ids: Any, lens: Any, nstrings: int) -> tuple[Any, Any] | None:
+    """The distinct lists among lists given as their elements' ids (*ids*, all lists one after
+    another, each id below *nstrings*) and lengths (*lens*), as vectors: the first record of each
+    distinct list in order of first appearance, and each record's distinct list.
+
+    Each list becomes a key of its ids + 1 (0 pads a shorter list), several ids a 64-bit word;
+    when the next id does not fit, the keys so far are replaced by their group numbers
+    (:func:`_groups`), which need only as many bits as there are records. None when one
+    element position's pass costs more than four times the elements (a list far longer than the
+    others), or when the ids do not fit beside a group number: the caller interns by tuples."""
+    n = len(lens)
+    longest = int(lens.max()) if n else 0
+    if n * longest > 4 * (len(ids) + n):
+        return None
+    bits = nstrings.bit_length()
+    nbits = max(n - 1, 1).bit_length()  # a record's index, sorted below its key
+    room = 64 - nbits
+    if bits > room - nbits:
+        return None
+    at = np.cumsum(lens) - lens  # where each list starts, then its j-th element
+    padded = np.zeros(len(ids) + longest, dtype=np.uint64)
+    np.add(ids, 1, out=padded[: len(ids)], casting="unsafe")
+    key = np.zeros(n, dtype=np.uint64)
+    column = np.empty(n, dtype=np.uint64)
+    present = np.empty(n, dtype=bool)
+    used = 0
+    for j in range(longest):
+        if used + bits > room:
+            key = _groups(key, nbits)[0].astype(np.uint64)
+            used = nbits
+        np.take(padded, at, out=column)
+        np.greater(lens, j, out=present)
+        column *= present  # past a list's end: the next list's ids, cleared
+        key <<= np.uint64(bits)
+        key |= column
+        at += 1
+        used += bits
+    group, first = _groups(key, nbits)
+    order = np.argsort(first)  # the distinct lists in order of first appearance
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[order] = np.arange(len(first), dtype=np.int64)
+    return first[order], rank[group]
+
+
+def _groups(key: Any, nbits: int) -> tuple[Any, Any]:
+    """Equal keys grouped, by one sort: each key's group (groups in ascending key order) and the
+    first index of each group. Every key is below ``2 ** (64 - nbits)``, *nbits* the bits of an
+    index (:func:`hollowd.sorting.stable_order`)."""
+    n = len(key)
+    order, ordered = sorting.stable_order(key, 1 << (64 - nbits))
+    new = np.empty(n, dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    group = np.empty(n, dtype=np.int64)
+    group[order] = np.cumsum(new) - 1
+    return group, order[new]
 
 
 def _bind(

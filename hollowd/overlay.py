@@ -27,7 +27,7 @@ import bisect
 import dataclasses
 import itertools
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1232,12 +1232,16 @@ def _positions_of(values: Any, few: Any) -> Any:
     return maybe[_in_sorted(values[maybe], few)]
 
 
-def check_unique(rtype: RecordType, keys: list[Any], fps: Any, positions: list[int] | None = None) -> None:
+def check_unique(
+    rtype: RecordType, keys: list[Any] | Callable[[], list[Any]], fps: Any, positions: list[int] | None = None
+) -> None:
     """Raise :class:`DuplicateKeyError` naming the first repeated key (and the input *positions* of
-    the keys, when they are not 0, 1, ...)."""
+    the keys, when they are not 0, 1, ...). *keys* may be a function giving them, called only then."""
     ordered = np.sort(fps)
     if not (ordered[1:] == ordered[:-1]).any():
         return
+    if callable(keys):
+        keys = keys()
     seen: dict[Any, int] = {}
     for i, k in enumerate(keys):
         if k in seen:

@@ -184,13 +184,18 @@ def build_type(
     """
     columns = encoder.ColumnCache(records)
     exact = rtype.primary.kind == layout.KIND_EXACT_INT
-    keys = _keys(rtype, records, columns, seek_none=not exact)
-    try:
-        fps = full_fingerprints(rtype, keys)
-    except ValidationError:
-        if exact and None in keys:  # looked for only now: a scan of a million keys cost 0.1 s
-            _hashable_key(rtype, None, keys.index(None))
-        raise
+    ints = columns.ints(rtype.primary.fields[0]) if exact else None
+    if ints is not None:  # every key an int: their fingerprints are their 64 bits, no list of them made
+        fps = ints.view(np.uint64)
+        keys: Any = lambda: _keys(rtype, records, columns)  # noqa: E731 - only to name a repeated key
+    else:
+        keys = _keys(rtype, records, columns, seek_none=not exact)
+        try:
+            fps = full_fingerprints(rtype, keys)
+        except ValidationError:
+            if exact and None in keys:  # looked for only now: a scan of a million keys cost 0.1 s
+                _hashable_key(rtype, None, keys.index(None))
+            raise
     overlay.check_unique(rtype, keys, fps)
     ordinals, size, holes = _ordinals(fps, previous)
     if size == len(records) and (ordinals[1:] > ordinals[:-1]).all():
@@ -328,6 +333,13 @@ def secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]], c
     defaults = [_field_default(rtype, f) for f in spec.fields]
     if len(spec.fields) == 1:
         name, default = spec.fields[0], defaults[0]
+        coded = columns.codes(name)  # the distinct values the encoder interned the column by
+        if coded is not None:
+            known, codes = coded
+            try:
+                return index.fingerprints(spec, [default if v is None else v for v in known])[codes]
+            except TypeError as e:
+                raise ValidationError(f"{rtype.name}: index on {name}: {e}", type_name=rtype.name, field=name) from None
         values: list[Any] = columns.get(name) or [d.get(name) for d in records]
         if None in values:
             values = [default if v is None else v for v in values]
