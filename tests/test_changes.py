@@ -172,9 +172,12 @@ def test_kill_9_at_random_points_of_a_stream_loses_and_repeats_nothing(
         d = Daemon(config, tmp_path)
         append(source, raw=partial)  # a line half written before the kill is finished now
         if round_ % 2:  # kill once a version holding a batch is reserved, or once it is written too
-            burst()
             written = round_ % 4 == 3
-            in_flight += busy_wait(lambda written=written: pending_written() if written else pending.exists())
+            for _ in range(10):  # the window is a few ms: a loaded machine may miss it, then the next burst's
+                burst()
+                if busy_wait(lambda written=written: pending_written() if written else pending.exists(), 3):
+                    in_flight += 1
+                    break
         else:  # kill at any moment while lines keep coming
             deadline = time.monotonic() + rng.uniform(0.3, 2.5)
             while time.monotonic() < deadline:
