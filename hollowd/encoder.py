@@ -26,7 +26,7 @@ import re
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import itemgetter
@@ -434,7 +434,7 @@ class ColumnCache:
         if name not in self._codes:
             col = self.get(name)
             try:
-                self._codes[name] = None if col is None else distinct_codes(col)
+                self._codes[name] = None if col is None else distinct_codes(col, len(col))
             except TypeError:
                 self._codes[name] = None
         return self._codes[name]
@@ -457,13 +457,14 @@ class ColumnCache:
         return self._ints[name]
 
 
-def distinct_codes(values: list[Any]) -> tuple[list[Any], Any]:
+def distinct_codes(values: Iterable[Any], count: int = -1) -> tuple[list[Any], Any]:
     """The distinct values in order of first appearance, and each value's number among them (an
     int64 vector): one dict of the distinct values, one C-level pass (``map`` takes the dict's
     length, its next number, before it calls ``setdefault`` with the value). Equal values are one
-    (``1``, ``1.0`` and ``True`` too, as in any dict). TypeError when a value is not hashable."""
+    (``1``, ``1.0`` and ``True`` too, as in any dict). *count* is how many values there are, if known
+    (numpy's ``fromiter`` then makes its vector once). TypeError when a value is not hashable."""
     seen: dict[Any, int] = {}
-    codes = np.fromiter(map(seen.setdefault, values, map(len, repeat(seen))), dtype=np.int64, count=len(values))
+    codes = np.fromiter(map(seen.setdefault, values, map(len, repeat(seen))), dtype=np.int64, count=count)
     return list(seen), codes
 
 
@@ -641,7 +642,7 @@ class _Columns:
                 starts, lens = self._write_strings(col)
             else:
                 coded = self.columns.codes(name) if name is not None else None
-                distinct, which = coded if coded is not None else distinct_codes(col)
+                distinct, which = coded if coded is not None else distinct_codes(col, len(col))
                 d_starts, d_lens = self._write_strings(distinct)
                 starts, lens = d_starts[which], d_lens[which]
         except (TypeError, UnicodeEncodeError):
@@ -712,13 +713,8 @@ class _Columns:
             null = np.fromiter((v is None for v in col), dtype=bool, count=len(col))
             col = [() if v is None else v for v in col]
         lens = np.fromiter(map(len, col), dtype=np.int64, count=len(col))
-        strings: dict[Any, int] = {}
-        try:  # each element's id: its string's number in order of first appearance (distinct_codes)
-            ids = np.fromiter(
-                map(strings.setdefault, chain.from_iterable(col), map(len, repeat(strings))),
-                dtype=np.int64,
-                count=int(lens.sum()),
-            )
+        try:  # each element's id: its string's number in order of first appearance
+            strings, ids = distinct_codes(chain.from_iterable(col), int(lens.sum()))
         except TypeError:  # an element that is not even hashable: the row path names it
             raise _Fallback from None
         lists = _distinct_lists(ids, lens, len(strings))
@@ -730,7 +726,7 @@ class _Columns:
             starts = np.cumsum(lens) - lens
             which = ids[np.repeat(starts[rows] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))]
         try:
-            s_starts, s_lens = self._write_strings(list(strings))
+            s_starts, s_lens = self._write_strings(strings)
         except TypeError:
             raise _Fallback from None
         area = len(self.buf)
@@ -756,11 +752,11 @@ class _Columns:
         self._put((self.top.data_words + slot) * 8, "<u8", np.array(words, dtype=np.uint64))
 
 
-def _lists_by_tuples(col: list[Any], strings: dict[Any, int]) -> tuple[Any, Any, Any]:
+def _lists_by_tuples(col: list[Any], strings: list[Any]) -> tuple[Any, Any, Any]:
     """Each distinct list (a tuple a record, a dict of the tuples): the string ids of the distinct
     lists one after another in order of first appearance, each one's length, each record's list.
-    The ids are *strings*' dense positions (its order of first appearance), as :func:`_distinct_lists`
-    gives them."""
+    The ids are positions in *strings* (the distinct strings in order of first appearance), as
+    :func:`_distinct_lists` gives them."""
     keys = list(map(tuple, col))
     distinct = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     dense = {s: i for i, s in enumerate(strings)}
@@ -821,9 +817,7 @@ def _groups(key: Any, nbits: int) -> tuple[Any, Any]:
     index (:func:`hollowd.sorting.stable_order`)."""
     n = len(key)
     order, ordered = sorting.stable_order(key, 1 << (64 - nbits))
-    new = np.empty(n, dtype=bool)
-    new[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    new = sorting.run_starts(ordered)
     group = np.empty(n, dtype=np.int64)
     group[order] = np.cumsum(new) - 1
     return group, order[new]

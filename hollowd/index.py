@@ -113,9 +113,7 @@ def build_multi(spec: IndexSpec, fps: Any, ordinals: Any) -> BuiltIndex:
         # The values sorted (the fast sort), each item's value numbered among the distinct ones,
         # and the items ordered by that number (a quarter of a stable argsort of the values).
         sorted_fps = np.sort(fps)
-        new = np.empty(n, dtype=bool)
-        new[:1] = True
-        np.not_equal(sorted_fps[1:], sorted_fps[:-1], out=new[1:])
+        new = sorting.run_starts(sorted_fps)
         distinct = sorted_fps[new]
         order = sorting.stable_order(np.searchsorted(distinct, fps), len(distinct))[0]
         starts = np.flatnonzero(new)

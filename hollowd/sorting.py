@@ -25,3 +25,11 @@ def stable_order(values: Any, bound: int) -> tuple[Any, Any]:
     order = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
     packed >>= np.uint64(bits)
     return order, packed
+
+
+def run_starts(ordered: Any) -> Any:
+    """Where each run of equal values begins in the sorted vector *ordered* (a boolean vector)."""
+    new = np.empty(len(ordered), dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    return new

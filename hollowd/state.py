@@ -331,27 +331,20 @@ def _ordinals(fps: Any, previous: Latest | None) -> tuple[Any, int, Any]:
 def secondary_fps(rtype: RecordType, spec: Any, records: list[dict[str, Any]], columns: encoder.ColumnCache) -> Any:
     """The value fingerprint of each record for one secondary index (an absent field files under its default)."""
     defaults = [_field_default(rtype, f) for f in spec.fields]
-    if len(spec.fields) == 1:
-        name, default = spec.fields[0], defaults[0]
-        coded = columns.codes(name)  # the distinct values the encoder interned the column by
-        if coded is not None:
+    try:  # index keys repeat: each distinct value is fingerprinted once, then gathered
+        if len(spec.fields) == 1:
+            name, default = spec.fields[0], defaults[0]
+            coded = columns.codes(name)  # the distinct values the encoder interned the column by
+            if coded is None:  # some record lacks the field (or a value is not hashable: raised here)
+                values = [d.get(name) for d in records]
+                coded = encoder.distinct_codes(values, len(values))
             known, codes = coded
-            try:
-                return index.fingerprints(spec, [default if v is None else v for v in known])[codes]
-            except TypeError as e:
-                raise ValidationError(f"{rtype.name}: index on {name}: {e}", type_name=rtype.name, field=name) from None
-        values: list[Any] = columns.get(name) or [d.get(name) for d in records]
-        if None in values:
-            values = [default if v is None else v for v in values]
-    else:
-        values = [
-            tuple(default if (v := d.get(f)) is None else v for f, default in zip(spec.fields, defaults, strict=True))
-            for d in records
-        ]
-    try:
-        distinct = dict.fromkeys(values)  # index keys repeat: hash each distinct value once
-        fp_of = dict(zip(distinct, index.fingerprints(spec, list(distinct)).tolist(), strict=True))
-        return np.fromiter(map(fp_of.__getitem__, values), dtype=np.uint64, count=len(values))
+            known = [default if v is None else v for v in known]
+        else:
+            pairs = list(zip(spec.fields, defaults, strict=True))
+            values = [tuple(default if (v := d.get(f)) is None else v for f, default in pairs) for d in records]
+            known, codes = encoder.distinct_codes(values, len(values))
+        return index.fingerprints(spec, known)[codes]
     except TypeError as e:
         raise ValidationError(
             f"{rtype.name}: index on {', '.join(spec.fields)}: {e}", type_name=rtype.name, field=spec.fields[0]
